@@ -1,0 +1,138 @@
+"""Shared base of every synthesis LightningModule: the ``generate()`` contract and batch helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medsynth.labels import NUM_CLASSES
+
+__all__ = ["SynthesisModule", "check_mask", "one_hot", "check_batch"]
+
+# The optional generate() arguments and their meaning; a method lists those it supports.
+GENERATE_OPTIONS: tuple[str, ...] = ("num_steps", "sampler", "guidance_scale")
+
+
+def check_mask(mask: Tensor, num_classes: int = NUM_CLASSES, name: str = "mask") -> Tensor:
+    """Validate an integer label map ``[B, H, W]`` and return it as int64.
+
+    Raises:
+        ValueError: naming ``name`` when the tensor has the wrong rank, dtype or values.
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dim() != 3:
+        raise ValueError(f"{name} must have shape [B, H, W], got {tuple(mask.shape)}")
+    if mask.dtype.is_floating_point or mask.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of class ids, got dtype {mask.dtype}")
+    if mask.numel():
+        lo, hi = int(mask.min()), int(mask.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} values must lie in 0..{num_classes - 1}, got {lo}..{hi}")
+    return mask.long()
+
+
+def one_hot(mask: Tensor, num_classes: int = NUM_CLASSES, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[B, H, W]`` int64 -> ``[B, num_classes, H, W]`` one-hot."""
+    return F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).to(dtype)
+
+
+def check_batch(batch: Mapping[str, Any], num_classes: int = NUM_CLASSES) -> tuple[Tensor, Tensor]:
+    """Return ``(image [B,1,H,W] float, mask [B,H,W] int64)`` from a batch dict, validating both."""
+    for key in ("image", "mask"):
+        if key not in batch:
+            raise KeyError(f"batch has no {key!r} entry (keys: {sorted(batch)})")
+    image, mask = batch["image"], check_mask(batch["mask"], num_classes, "batch['mask']")
+    if image.dim() != 4 or image.shape[1] != 1:
+        raise ValueError(f"batch['image'] must have shape [B, 1, H, W], got {tuple(image.shape)}")
+    if image.shape[0] != mask.shape[0] or image.shape[-2:] != mask.shape[-2:]:
+        raise ValueError(
+            f"batch['image'] {tuple(image.shape)} and batch['mask'] {tuple(mask.shape)} do not match"
+        )
+    return image.float(), mask
+
+
+class SynthesisModule(L.LightningModule):
+    """Base of all mask-to-CT methods.
+
+    Subclasses implement :meth:`_generate` and declare in ``generate_options`` which of
+    ``num_steps``, ``sampler`` and ``guidance_scale`` they accept; any other optional argument
+    passed as non-None is a ValueError naming it (DESIGN.md, public contract).
+
+    Args:
+        image_size: Side of the square slices the model is trained on.
+        num_classes: Number of mask classes (17: background, 15 AMOS organs, body).
+    """
+
+    generate_options: tuple[str, ...] = ()
+
+    def __init__(self, image_size: int, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        self.image_size = image_size
+        self.num_classes = num_classes
+
+    @torch.no_grad()
+    def generate(
+        self,
+        mask: Tensor,
+        *,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Synthesize CT slices from label maps.
+
+        Args:
+            mask: int64 ``[B, H, W]`` with values in ``0..num_classes-1``.
+            num_steps: Network evaluations (diffusion models only; None = the method's default).
+            sampler: Sampler name (diffusion models only).
+            guidance_scale: Classifier-free guidance scale (guided models only).
+            generator: Seeds all randomness of the method; ignored where there is none.
+
+        Returns:
+            float32 ``[B, 1, H, W]`` in [0, 1] (window level 40, width 400).
+        """
+        given = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
+        for name, value in given.items():
+            if value is not None and name not in self.generate_options:
+                raise ValueError(
+                    f"{type(self).__name__}.generate() does not take {name}={value!r}; "
+                    f"it accepts only None for {name}"
+                )
+        if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
+            raise ValueError(f"num_steps must be a positive int or None, got {num_steps!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        mask = check_mask(mask, self.num_classes).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            kwargs = {k: v for k, v in given.items() if k in self.generate_options}
+            out = self._generate(mask, generator=generator, **kwargs)  # [B, 1, H, W]
+        finally:
+            self.train(was_training)
+        return out.float().clamp(0.0, 1.0)
+
+    def _generate(self, mask: Tensor, *, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
+        raise NotImplementedError
+
+    # Validation/test loops must exist so that callbacks (medsynth.callbacks) can run on them;
+    # subclasses may add a loss of their own.
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        return None
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        return None
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self.generate(batch["mask"])
