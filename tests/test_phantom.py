@@ -1,0 +1,84 @@
+"""The procedural phantom: determinism, anatomy by level, intensities, AMOS-layout export."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medsynth.data.phantom import make_phantom_case, write_phantom_dataset
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_phantom_case(3, depth=48, size=64)
+
+
+def _levels(label: np.ndarray, organ: int) -> np.ndarray:
+    return np.nonzero((label == organ).any(axis=(0, 1)))[0]
+
+
+def test_deterministic_per_seed_and_varies_across_seeds(case):
+    again = make_phantom_case(3, depth=48, size=64)
+    np.testing.assert_array_equal(case.image, again.image)
+    np.testing.assert_array_equal(case.label, again.label)
+    other = make_phantom_case(4, depth=48, size=64)
+    assert not np.array_equal(case.label, other.label)
+    assert np.abs(case.image - other.image).mean() > 5.0
+
+
+def test_all_organs_present_with_amos_ids(case):
+    assert case.image.dtype == np.float32 and case.label.dtype == np.uint8
+    assert case.image.shape == case.label.shape == (64, 64, 48)
+    assert set(np.unique(case.label)) == set(range(16))
+
+
+def test_craniocaudal_anatomy(case):
+    lab = case.label
+    liver, bladder = set(_levels(lab, 6)), set(_levels(lab, 14))
+    assert liver and bladder and not (liver & bladder), "liver and bladder must never share a slice"
+    depth = lab.shape[2]
+    assert _levels(lab, 5).min() > depth // 2, "esophagus belongs to the upper abdomen"
+    assert _levels(lab, 14).max() < depth // 3 and _levels(lab, 15).max() < depth // 3, "pelvic organs"
+    for adrenal, kidney in ((11, 2), (12, 3)):
+        assert _levels(lab, adrenal).mean() > _levels(lab, kidney).mean(), "adrenals sit above the kidneys"
+    # Slices at different levels show different organ sets.
+    sets = {tuple(sorted(set(np.unique(lab[:, :, k])) - {0})) for k in range(depth)}
+    assert len(sets) >= 6
+
+
+def test_intensities_typical_of_portal_venous_ct():
+    c = make_phantom_case(5, depth=32, size=128)
+    med = {o: float(np.median(c.image[c.label == o])) for o in (6, 8, 14)}
+    assert 70 < med[6] < 140, med  # liver
+    assert med[8] > med[6] + 30, med  # contrast-filled aorta brighter than liver
+    assert -20 < med[14] < 40, med  # urine
+    corner = c.image[:8, -8:, :]  # anterior-right corner of the field of view: air
+    assert np.median(corner) < -900
+    assert (c.image < -900).sum() > 0 and (c.image > 400).sum() > 0  # gas/air and bone exist
+
+
+def test_spacing_and_affine_are_ras():
+    c = make_phantom_case(1, depth=16, size=32)
+    np.testing.assert_allclose(np.diag(c.affine)[:3], [400 / 32, 400 / 32, 380 / 16])
+    assert nib.aff2axcodes(c.affine) == ("R", "A", "S")
+    with pytest.raises(ValueError, match="size"):
+        make_phantom_case(0, size=4)
+    with pytest.raises(ValueError, match="depth"):
+        make_phantom_case(0, depth=0)
+
+
+def test_write_amos_layout_round_trip(tmp_path):
+    root = write_phantom_dataset(tmp_path / "amos", num_train=2, num_val=1, depth=8, size=32, seed=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    assert [e["image"] for e in meta["training"]] == [
+        "./imagesTr/amos_0001.nii.gz",
+        "./imagesTr/amos_0002.nii.gz",
+    ]
+    assert [e["label"] for e in meta["validation"]] == ["./labelsVa/amos_0003.nii.gz"]
+    img = nib.load(root / "imagesTr" / "amos_0002.nii.gz")
+    lab = nib.load(root / "labelsTr" / "amos_0002.nii.gz")
+    ref = make_phantom_case(2 * 100_003 + 2, depth=8, size=32)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), np.round(ref.image).astype(np.int16))
+    np.testing.assert_array_equal(np.asarray(lab.dataobj), ref.label)
+    np.testing.assert_allclose(img.affine, ref.affine)
