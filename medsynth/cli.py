@@ -1,11 +1,107 @@
-"""The ``medsynth`` command line (placeholder until the CLI issue lands: prints help)."""
+"""The ``medsynth`` command line.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands in subclass mode
+(any method, any data module, configs from experiments/); ``synthesize``, ``evaluate``,
+``phantom`` and ``demo`` are medsynth's own.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+OWN_COMMANDS = ("synthesize", "evaluate", "phantom", "demo")
+
+USAGE = """usage: medsynth <command> [options]
+
+Training and inference (LightningCLI; `medsynth <command> --help` for all options):
+  fit         train a method:        medsynth fit --config experiments/phantom/mask_guided_ddpm.yaml
+  validate    run the validation loop
+  test        run the test loop (with SynthesisMetrics in the config: the paper's metrics)
+  predict     generate slices for a data module's predict split
+
+medsynth's own commands:
+  synthesize  label volumes (NIfTI) -> synthetic CT volumes, optionally as an nnU-Net dataset
+  evaluate    metric suite for one or more checkpoints -> paper-style report (Markdown, CSV, LaTeX, PNG)
+  phantom     write the built-in phantom as an AMOS22-layout dataset
+  demo        the main job on the phantom: train, sample, evaluate, write a report
+"""
+
+
+def lightning_cli(args: list[str], run: bool = True):
+    """Build the LightningCLI (subclass mode for models and data modules)."""
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    import medsynth.data  # noqa: F401 - registers the data modules for short names
+    import medsynth.models  # noqa: F401 - registers the methods for short names
+
+    return LightningCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        parser_kwargs={"prog": "medsynth"},
+    )
+
+
+def _phantom_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medsynth phantom", description="Write the phantom as an AMOS22-layout dataset."
+    )
+    p.add_argument("--output", required=True, type=Path, help="folder to create (must be empty or absent)")
+    p.add_argument("--cases", type=int, default=10, help="number of training cases")
+    p.add_argument(
+        "--val_cases", type=int, default=None, help="number of validation cases (default: cases // 4, >= 1)"
+    )
+    p.add_argument("--depth", type=int, default=64, help="axial slices per volume")
+    p.add_argument("--size", type=int, default=256, help="in-plane matrix size")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _phantom(argv: list[str]) -> int:
+    from medsynth.data.phantom import write_phantom_dataset
+
+    a = _phantom_parser().parse_args(argv)
+    if a.cases < 1:
+        raise SystemExit(f"medsynth phantom: --cases must be >= 1, got {a.cases}")
+    if a.output.exists() and any(a.output.iterdir()):
+        raise SystemExit(f"medsynth phantom: output folder {a.output} is not empty; refusing to overwrite")
+    val = a.val_cases if a.val_cases is not None else max(1, a.cases // 4)
+    root = write_phantom_dataset(a.output, a.cases, val, depth=a.depth, size=a.size, seed=a.seed)
+    print(f"wrote {a.cases} training and {val} validation phantom cases to {root}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    print("usage: medsynth {fit,validate,test,predict,synthesize,evaluate,phantom,demo} ...")
-    return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    """Entry point of the console script and ``python -m medsynth``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd in LIGHTNING_COMMANDS:
+        lightning_cli(argv)
+        return 0
+    if cmd == "phantom":
+        return _phantom(rest)
+    if cmd == "synthesize":
+        from medsynth.synthesis import main as synthesize_main
+
+        return synthesize_main(rest)
+    if cmd == "evaluate":
+        from medsynth.evaluate import main as evaluate_main
+
+        return evaluate_main(rest)
+    if cmd == "demo":
+        from medsynth.demo import main as demo_main
+
+        return demo_main(rest)
+    print(f"medsynth: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+    return 2

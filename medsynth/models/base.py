@@ -16,6 +16,8 @@ __all__ = ["SynthesisModule", "check_mask", "one_hot", "check_batch"]
 
 # The optional generate() arguments and their meaning; a method lists those it supports.
 GENERATE_OPTIONS: tuple[str, ...] = ("num_steps", "sampler", "guidance_scale")
+#: Checkpoint entry naming the class that wrote it (``module.QualName``).
+CHECKPOINT_CLASS_KEY = "medsynth_class"
 
 
 def check_mask(mask: Tensor, num_classes: int = NUM_CLASSES, name: str = "mask") -> Tensor:
@@ -125,6 +127,10 @@ class SynthesisModule(L.LightningModule):
 
     def _generate(self, mask: Tensor, *, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
         raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lets medsynth.synthesis.load_model rebuild the right class from a checkpoint alone.
+        checkpoint[CHECKPOINT_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     # Validation/test loops must exist so that callbacks (medsynth.callbacks) can run on them;
     # subclasses may add a loss of their own.
