@@ -203,16 +203,19 @@ class SynthesisMetrics(Callback):
         self._current_split = split_id
         return self._real_memo[split_id]
 
-    def _reset(self, trainer: L.Trainer, stage: str) -> None:
+    def _reset(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._records = {}
+        for net in (self.feature_extractor, self.segmenter):  # setup() runs before the model moves
+            if isinstance(net, torch.nn.Module):
+                net.to(pl_module.device)
         if "fid" in self.metrics:
             self._real_features(trainer, stage)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset(trainer, "val")
+        self._reset(trainer, pl_module, "val")
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset(trainer, "test")
+        self._reset(trainer, pl_module, "test")
 
     def on_validation_batch_end(
         self,

@@ -236,29 +236,41 @@ class InceptionFeatures(torch.nn.Module):
     Args:
         fid_weights: Path to ``inception-2015-12-05.pt`` (or its folder); None searches clean-fid's cache.
         device: Where the network runs.
+        network: Replaces the Inception network (``[B, 3, 299, 299]`` in [0, 255] -> ``[B, D]``)
+            while keeping clean-fid's preprocessing; tests use a small network here.
+        feature_id: Identity of ``network`` for caches (None: real statistics are not cached on disk).
     """
 
-    feature_id = "cleanfid-clean-inception-2015-12-05"
-
     def __init__(
-        self, fid_weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+        self,
+        fid_weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        network: torch.nn.Module | Callable[[Tensor], Tensor] | None = None,
+        feature_id: str | None = None,
     ) -> None:
         super().__init__()
+        self.register_buffer("_anchor", torch.empty(0, device=device), persistent=False)  # follows .to()
+        if network is not None:
+            self.net = network
+            self.path = None
+            self.feature_id = feature_id
+            return
         from cleanfid.inception_torchscript import InceptionV3W
 
         path = find_inception_weights(fid_weights)
-        folder = path.parent
         if path.name != INCEPTION_FILENAME:  # InceptionV3W takes a folder and a fixed file name
             raise ValueError(
                 f"fid_weights file must be named {INCEPTION_FILENAME} (clean-fid loads it by that name), got {path}"
             )
-        self.net = InceptionV3W(str(folder), download=False, resize_inside=False).to(device).eval()
+        self.net = InceptionV3W(str(path.parent), download=False, resize_inside=False).to(device).eval()
         self.path = path
+        self.feature_id = feature_id or "cleanfid-clean-inception-2015-12-05"
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        x = clean_resize(images).to(next(self.net.parameters(), torch.empty(0)).device)  # [B, 3, 299, 299]
-        return self.net(x).float()  # [B, 2048]
+        x = clean_resize(images).to(self._anchor.device)  # [B, 3, 299, 299] in [0, 255]
+        feats = self.net(x)
+        return feats.reshape(feats.shape[0], -1)  # [B, D]
 
 
 def _extract(feature_fn: FeatureFn, images: Tensor) -> Tensor:
