@@ -49,8 +49,8 @@ class OrganSegmenter(L.LightningModule):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if not isinstance(image_size, int) or image_size < 16:
-            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        if not isinstance(image_size, int) or image_size < 32:  # four 2x poolings, instance norm at 2x2
+            raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if not isinstance(model_channels, int) or model_channels < 1:
