@@ -1,0 +1,249 @@
+"""The paper's result tables (Zhuang et al., Tables 1 and 2) and a Fig. 4-style figure.
+
+A row maps metric names as logged by :class:`medsynth.callbacks.SynthesisMetrics` (``fid``,
+``psnr``, ``ssim``, ``dice/<organ>``, Dice as a fraction; a ``test/`` or ``val/`` prefix is
+stripped) to values. Tables list FID, PSNR, SSIM, then the 14 organ Dice columns of the paper
+in its order (:data:`medsynth.labels.PAPER_DICE_ORDER`), Dice in percent; the best value of
+each column is bold in Markdown and LaTeX.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from medsynth.labels import CLASSES, PAPER_DICE_ORDER, colorize
+
+__all__ = [
+    "DICE_HEADERS",
+    "COLUMNS",
+    "PAPER_TABLE1",
+    "PAPER_TABLE2",
+    "paper_rows",
+    "normalize_row",
+    "format_table",
+    "write_report",
+    "comparison_figure",
+]
+
+#: Column headers of the paper's Dice columns, in its order.
+DICE_HEADERS: tuple[str, ...] = (
+    "Sple.",
+    "Liv.",
+    "Kid_l",
+    "Kid_r",
+    "Panc.",
+    "Stom.",
+    "Aorta",
+    "Gall_bld",
+    "Espo.",
+    "Adr_r",
+    "Adr_l",
+    "Duod.",
+    "Cava",
+    "Bladder",
+)
+#: (metric key, header, lower is better, scale for display, decimals)
+COLUMNS: tuple[tuple[str, str, bool, float, int], ...] = (
+    ("fid", "FID", True, 1.0, 2),
+    ("psnr", "PSNR", False, 1.0, 2),
+    ("ssim", "SSIM", False, 1.0, 3),
+) + tuple((f"dice/{CLASSES[i].name}", h, False, 100.0, 1) for i, h in zip(PAPER_DICE_ORDER, DICE_HEADERS))
+
+
+def _paper_row(fid: float, psnr: float, ssim: float, *dice_percent: float) -> dict[str, float]:
+    if len(dice_percent) != len(PAPER_DICE_ORDER):
+        raise ValueError(f"need {len(PAPER_DICE_ORDER)} Dice values, got {len(dice_percent)}")
+    row = {"fid": fid, "psnr": psnr, "ssim": ssim}
+    row.update({f"dice/{CLASSES[i].name}": d / 100.0 for i, d in zip(PAPER_DICE_ORDER, dice_percent)})
+    return row
+
+
+# fmt: off
+#: Table 2 of the paper (comparison, 150k iterations for the DDPMs).
+PAPER_TABLE2: dict[str, dict[str, float]] = {
+    "Pix2Pix": _paper_row(78.86, 15.04, 0.561, 79.3, 94.7, 94.5, 92.0, 68.8, 86.5, 80.8, 53.5, 67.9, 58.4, 61.8, 61.0, 75.9, 56.0),
+    "OASIS": _paper_row(43.57, 14.75, 0.560, 91.8, 93.5, 92.0, 88.1, 73.4, 88.9, 88.6, 78.9, 80.1, 69.0, 75.6, 71.7, 86.3, 74.5),
+    "SPADE": _paper_row(60.22, 15.27, 0.594, 92.6, 95.4, 92.7, 91.2, 66.6, 86.5, 86.2, 44.8, 65.6, 61.7, 59.3, 59.5, 79.1, 63.9),
+    "SDM": _paper_row(12.68, 15.12, 0.607, 91.9, 94.3, 93.5, 93.2, 79.3, 87.8, 89.0, 71.9, 77.5, 69.7, 69.6, 66.7, 81.5, 66.2),
+    "Conditional DDPM": _paper_row(10.56, 16.26, 0.646, 94.0, 95.6, 93.9, 91.2, 76.3, 86.4, 90.8, 64.0, 78.2, 67.2, 66.0, 65.6, 80.9, 70.0),
+    "Mask-guided DDPM": _paper_row(10.58, 16.28, 0.646, 93.9, 95.6, 93.9, 90.9, 75.6, 87.1, 91.3, 66.0, 79.5, 67.2, 65.1, 65.6, 81.3, 70.7),
+    "Edge-guided DDPM": _paper_row(10.64, 16.20, 0.646, 93.9, 95.4, 93.8, 92.8, 75.0, 86.7, 90.3, 64.5, 78.1, 65.4, 64.1, 65.3, 79.6, 69.3),
+}
+#: Table 1 of the paper (training iterations study), keyed by "<iterations> <method>".
+PAPER_TABLE1: dict[str, dict[str, float]] = {
+    "50k Conditional DDPM": _paper_row(30.57, 14.17, 0.589, 77.6, 75.0, 91.1, 87.8, 57.3, 60.6, 90.4, 30.4, 66.4, 54.1, 53.8, 61.7, 77.7, 64.4),
+    "50k Mask-guided DDPM": _paper_row(19.06, 14.58, 0.603, 83.9, 84.8, 90.3, 90.2, 62.1, 73.4, 89.2, 40.0, 73.2, 53.2, 56.6, 54.1, 75.2, 57.0),
+    "50k Edge-guided DDPM": _paper_row(35.97, 13.43, 0.576, 56.4, 56.7, 86.6, 82.5, 51.2, 52.2, 86.8, 10.6, 58.3, 52.6, 58.2, 53.6, 73.7, 61.2),
+    "100k Conditional DDPM": _paper_row(11.27, 16.07, 0.643, 93.8, 95.3, 93.9, 92.5, 73.8, 85.0, 91.1, 64.5, 76.6, 66.5, 62.8, 65.1, 81.0, 70.8),
+    "100k Mask-guided DDPM": _paper_row(10.89, 16.10, 0.642, 93.8, 95.8, 93.9, 93.1, 75.3, 86.9, 91.5, 63.9, 79.6, 65.9, 68.5, 68.0, 82.5, 71.6),
+    "100k Edge-guided DDPM": _paper_row(10.32, 16.14, 0.644, 93.6, 95.1, 94.1, 93.4, 73.8, 85.1, 90.8, 65.0, 77.3, 64.9, 64.1, 64.5, 80.6, 71.0),
+    "150k Conditional DDPM": _paper_row(10.56, 16.26, 0.646, 94.0, 95.6, 93.9, 91.2, 76.3, 86.4, 90.8, 64.0, 78.2, 67.2, 66.0, 65.6, 80.9, 70.0),
+    "150k Mask-guided DDPM": _paper_row(10.58, 16.28, 0.646, 93.9, 95.6, 93.9, 90.9, 75.6, 87.1, 91.3, 66.0, 79.5, 67.2, 65.1, 65.6, 81.3, 70.7),
+    "150k Edge-guided DDPM": _paper_row(10.64, 16.20, 0.646, 93.5, 95.4, 93.8, 92.8, 75.0, 86.7, 90.3, 64.5, 78.1, 65.4, 64.1, 65.3, 79.6, 69.3),
+}
+# fmt: on
+
+
+def paper_rows(table: int = 2, suffix: str = " (paper)") -> dict[str, dict[str, float]]:
+    """The published rows of Table 1 or 2, names marked with ``suffix``."""
+    if table not in (1, 2):
+        raise ValueError(f"table must be 1 or 2, got {table!r}")
+    src = PAPER_TABLE1 if table == 1 else PAPER_TABLE2
+    return {f"{name}{suffix}": dict(row) for name, row in src.items()}
+
+
+def normalize_row(metrics: Mapping[str, float | Tensor]) -> dict[str, float]:
+    """Strip ``test/`` / ``val/`` prefixes and convert tensors to floats."""
+    out = {}
+    for k, v in metrics.items():
+        for prefix in ("test/", "val/"):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = float(v)
+    return out
+
+
+def _best(rows: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    best = {}
+    for key, _h, lower, _s, _d in COLUMNS:
+        vals = [r[key] for r in rows.values() if key in r and not math.isnan(r[key])]
+        if vals:
+            best[key] = min(vals) if lower else max(vals)
+    return best
+
+
+def format_table(rows: Mapping[str, Mapping[str, float | Tensor]], fmt: str = "markdown") -> str:
+    """The table in "markdown", "csv" (raw numbers, Dice in percent) or "latex"."""
+    if fmt not in ("markdown", "csv", "latex"):
+        raise ValueError(f"fmt must be 'markdown', 'csv' or 'latex', got {fmt!r}")
+    norm = {name: normalize_row(r) for name, r in rows.items()}
+    best = _best(norm)
+    headers = ["Method"] + [h for _k, h, _l, _s, _d in COLUMNS]
+
+    def cell(row: Mapping[str, float], col: tuple) -> str:
+        key, _h, _l, scale, dec = col
+        v = row.get(key)
+        if v is None or math.isnan(v):
+            return "" if fmt == "csv" else "-"
+        if fmt == "csv":
+            return repr(v * scale)
+        text = f"{v * scale:.{dec}f}"
+        if key in best and round(v * scale, dec) == round(best[key] * scale, dec):
+            text = f"**{text}**" if fmt == "markdown" else f"\\textbf{{{text}}}"
+        return text
+
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(headers)
+        for name, r in norm.items():
+            w.writerow([name] + [cell(r, c) for c in COLUMNS])
+        return buf.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * len(COLUMNS)) + "|"]
+        lines += [
+            "| " + " | ".join([name] + [cell(r, c) for c in COLUMNS]) + " |" for name, r in norm.items()
+        ]
+        return "\n".join(lines) + "\n"
+    arrows = ["FID $\\downarrow$", "PSNR $\\uparrow$", "SSIM $\\uparrow$"]
+    lines = [
+        "\\begin{tabular}{l" + "r" * len(COLUMNS) + "}",
+        "\\toprule",
+        f" & \\multicolumn{{3}}{{c}}{{}} & \\multicolumn{{{len(DICE_HEADERS)}}}{{c}}{{DSC (\\%) $\\uparrow$}} \\\\",
+        "Method & " + " & ".join(arrows + [h.replace("_", "\\_") for h in DICE_HEADERS]) + " \\\\",
+        "\\midrule",
+    ]
+    for name, r in norm.items():
+        lines.append(" & ".join([name.replace("_", "\\_")] + [cell(r, c) for c in COLUMNS]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    rows: Mapping[str, Mapping[str, float | Tensor]],
+    out_dir: str | os.PathLike,
+    reference: int | None = 2,
+    name: str = "results",
+) -> dict[str, Path]:
+    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.tex``; ``reference`` appends the paper's
+    Table 1 or 2 rows (None: none). Returns the paths by format."""
+    all_rows = dict(rows)
+    if reference is not None:
+        all_rows.update(paper_rows(reference))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
+        p = out / f"{name}.{ext}"
+        p.write_text(format_table(all_rows, fmt))
+        paths[fmt] = p
+    return paths
+
+
+def comparison_figure(
+    masks: Tensor | np.ndarray,
+    outputs: Mapping[str, Tensor | np.ndarray],
+    path: str | os.PathLike,
+    real: Tensor | np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+    dpi: int = 150,
+) -> Path:
+    """A PNG like the paper's Fig. 4: one row per slice; the mask in class colours, optionally
+    the real slice, then each method's synthetic slice.
+
+    Args:
+        masks: ``[n, H, W]`` class ids.
+        outputs: Method name -> ``[n, 1, H, W]`` (or ``[n, H, W]``) in [0, 1].
+        path: Output PNG.
+        real: Optional real slices, same shape as the outputs.
+        titles: Optional row labels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(torch.as_tensor(masks).cpu())
+    if m.ndim != 3:
+        raise ValueError(f"masks must have shape [n, H, W], got {m.shape}")
+    cols: list[tuple[str, np.ndarray]] = [("Mask", colorize(m))]
+
+    def gray(x, name: str) -> np.ndarray:
+        a = np.asarray(torch.as_tensor(x).detach().cpu().float())
+        a = a[:, 0] if a.ndim == 4 else a
+        if a.shape != m.shape:
+            raise ValueError(f"{name} has shape {a.shape}, expected {m.shape}")
+        return np.clip(a, 0.0, 1.0)
+
+    if real is not None:
+        cols.append(("Real", gray(real, "real")))
+    cols += [(name, gray(x, name)) for name, x in outputs.items()]
+    n = m.shape[0]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.0 * n), squeeze=False)
+    for r in range(n):
+        for c, (name, arr) in enumerate(cols):
+            ax = axes[r][c]
+            ax.imshow(
+                arr[r], cmap=None if arr.ndim == 4 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0 and titles is not None:
+                ax.set_ylabel(titles[r], fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out

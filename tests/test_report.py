@@ -1,0 +1,90 @@
+"""Report tables (paper layout, published rows, best-value marking) and the Fig. 4-style PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medsynth.labels import CLASSES, PAPER_DICE_ORDER
+from medsynth.metrics.report import (
+    COLUMNS,
+    DICE_HEADERS,
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    comparison_figure,
+    format_table,
+    paper_rows,
+    write_report,
+)
+
+
+def test_columns_follow_paper_order():
+    assert [c[1] for c in COLUMNS[:3]] == ["FID", "PSNR", "SSIM"]
+    assert [c[0] for c in COLUMNS[3:]] == [f"dice/{CLASSES[i].name}" for i in PAPER_DICE_ORDER]
+    assert (
+        COLUMNS[3][0] == "dice/spleen" and COLUMNS[4][0] == "dice/liver" and COLUMNS[-1][0] == "dice/bladder"
+    )
+    # published values, spot checks against the paper's text
+    assert PAPER_TABLE2["OASIS"]["fid"] == 43.57 and PAPER_TABLE2["OASIS"][
+        "dice/gallbladder"
+    ] == pytest.approx(0.789)
+    assert PAPER_TABLE2["Mask-guided DDPM"]["psnr"] == 16.28
+    assert PAPER_TABLE1["50k Edge-guided DDPM"]["dice/inferior_vena_cava"] == pytest.approx(0.737)
+    assert len(PAPER_TABLE1) == 9 and len(PAPER_TABLE2) == 7
+
+
+def test_tables_markdown_csv_latex():
+    ours = {
+        "test/fid": 9.5,
+        "test/psnr": 17.0,
+        "test/ssim": 0.7,
+        "test/dice/spleen": 0.5,
+        "test/num_slices": 7,
+    }
+    rows = {"Ours": ours, **paper_rows(2)}
+    md = format_table(rows, "markdown")
+    lines = md.strip().splitlines()
+    assert lines[0].split("|")[2].strip() == "FID" and "Bladder" in lines[0]
+    ours_line = next(line for line in lines if line.startswith("| Ours"))
+    cells = [c.strip() for c in ours_line.strip("|").split("|")]
+    assert cells[1:5] == ["**9.50**", "**17.00**", "**0.700**", "50.0"]  # best FID/PSNR/SSIM bold
+    assert cells[5] == "-"  # liver missing
+    oasis = next(line for line in lines if line.startswith("| OASIS (paper)"))
+    assert "**78.9**" in oasis  # best gallbladder Dice of Table 2
+    parsed = list(csv.reader(io.StringIO(format_table(rows, "csv"))))
+    assert parsed[0] == ["Method", "FID", "PSNR", "SSIM", *DICE_HEADERS]
+    assert parsed[1][0] == "Ours" and float(parsed[1][4]) == pytest.approx(50.0) and parsed[1][5] == ""
+    sdm = next(r for r in parsed if r[0] == "SDM (paper)")
+    assert float(sdm[1]) == 12.68 and float(sdm[3 + 5]) == pytest.approx(
+        79.3
+    )  # pancreas is the 5th Dice column
+    tex = format_table(rows, "latex")
+    assert tex.startswith("\\begin{tabular}") and "\\textbf{9.50}" in tex and "Gall\\_bld" in tex
+    with pytest.raises(ValueError, match="fmt"):
+        format_table(rows, "html")
+
+
+def test_write_report(tmp_path):
+    paths = write_report({"Ours": {"fid": 1.0}}, tmp_path, reference=1)
+    assert set(paths) == {"markdown", "csv", "latex"}
+    assert "150k Mask-guided DDPM (paper)" in paths["markdown"].read_text()
+
+
+def test_comparison_figure(tmp_path):
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[:, 8:24, 8:24] = 6
+    outputs = {"A": torch.rand(2, 1, 32, 32), "B": torch.rand(2, 32, 32)}
+    path = comparison_figure(masks, outputs, tmp_path / "fig.png", real=torch.rand(2, 1, 32, 32), dpi=50)
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape == (2 * 2 * 50, 4 * 2 * 50, 3)  # 2 rows x 4 columns of 2-inch panels
+    liver = np.array(CLASSES[6].color)
+    assert (
+        np.abs(img.reshape(-1, 3).astype(int) - liver).sum(1) < 6
+    ).sum() > 100  # the mask is drawn in colour
+    with pytest.raises(ValueError, match="B"):
+        comparison_figure(masks, {"B": torch.rand(2, 16, 16)}, tmp_path / "bad.png")
