@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from medsynth.data.transforms import (
     CANONICAL_AXCODES,
-    PreprocessConfig,
     add_body_class,
     body_mask,
     canonicalize,
