@@ -58,10 +58,10 @@ def test_intensities_typical_of_portal_venous_ct():
     assert (c.image < -900).sum() > 0 and (c.image > 400).sum() > 0  # gas/air and bone exist
 
 
-def test_spacing_and_affine_are_ras():
+def test_spacing_and_affine():
     c = make_phantom_case(1, depth=16, size=32)
-    np.testing.assert_allclose(np.diag(c.affine)[:3], [400 / 32, 400 / 32, 380 / 16])
-    assert nib.aff2axcodes(c.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(np.diag(c.affine)[:3], [-400 / 32, 400 / 32, 380 / 16])
+    assert nib.aff2axcodes(c.affine) == ("L", "A", "S")  # array axis 0 runs to the patient's left
     with pytest.raises(ValueError, match="size"):
         make_phantom_case(0, size=4)
     with pytest.raises(ValueError, match="depth"):
