@@ -129,7 +129,9 @@ class GaussianDiffusion:
         tail = self.posterior_variance[1] if T > 1 else betas[0]
         self.posterior_log_variance_clipped = np.log(np.append(tail, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (
+            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        )
         self.log_betas = np.log(betas)
 
     # ------------------------------------------------------------------ respacing
@@ -190,16 +192,20 @@ class GaussianDiffusion:
     def q_posterior_mean_variance(self, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0)."""
         n = x0.dim()
-        mean = self._extract(self.posterior_mean_coef1, t, n) * x0 + self._extract(self.posterior_mean_coef2, t, n) * xt
+        mean = (
+            self._extract(self.posterior_mean_coef1, t, n) * x0
+            + self._extract(self.posterior_mean_coef2, t, n) * xt
+        )
         var = self._extract(self.posterior_variance, t, n)
         log_var = self._extract(self.posterior_log_variance_clipped, t, n)
         return mean, var, log_var
 
     def predict_x0_from_eps(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         n = xt.dim()
-        return self._extract(self.sqrt_recip_alphas_cumprod, t, n) * xt - self._extract(
-            self.sqrt_recipm1_alphas_cumprod, t, n
-        ) * eps
+        return (
+            self._extract(self.sqrt_recip_alphas_cumprod, t, n) * xt
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, n) * eps
+        )
 
     def predict_eps_from_x0(self, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         n = xt.dim()
@@ -208,7 +214,9 @@ class GaussianDiffusion:
         )
 
     # ------------------------------------------------------------------ reverse process
-    def p_from_output(self, output: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = True) -> dict[str, Tensor]:
+    def p_from_output(
+        self, output: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = True
+    ) -> dict[str, Tensor]:
         """p(x_{t-1} | x_t) from a network output ``[B, 2C, H, W]`` = (eps, v).
 
         log sigma^2 = frac log beta_t + (1 - frac) log beta_tilde_t with frac = (v + 1) / 2.
@@ -229,7 +237,13 @@ class GaussianDiffusion:
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
         mean, _, _ = self.q_posterior_mean_variance(x0, xt, t)
-        return {"mean": mean, "log_variance": log_var, "variance": torch.exp(log_var), "pred_x0": x0, "eps": eps}
+        return {
+            "mean": mean,
+            "log_variance": log_var,
+            "variance": torch.exp(log_var),
+            "pred_x0": x0,
+            "eps": eps,
+        }
 
     def p_mean_variance(
         self,
@@ -276,7 +290,9 @@ class GaussianDiffusion:
         xt = self.q_sample(x0, t, noise)
         output = self.wrap_model(model)(xt, t, **(model_kwargs or {})).float()  # [B, 2C, H, W]
         if output.shape[1] != 2 * x0.shape[1]:
-            raise ValueError(f"model output must have {2 * x0.shape[1]} channels (eps, v), got {output.shape[1]}")
+            raise ValueError(
+                f"model output must have {2 * x0.shape[1]} channels (eps, v), got {output.shape[1]}"
+            )
         with torch.autocast(device_type=x0.device.type, enabled=False):
             eps, v = output.chunk(2, dim=1)
             loss_simple = _mean_flat((noise - eps) ** 2)

@@ -54,7 +54,9 @@ class ClassifierFreeGuidance(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
         if self.cond_key not in kwargs:
-            raise ValueError(f"classifier-free guidance needs the keyword {self.cond_key!r}, got {sorted(kwargs)}")
+            raise ValueError(
+                f"classifier-free guidance needs the keyword {self.cond_key!r}, got {sorted(kwargs)}"
+            )
         if self.guidance_scale == 1.0:
             return self.model(x, t, **kwargs)
         cond = kwargs[self.cond_key]
