@@ -5,8 +5,9 @@ volume in HU with the 15 AMOS organ labels (no body class: the data pipeline add
 for AMOS, Zhuang et al., Sec. 3), covering the abdomen from the pelvic floor to the lung bases.
 
 Geometry is defined in millimetres in a patient frame (x to the patient's left, y anterior,
-z superior; the affine maps it to NIfTI RAS+ world, whose x points to the patient's right), so a case looks the same at any resolution. Organs sit where they
-belong and span their usual craniocaudal extent, so slices at different levels show different
+z superior), so a case looks the same at any resolution; the returned arrays are RAS+ (axis 0
+toward the patient's right, as NIfTI's x, so the liver sits at high axis-0 indices). Organs sit
+where they belong and span their usual craniocaudal extent, so slices at different levels show different
 organ sets (liver and bladder never share a slice; the esophagus only near the top; adrenals
 above the kidneys; bladder and prostate/uterus in the pelvis). The seed varies size, position,
 rotation, organ shapes and contrast timing.
@@ -68,7 +69,7 @@ class PhantomCase:
         case_id: Identifier, e.g. ``"phantom_0003"``.
         image: float32 ``[X, Y, Z]`` in HU.
         label: uint8 ``[X, Y, Z]`` with AMOS ids 0..15 (no body class).
-        affine: float64 ``[4, 4]`` voxel -> RAS+ millimetres (axis codes ``"LAS"``).
+        affine: float64 ``[4, 4]`` voxel -> RAS millimetres.
     """
 
     case_id: str
@@ -214,7 +215,7 @@ def make_phantom_case(
         case_id: Name of the case; default ``phantom_<seed>``.
 
     Returns:
-        A :class:`PhantomCase` (array axes toward patient left, anterior, superior: ``"LAS"``).
+        A :class:`PhantomCase` in RAS orientation.
     """
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an int >= 8, got {size!r}")
@@ -409,10 +410,12 @@ def make_phantom_case(
     noise *= 12.0 / (noise.std() + 1e-6)
     img = np.clip(img + noise, -1024.0, 3071.0).astype(np.float32)
 
+    # The patient frame's x runs to the patient's LEFT; NIfTI RAS+ x runs to the RIGHT: flip axis 0
+    # so the arrays really are RAS (axis 0 toward the right, e.g. the liver at high indices).
+    img, lab = np.ascontiguousarray(img[::-1]), np.ascontiguousarray(lab[::-1])
     sx, sy, sz = f.spacing
-    # Array axis 0 runs toward the patient's left, so the RAS+ x axis (toward the right) is -axis 0.
-    affine = np.diag([-sx, sy, sz, 1.0])
-    affine[:3, 3] = [(size - 1) / 2 * sx, -(size - 1) / 2 * sy, 0.0]
+    affine = np.diag([sx, sy, sz, 1.0])
+    affine[:3, 3] = [-(size - 1) / 2 * sx, -(size - 1) / 2 * sy, 0.0]
     return PhantomCase(case_id or f"phantom_{int(seed):04d}", img, lab, affine)
 
 
