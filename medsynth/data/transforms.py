@@ -194,14 +194,16 @@ def body_mask(hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
     if not opened.any():
         opened = fg
     labels, n = ndimage.label(opened)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        keep = labels == int(np.argmax(sizes))
-    else:
-        keep = labels > 0
-    # Undo the opening's erosion of the outline, staying within the thresholded voxels.
-    keep = ndimage.binary_dilation(keep, structure=plane, iterations=2) & fg
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    largest = labels == int(np.argmax(sizes))
+    others = (labels > 0) & ~largest
+    # Undo the opening's erosion of the outline, within the thresholded voxels and away from
+    # the other components (a table close to the back must not be re-attached).
+    keep = ndimage.binary_dilation(largest, structure=plane, iterations=2) & fg
+    if others.any():
+        keep &= ~ndimage.binary_dilation(others, structure=plane, iterations=2)
+    keep |= largest
     out = np.empty_like(keep)
     for k in range(keep.shape[2]):
         out[:, :, k] = ndimage.binary_fill_holes(keep[:, :, k])
