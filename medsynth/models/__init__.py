@@ -1,4 +1,4 @@
-"""Synthesis methods (LightningModules)."""
+"""Synthesis methods (LightningModules) and the in-domain organ segmenter."""
 
 from medsynth.models.base import SynthesisModule
 from medsynth.models.ddpm import ConditionalDDPM, DiffusionModel, EdgeGuidedDDPM, MaskGuidedDDPM
@@ -6,6 +6,7 @@ from medsynth.models.gan import GANModule
 from medsynth.models.oasis import OASIS
 from medsynth.models.pix2pix import Pix2Pix
 from medsynth.models.sdm import SDM
+from medsynth.models.segmenter import OrganSegmenter
 from medsynth.models.spade import SPADE
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "Pix2Pix",
     "SPADE",
     "OASIS",
+    "OrganSegmenter",
 ]
