@@ -127,7 +127,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     ddpm_trainer.fit(model, datamodule=dm)
     ddpm_trainer.save_checkpoint(ckpt_dir / "mask_guided_ddpm.ckpt")
 
-    _stage(f"4/4 evaluation on the test split: {cfg.sampler}, {cfg.num_steps} steps; metrics {', '.join(metrics)}")
+    _stage(
+        f"4/4 evaluation on the test split: {cfg.sampler}, {cfg.num_steps} steps; metrics {', '.join(metrics)}"
+    )
     callbacks = [
         SynthesisMetrics(
             metrics=metrics,
@@ -164,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, value in asdict(d).items():
         kind = type(value) if value is not None else str
         p.add_argument(f"--{name}", type=kind, default=value)
-    p.add_argument("--quick", action="store_true", help="tiny settings (a minute): checks the pipeline, not quality")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny settings (a minute): checks the pipeline, not quality"
+    )
     return p
 
 
