@@ -4,9 +4,10 @@ Demos, tests and quick experiments need data without the AMOS22 download. Each c
 volume in HU with the 15 AMOS organ labels (no body class: the data pipeline adds it exactly as
 for AMOS, Zhuang et al., Sec. 3), covering the abdomen from the pelvic floor to the lung bases.
 
-Geometry is defined in millimetres in a patient frame (RAS: x to the patient's left, y
-anterior, z superior), so a case looks the same at any resolution. Organs sit where they
-belong and span their usual craniocaudal extent, so slices at different levels show different
+Geometry is defined in millimetres in a patient frame (x to the patient's left, y anterior,
+z superior), so a case looks the same at any resolution; the returned arrays are RAS+ (axis 0
+toward the patient's right, as NIfTI's x, so the liver sits at high axis-0 indices). Organs sit
+where they belong and span their usual craniocaudal extent, so slices at different levels show different
 organ sets (liver and bladder never share a slice; the esophagus only near the top; adrenals
 above the kidneys; bladder and prostate/uterus in the pelvis). The seed varies size, position,
 rotation, organ shapes and contrast timing.
@@ -409,6 +410,9 @@ def make_phantom_case(
     noise *= 12.0 / (noise.std() + 1e-6)
     img = np.clip(img + noise, -1024.0, 3071.0).astype(np.float32)
 
+    # The patient frame's x runs to the patient's LEFT; NIfTI RAS+ x runs to the RIGHT: flip axis 0
+    # so the arrays really are RAS (axis 0 toward the right, e.g. the liver at high indices).
+    img, lab = np.ascontiguousarray(img[::-1]), np.ascontiguousarray(lab[::-1])
     sx, sy, sz = f.spacing
     affine = np.diag([sx, sy, sz, 1.0])
     affine[:3, 3] = [-(size - 1) / 2 * sx, -(size - 1) / 2 * sy, 0.0]

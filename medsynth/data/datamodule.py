@@ -1,0 +1,370 @@
+"""Lightning data modules for axial CT slices: AMOS22 and the built-in phantom.
+
+Both yield the batches of DESIGN.md: ``image`` float32 ``[B, 1, H, W]`` in [0, 1] (window level
+40, width 400), ``mask`` int64 ``[B, H, W]`` in 0..16, ``case_id`` list of str, ``slice_index``
+int64 ``[B]`` (axial index in the canonical volume, 0 = most inferior). Every slice of every
+volume is used, as in Zhuang et al., Sec. 3.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medsynth.data.amos import AMOSCase, index_amos, load_checked
+from medsynth.data.cache import BadCaseError, CacheEntry, SliceCache, files_fingerprint
+from medsynth.data.transforms import PreprocessConfig, SliceVolume, preprocess_volume
+
+__all__ = [
+    "SliceDataset",
+    "SliceDataModule",
+    "PhantomDataModule",
+    "AMOSDataModule",
+    "phantom_case_seed",
+    "default_cache_dir",
+]
+
+_SPLITS = ("train", "val", "test")
+_MAIN_SPLIT = {"fit": "train", "validate": "val", "test": "test", "predict": "test"}
+
+
+class SliceDataset(Dataset):
+    """The axial slices of a list of volumes, each held in (possibly memory-mapped) arrays.
+
+    Slice ``i`` of the dataset is found by a binary search over the cumulative slice counts,
+    and only that slice is read, so memory-mapped volumes are never loaded whole.
+
+    Args:
+        images: Per case, ``[D, S, S]`` float16/float32 in [0, 1] (``np.memmap`` is fine).
+        masks: Per case, uint8 ``[D, S, S]`` in 0..16.
+        case_names: Per case, its name.
+    """
+
+    def __init__(
+        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], case_names: Sequence[str]
+    ) -> None:
+        if not (len(images) == len(masks) == len(case_names)):
+            raise ValueError(
+                f"images, masks and case_names must have one entry per case, got "
+                f"{len(images)}, {len(masks)}, {len(case_names)}"
+            )
+        for name, img, msk in zip(case_names, images, masks):
+            if img.ndim != 3 or img.shape != msk.shape:
+                raise ValueError(
+                    f"case {name}: image {img.shape} and mask {msk.shape} must be equal [D, S, S]"
+                )
+        self.images, self.masks, self.case_names = list(images), list(masks), list(case_names)
+        self.offsets = np.cumsum([0] + [len(x) for x in self.images])  # [num_cases + 1]
+
+    @classmethod
+    def from_volumes(cls, volumes: Sequence[SliceVolume]) -> SliceDataset:
+        """Dataset over preprocessed volumes held in memory."""
+        return cls([v.image for v in volumes], [v.mask for v in volumes], [v.case_id for v in volumes])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """``(case, slice)`` of dataset index ``i``."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"slice {i} out of range for {len(self)} slices")
+        i = int(i) % len(self)
+        case = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return case, i - int(self.offsets[case])
+
+    def __getitem__(self, i: int) -> dict:
+        case, k = self.locate(i)
+        image = torch.from_numpy(np.array(self.images[case][k], dtype=np.float32))[None]  # [1, S, S]
+        mask = torch.from_numpy(np.array(self.masks[case][k], dtype=np.int64))  # [S, S]
+        return {
+            "image": image,
+            "mask": mask,
+            "case_id": self.case_names[case],
+            "slice_index": torch.tensor(k, dtype=torch.int64),
+        }
+
+
+class SliceDataModule(L.LightningDataModule):
+    """Shared loaders of the slice data modules; subclasses fill ``self.datasets[split]`` in ``setup``.
+
+    Args:
+        image_size: Slice size (square).
+        batch_size: Slices per batch (16 in the paper).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, image_size: int = 256, batch_size: int = 16, num_workers: int = 0) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        self.config = PreprocessConfig(image_size=image_size)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.datasets: dict[str, SliceDataset] = {}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        if split not in self.datasets:
+            raise ValueError(f"{type(self).__name__} has no {split!r} split (0 cases)")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    @staticmethod
+    def _splits_for(stage: str | None) -> tuple[str, ...]:
+        return {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+            None: _SPLITS,
+        }[stage]
+
+
+def phantom_case_seed(seed: int, split: str, index: int) -> int:
+    """Seed of phantom case ``index`` of ``split``: distinct across splits and indices."""
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    ss = np.random.SeedSequence([int(seed), _SPLITS.index(split), int(index)])
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+class PhantomDataModule(SliceDataModule):
+    """Slices of procedural abdominal CT volumes (:mod:`medsynth.data.phantom`), no download.
+
+    The phantom volumes (HU, AMOS labels, affine) run through the same preprocessing as AMOS
+    (:func:`medsynth.data.transforms.preprocess_volume`: orientation, body class, window,
+    resize). The slices of these small sets are kept in memory (a few MB to ~100 MB); use
+    :class:`AMOSDataModule` on a folder written by ``write_phantom_dataset`` to exercise the
+    on-disk slice cache. Train, val and test cases are different phantoms (seeds from
+    :func:`phantom_case_seed`); the same arguments always give the same data.
+
+    Args:
+        num_train_cases: Training volumes.
+        num_val_cases: Validation volumes.
+        num_test_cases: Test volumes.
+        depth: Axial slices per volume (spread from the pelvis to the lung bases).
+        image_size: Slice size; the phantom is generated at ``phantom_size`` (default
+            ``image_size``) and resized to this.
+        batch_size: Slices per batch.
+        num_workers: DataLoader workers.
+        seed: Seeds every case.
+        phantom_size: In-plane matrix of the generated volumes (None: ``image_size``).
+    """
+
+    def __init__(
+        self,
+        num_train_cases: int = 8,
+        num_val_cases: int = 2,
+        num_test_cases: int = 2,
+        depth: int = 32,
+        image_size: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+        phantom_size: int | None = None,
+    ) -> None:
+        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        for name, value in (
+            ("num_train_cases", num_train_cases),
+            ("num_val_cases", num_val_cases),
+            ("num_test_cases", num_test_cases),
+        ):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be a positive int, got {depth!r}")
+        if phantom_size is not None and (not isinstance(phantom_size, int) or phantom_size < 8):
+            raise ValueError(f"phantom_size must be None or an int >= 8, got {phantom_size!r}")
+        self.save_hyperparameters()
+        self.counts = {"train": num_train_cases, "val": num_val_cases, "test": num_test_cases}
+        self.depth = depth
+        self.seed = seed
+        self.phantom_size = phantom_size or image_size
+
+    def make_volume(self, split: str, index: int) -> SliceVolume:
+        """Generate and preprocess one phantom case."""
+        from medsynth.data.phantom import make_phantom_case
+
+        case = make_phantom_case(
+            phantom_case_seed(self.seed, split, index),
+            depth=self.depth,
+            size=self.phantom_size,
+            case_id=f"phantom_{split}_{index:04d}",
+        )
+        return preprocess_volume(case.image, case.label, case.affine, self.config, case.case_id)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self._splits_for(stage):
+            if split in self.datasets:
+                continue
+            if self.counts[split] == 0:
+                if split == _MAIN_SPLIT.get(stage):
+                    raise ValueError(f"num_{split}_cases is 0 but stage {stage!r} needs the {split} split")
+                continue
+            volumes = [self.make_volume(split, i) for i in range(self.counts[split])]
+            self.datasets[split] = SliceDataset.from_volumes(volumes)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.counts["val"] == 0:
+            return []
+        return super().val_dataloader()
+
+
+def default_cache_dir() -> Path:
+    """``$MEDSYNTH_CACHE_DIR`` or ``~/.cache/medsynth``."""
+    return Path(os.environ.get("MEDSYNTH_CACHE_DIR", "~/.cache/medsynth")).expanduser()
+
+
+class AMOSDataModule(SliceDataModule):
+    """Axial slices of the AMOS22 CT volumes (Zhuang et al., Sec. 3).
+
+    Splits: fit = the CT cases of ``training`` (200 in AMOS22); val and test = the CT cases of
+    ``validation`` in AMOS number order, the first ``max_val_cases`` / ``max_test_cases`` of
+    them (the paper tests on 50). ``prepare_data`` (rank 0 under DDP) validates every case and
+    preprocesses it once into the slice cache (:mod:`medsynth.data.cache`); ``setup`` (every
+    rank) opens the cache through memory maps.
+
+    Args:
+        root: The AMOS22 folder (``dataset.json``, ``imagesTr/`` ...).
+        image_size: Slice size (256 in the paper).
+        batch_size: Slices per batch (16 in the paper).
+        num_workers: DataLoader workers.
+        cache_dir: Where the slice cache lives (None: ``$MEDSYNTH_CACHE_DIR`` or
+            ``~/.cache/medsynth``).
+        on_bad_case: ``"raise"``: stop with an error naming the file and the problem;
+            ``"skip"``: warn and leave the case out.
+        max_train_cases: Use only the first N training cases (None: all).
+        max_val_cases: Validation cases (None: all CT cases of ``validation``).
+        max_test_cases: Test cases (None: all; 50 for the paper's test set).
+        window_level: CT window centre in HU.
+        window_width: CT window width in HU.
+        progress: Show a progress bar while the cache is built.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 4,
+        cache_dir: str | Path | None = None,
+        on_bad_case: str = "raise",
+        max_train_cases: int | None = None,
+        max_val_cases: int | None = None,
+        max_test_cases: int | None = None,
+        window_level: float = 40.0,
+        window_width: float = 400.0,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        if on_bad_case not in ("raise", "skip"):
+            raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
+        for name, value in (
+            ("max_train_cases", max_train_cases),
+            ("max_val_cases", max_val_cases),
+            ("max_test_cases", max_test_cases),
+        ):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.config = PreprocessConfig(
+            image_size=image_size, window_level=window_level, window_width=window_width
+        )
+        self.cache = SliceCache(cache_dir if cache_dir is not None else default_cache_dir(), self.config)
+        self.on_bad_case = on_bad_case
+        self.limits = {"train": max_train_cases, "val": max_val_cases, "test": max_test_cases}
+        self.progress = progress
+        self._splits: dict[str, list[AMOSCase]] | None = None
+
+    @property
+    def splits(self) -> dict[str, list[AMOSCase]]:
+        """The CT cases of each split (the folder is indexed on first use)."""
+        if self._splits is None:
+            index = index_amos(self.root)
+            source = {"train": index["training"], "val": index["validation"], "test": index["validation"]}
+            self._splits = {s: source[s][: self.limits[s]] for s in _SPLITS}
+        return self._splits
+
+    def _all_cases(self) -> list[AMOSCase]:
+        seen: dict[str, AMOSCase] = {}
+        for split in _SPLITS:
+            for c in self.splits[split]:
+                seen.setdefault(c.case_id, c)
+        return list(seen.values())
+
+    def _bad(self, entry: CacheEntry) -> None:
+        if self.on_bad_case == "raise":
+            raise BadCaseError(f"bad AMOS22 case {entry.case_id}: {entry.problem}")
+        warnings.warn(f"skipping bad AMOS22 case {entry.case_id}: {entry.problem}", stacklevel=2)
+
+    def prepare_data(self) -> None:
+        """Validate every case and build the missing slice-cache entries (rank 0 only)."""
+        cases = self._all_cases()
+        by_id = {c.case_id: c for c in cases}
+        keys = [(c.case_id, files_fingerprint(c.image, c.label)) for c in cases]
+        fresh: set[str] = set()
+
+        def on_built(case_id: str, entry: CacheEntry) -> None:
+            fresh.add(case_id)
+            if entry.problem is not None:
+                self._bad(entry)
+
+        self.cache.build(
+            keys,
+            lambda cid: load_checked(by_id[cid], self.config),
+            progress=self.progress,
+            on_built=on_built,
+            info=lambda cid: {"image_file": str(by_id[cid].image), "label_file": str(by_id[cid].label)},
+        )
+        for case_id, fp in keys:  # cases validated by an earlier run
+            if case_id not in fresh:
+                entry = self.cache.load(case_id, fp)
+                if entry.problem is not None:
+                    self._bad(entry)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self._splits_for(stage):
+            if split in self.datasets or not self.splits[split]:
+                continue
+            entries = []
+            for c in self.splits[split]:
+                entry = self.cache.load(c.case_id, files_fingerprint(c.image, c.label))
+                if entry.problem is None:
+                    entries.append(entry)
+                elif self.on_bad_case == "raise":
+                    raise BadCaseError(f"bad AMOS22 case {entry.case_id}: {entry.problem}")
+            if not entries:
+                raise ValueError(f"AMOS22 {split} split at {self.root} has no usable case")
+            self.datasets[split] = SliceDataset(
+                [e.image for e in entries], [e.mask for e in entries], [e.case_id for e in entries]
+            )
