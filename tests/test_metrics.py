@@ -13,6 +13,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
+from medsynth.data.transforms import canonicalize
 from medsynth.labels import TOTALSEG_TO_AMOS
 from medsynth.metrics import (
     FrechetInceptionDistance,
@@ -216,14 +217,15 @@ def test_geometry_round_trip_and_reassembly():
     rng = np.random.default_rng(0)
     vol = rng.integers(0, 17, size=geo.shape)
     canonical = geo.to_canonical(vol)
-    assert canonical.shape == geo.canonical_shape == (12, 10, 6)
-    # canonical = RAS: axis 0 flipped (voxel x runs to the left), axes 1 and 2 swapped
-    np.testing.assert_array_equal(canonical, vol[::-1].transpose(0, 2, 1))
+    assert canonical.shape == geo.canonical_shape == (10, 12, 6)
+    # canonical = PLS, the data pipeline's layout: voxel axis 2 (A) flipped first, then 0 (L), then 1 (S)
+    np.testing.assert_array_equal(canonical, vol.transpose(2, 0, 1)[::-1])
+    np.testing.assert_array_equal(canonical, canonicalize(vol, geo.affine)[0])  # MONAI's Orientation
     assert geo.spacing == pytest.approx((0.8, 0.8, 2.5))
     slices = {k: torch.from_numpy(canonical[:, :, k]) for k in reversed(range(6))}
     np.testing.assert_array_equal(reassemble_volume(slices, geo, mode="nearest"), vol)
     # resized slices (the model's resolution) come back to the original grid: 2x nearest upsampling
-    small = torch.from_numpy(canonical[::2, ::2]).permute(2, 0, 1)  # [Z, 6, 5]
+    small = torch.from_numpy(canonical[::2, ::2]).permute(2, 0, 1)  # [Z, 5, 6]
     up = reassemble_volume(small, geo, mode="nearest")
     np.testing.assert_array_equal(geo.to_canonical(up), np.repeat(np.repeat(canonical[::2, ::2], 2, 0), 2, 1))
     with pytest.raises(ValueError, match="missing"):

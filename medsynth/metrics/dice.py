@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medsynth.data.transforms import CANONICAL_AXCODES
 from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS, TOTALSEG_TO_AMOS
 
 __all__ = [
@@ -96,7 +97,8 @@ def dice_per_class(
 class VolumeGeometry:
     """How the slices of one case sit in its original NIfTI volume.
 
-    The slice pipeline reorients a volume to ``axcodes`` (RAS), takes axial slices
+    The slice pipeline (:mod:`medsynth.data.transforms`) reorients a volume to ``axcodes``
+    (:data:`~medsynth.data.transforms.CANONICAL_AXCODES`, "PLS"), takes axial slices
     ``canonical[:, :, k]`` (``slice_index = k``), transposes them when ``transpose_slices``
     and resizes them to the model's square size. :meth:`from_canonical_slices` inverts that.
 
@@ -109,7 +111,7 @@ class VolumeGeometry:
 
     shape: tuple[int, int, int]
     affine: np.ndarray = field(repr=False)
-    axcodes: tuple[str, str, str] = ("R", "A", "S")
+    axcodes: tuple[str, str, str] = tuple(CANONICAL_AXCODES)
     transpose_slices: bool = False
 
     def __post_init__(self) -> None:
@@ -119,7 +121,9 @@ class VolumeGeometry:
             raise ValueError(f"affine must be 4x4, got {np.asarray(self.affine).shape}")
 
     @classmethod
-    def from_nifti(cls, img, axcodes: tuple[str, str, str] = ("R", "A", "S"), transpose_slices: bool = False):
+    def from_nifti(
+        cls, img, axcodes: tuple[str, str, str] = tuple(CANONICAL_AXCODES), transpose_slices: bool = False
+    ):
         """Geometry of a nibabel image (or a path to one)."""
         import nibabel as nib
 
