@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from torch import Tensor
 
-from medsynth.labels import NUM_CLASSES, ORGAN_IDS
+from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS
 from medsynth.metrics.dice import dice_counts, dice_from_counts
 from medsynth.models.base import check_batch
 
@@ -113,6 +113,10 @@ class OrganSegmenter(L.LightningModule):
         dice = dice_from_counts(counts.cpu())
         organs = [i for i in ORGAN_IDS if i < self.num_classes]
         self.log(f"{stage}/dice", float(torch.nanmean(dice[organs])), rank_zero_only=False)
+        # Per organ too, under the keys SynthesisMetrics uses, so reports can show real-image Dice.
+        for i in organs:
+            if not torch.isnan(dice[i]):
+                self.log(f"{stage}/dice/{CLASSES[i].name}", float(dice[i]), rank_zero_only=False)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -1,0 +1,223 @@
+"""``medsynth evaluate``: the metric suite for one or more checkpoints, written as the paper's tables.
+
+Every checkpoint is tested on a data module's test split with
+:class:`~medsynth.callbacks.SynthesisMetrics` (PSNR, SSIM, FID, organ Dice; Zhuang et al., Sec. 3
+"Evaluation metrics"), then one report holds a row per method in the layout of the paper's
+Table 2 (with the published rows for reference) as Markdown, CSV and LaTeX, and a figure like
+the paper's Fig. 4 shows masks, real slices and each method's output side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+__all__ = ["build_datamodule", "evaluate_models", "figure_batch", "write_evaluation", "main"]
+
+
+def build_datamodule(
+    config: str | Path | None, overrides: Mapping[str, Any] | None = None
+) -> L.LightningDataModule:
+    """The ``data:`` section of an experiment config (``class_path`` + ``init_args``) as a data module.
+
+    Args:
+        config: A YAML file with a ``data`` section; None builds the default
+            :class:`~medsynth.data.PhantomDataModule`.
+        overrides: Extra ``init_args`` (e.g. ``{"batch_size": 8}``).
+    """
+    import yaml
+
+    if config is None:
+        spec: dict[str, Any] = {
+            "class_path": "medsynth.data.PhantomDataModule",
+            "init_args": {"image_size": 64},
+        }
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"data config not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        spec = loaded.get("data") if isinstance(loaded, dict) else None
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            raise ValueError(f"{path}: no 'data:' section with a class_path")
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"data class {spec['class_path']!r} cannot be imported") from err
+    return cls(**{**(spec.get("init_args") or {}), **(overrides or {})})
+
+
+def evaluate_models(
+    models: Mapping[str, L.LightningModule],
+    datamodule: L.LightningDataModule,
+    *,
+    metrics: Sequence[str] = ("psnr", "ssim", "fid", "dice"),
+    segmenter: L.LightningModule | str | Path | None = None,
+    fid_weights: str | Path | None = None,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    accelerator: str = "auto",
+    log_dir: str | Path | None = None,
+) -> dict[str, dict[str, float]]:
+    """Test every model on ``datamodule``'s test split; returns ``{name: {"test/psnr": ...}}``.
+
+    Options that do not apply to a method (a sampler for a GAN) are dropped for that method.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from medsynth.callbacks import SynthesisMetrics
+
+    rows = {}
+    for name, model in models.items():
+        allowed = set(getattr(model, "generate_options", ()))
+        opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
+        opts = {k: v for k, v in opts.items() if k in allowed}
+        callback = SynthesisMetrics(
+            metrics=tuple(metrics), segmenter=segmenter, fid_weights=fid_weights, seed=seed, **opts
+        )
+        logger = (
+            TensorBoardLogger(log_dir, name="evaluate", version=name.replace(" ", "_")) if log_dir else False
+        )
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            logger=logger,
+            callbacks=[callback],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
+        result = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+        rows[name] = {k: float(v) for k, v in result.items() if k.startswith("test/") and k != "test/loss"}
+    return rows
+
+
+def figure_batch(datamodule: L.LightningDataModule, num_slices: int = 4) -> dict[str, Any]:
+    """``num_slices`` test slices spread evenly over the split (different anatomical levels)."""
+    datamodule.setup("test")
+    dataset = datamodule.test_dataloader().dataset
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the test split is empty")
+    picks = sorted({round(i * (n - 1) / max(num_slices - 1, 1)) for i in range(num_slices)})
+    items = [dataset[i] for i in picks]
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "case_id": [it["case_id"] for it in items],
+        "slice_index": torch.stack([torch.as_tensor(it["slice_index"]) for it in items]),
+    }
+
+
+@torch.no_grad()
+def write_evaluation(
+    rows: Mapping[str, Mapping[str, float]],
+    output: str | Path,
+    *,
+    models: Mapping[str, L.LightningModule] | None = None,
+    batch: Mapping[str, Any] | None = None,
+    reference: int | None = 2,
+    seed: int = 0,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    name: str = "report",
+) -> list[Path]:
+    """Write the paper-style tables (``<name>.md/.csv/.tex``) and, given models and a batch, ``<name>.png``.
+
+    Slices in the figure are generated with the same per-slice seeds as the metrics.
+    """
+    from medsynth.callbacks.metrics import slice_seed
+    from medsynth.metrics.report import comparison_figure, normalize_row, write_report
+
+    out = Path(output)
+    paths = list(
+        write_report(
+            {k: normalize_row(v) for k, v in rows.items()}, out, reference=reference, name=name
+        ).values()
+    )
+    if models and batch is not None:
+        outputs = {}
+        for label, model in models.items():
+            allowed = set(getattr(model, "generate_options", ()))
+            opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
+            opts = {k: v for k, v in opts.items() if k in allowed}
+            fakes = []
+            for i, (case, k) in enumerate(zip(batch["case_id"], batch["slice_index"].tolist())):
+                g = torch.Generator(device=model.device).manual_seed(slice_seed(str(case), int(k), seed))
+                fakes.append(
+                    model.generate(batch["mask"][i : i + 1].to(model.device), generator=g, **opts).cpu()
+                )
+            outputs[label] = torch.cat(fakes)
+        paths.append(comparison_figure(batch["mask"], outputs, out / f"{name}.png", real=batch["image"]))
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medsynth evaluate", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--checkpoint", nargs="+", required=True, type=Path, help="one or more medsynth checkpoints"
+    )
+    p.add_argument("--name", nargs="+", default=None, help="row names (default: the method class names)")
+    p.add_argument(
+        "--data_config",
+        type=Path,
+        default=None,
+        help="experiment YAML whose data: section gives the test split",
+    )
+    p.add_argument("--output", type=Path, required=True, help="folder for the report and figure")
+    p.add_argument("--metrics", nargs="+", default=["psnr", "ssim", "fid", "dice"])
+    p.add_argument("--segmenter", type=Path, default=None, help="OrganSegmenter checkpoint (needed for dice)")
+    p.add_argument("--fid_weights", type=Path, default=None, help="clean-fid's inception-2015-12-05.pt")
+    p.add_argument("--sampler", default=None)
+    p.add_argument("--num_steps", type=int, default=None)
+    p.add_argument("--guidance_scale", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figure_slices", type=int, default=4)
+    p.add_argument(
+        "--reference", type=int, choices=(0, 1, 2), default=2, help="paper table for reference rows (0: none)"
+    )
+    p.add_argument("--accelerator", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medsynth.synthesis import load_model
+
+    a = _parser().parse_args(argv)
+    try:
+        if a.name is not None and len(a.name) != len(a.checkpoint):
+            raise ValueError(f"--name gives {len(a.name)} names for {len(a.checkpoint)} checkpoints")
+        if "dice" in a.metrics and a.segmenter is None:
+            raise ValueError("--metrics dice needs --segmenter (an OrganSegmenter checkpoint); or drop dice")
+        device = "cuda" if a.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+        loaded = [load_model(c, map_location=device) for c in a.checkpoint]
+        names = a.name or [type(m).__name__ for m in loaded]
+        if len(set(names)) != len(names):
+            raise ValueError(f"row names must be unique, got {names}; pass --name")
+        models = dict(zip(names, loaded))
+        dm = build_datamodule(a.data_config)
+        opts = {"sampler": a.sampler, "num_steps": a.num_steps, "guidance_scale": a.guidance_scale}
+        rows = evaluate_models(
+            models, dm, metrics=a.metrics, segmenter=a.segmenter, fid_weights=a.fid_weights, seed=a.seed,
+            accelerator=a.accelerator, log_dir=a.output / "tensorboard", **opts,
+        )  # fmt: skip
+        batch = figure_batch(dm, a.figure_slices) if a.figure_slices > 0 else None
+        paths = write_evaluation(
+            rows, a.output, models=models, batch=batch, reference=a.reference or None, seed=a.seed, **opts
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"medsynth evaluate: error: {err}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
