@@ -58,10 +58,13 @@ def test_intensities_typical_of_portal_venous_ct():
     assert (c.image < -900).sum() > 0 and (c.image > 400).sum() > 0  # gas/air and bone exist
 
 
-def test_spacing_and_affine_are_ras():
+def test_spacing_and_affine():
     c = make_phantom_case(1, depth=16, size=32)
     np.testing.assert_allclose(np.diag(c.affine)[:3], [400 / 32, 400 / 32, 380 / 16])
     assert nib.aff2axcodes(c.affine) == ("R", "A", "S")
+    # The liver lies on the patient's right: the +x (high axis-0) half in RAS.
+    liver_x = np.nonzero(c.label == 6)[0]
+    assert liver_x.mean() > c.label.shape[0] / 2
     with pytest.raises(ValueError, match="size"):
         make_phantom_case(0, size=4)
     with pytest.raises(ValueError, match="depth"):

@@ -1,0 +1,31 @@
+"""Gaussian diffusion (Improved DDPM) and its samplers, shared by the DDPM variants and SDM."""
+
+from medsynth.diffusion.gaussian import (
+    GaussianDiffusion,
+    TimestepMap,
+    discretized_gaussian_log_likelihood,
+    linear_betas,
+    normal_kl,
+    space_timesteps,
+)
+from medsynth.diffusion.sampling import (
+    DEFAULT_NUM_STEPS,
+    SAMPLERS,
+    ClassifierFreeGuidance,
+    guided_output,
+    sample,
+)
+
+__all__ = [
+    "GaussianDiffusion",
+    "TimestepMap",
+    "discretized_gaussian_log_likelihood",
+    "linear_betas",
+    "normal_kl",
+    "space_timesteps",
+    "DEFAULT_NUM_STEPS",
+    "SAMPLERS",
+    "ClassifierFreeGuidance",
+    "guided_output",
+    "sample",
+]

@@ -2,7 +2,8 @@
 
 One normalisation block serves every method: the parameter-free norm is a choice
 (``"batch"`` for the SPADE/OASIS generators, ``"group"`` for SDM's SPADE group norm,
-``"instance"``), the modulation maps come from the (resized) label map.
+``"instance"``), the modulation maps come from the (resized) label map. ``SPADEResnetBlock`` is the
+generator residual block of SPADE, reused by OASIS with its label+noise map as conditioning.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["SPADENorm", "num_groups"]
+__all__ = ["SPADENorm", "SPADEResnetBlock", "num_groups"]
 
 NormKind = Literal["batch", "group", "instance"]
 
@@ -76,3 +78,52 @@ class SPADENorm(nn.Module):
         # x: [B, C, h, w]; seg: [B, label_nc, H, W]
         gamma, beta = self.modulation(seg, tuple(x.shape[-2:]))
         return self.norm(x) * (1.0 + gamma) + beta
+
+
+class SPADEResnetBlock(nn.Module):
+    """SPADE generator residual block (Park et al. 2019, Fig. 4; OASIS reuses it).
+
+    ``out = shortcut(x) + conv_1(lrelu(SPADE_1(conv_0(lrelu(SPADE_0(x, seg))), seg)))`` with
+    ``fmiddle = min(fin, fout)``; when ``fin != fout`` the shortcut is a learned bias-free 1x1
+    conv after its own SPADE, otherwise the identity.
+
+    Args:
+        fin: Input channels.
+        fout: Output channels.
+        label_nc: Channels of the conditioning map (one-hot mask, plus OASIS's noise).
+        hidden: Hidden channels of each SPADE's shared conv (128 in SPADE and OASIS).
+        norm: Parameter-free normalisation inside SPADE ("batch" in SPADE and OASIS).
+        spectral: Spectral normalisation on the block convs (SPADE and OASIS use it).
+    """
+
+    def __init__(
+        self,
+        fin: int,
+        fout: int,
+        label_nc: int,
+        hidden: int = 128,
+        norm: NormKind = "batch",
+        spectral: bool = True,
+    ) -> None:
+        super().__init__()
+        if fin < 1 or fout < 1:
+            raise ValueError(f"fin and fout must be positive, got {fin}, {fout}")
+        fmiddle = min(fin, fout)
+        wrap = spectral_norm if spectral else (lambda m: m)
+        self.learned_shortcut = fin != fout
+        self.norm_0 = SPADENorm(fin, label_nc, hidden, norm)
+        self.conv_0 = wrap(nn.Conv2d(fin, fmiddle, 3, padding=1))
+        self.norm_1 = SPADENorm(fmiddle, label_nc, hidden, norm)
+        self.conv_1 = wrap(nn.Conv2d(fmiddle, fout, 3, padding=1))
+        if self.learned_shortcut:
+            self.norm_s = SPADENorm(fin, label_nc, hidden, norm)
+            self.conv_s = wrap(nn.Conv2d(fin, fout, 1, bias=False))
+
+    def shortcut(self, x: Tensor, seg: Tensor) -> Tensor:
+        return self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
+
+    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
+        # x: [B, fin, h, w]; seg: [B, label_nc, H, W] -> [B, fout, h, w]
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, seg), 0.2))  # [B, fmiddle, h, w]
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, seg), 0.2))  # [B, fout, h, w]
+        return self.shortcut(x, seg) + dx

@@ -1,0 +1,392 @@
+"""The paper's evaluation as a Lightning callback, exact on one or many processes.
+
+Zhuang et al., Sec. 4: every test slice is synthesised from its mask and compared with the real
+slice (FID, PSNR, SSIM); learned correspondence is scored by segmenting the synthetic slices and
+comparing with the input mask (Dice). Here the segmenter is the in-domain
+:class:`medsynth.models.OrganSegmenter` (TotalSegmentator on volumes is
+:class:`medsynth.metrics.TotalSegmentatorScorer`).
+
+Exactness under DDP: Lightning's DistributedSampler pads the validation/test sets with repeated
+samples so that every process gets the same number. The callback keeps one record per slice,
+keyed by ``(case_id, slice_index)``, gathers all records at the end of the epoch and drops
+duplicates, so every slice counts exactly once. The noise of each slice is drawn from a
+generator seeded by ``(case_id, slice_index, seed)`` and slices are generated one at a time, so
+the values do not depend on the number of processes or on the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS
+from medsynth.metrics.dice import dice_counts, dice_from_counts
+from medsynth.metrics.image import (
+    InceptionFeatures,
+    find_inception_weights,
+    frechet_distance,
+    psnr_per_image,
+    ssim_per_image,
+)
+from medsynth.models.base import check_batch
+
+__all__ = ["SynthesisMetrics", "slice_seed", "METRICS"]
+
+METRICS: tuple[str, ...] = ("psnr", "ssim", "fid", "dice")
+SliceKey = tuple[str, int]
+
+
+def slice_seed(case_id: str, slice_index: int, seed: int = 0) -> int:
+    """A 63-bit seed for one slice, independent of process, batch and order."""
+    digest = hashlib.sha256(f"{case_id}\x00{int(slice_index)}\x00{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _unit_hash(key: SliceKey, seed: int) -> float:
+    """Deterministic number in [0, 1) per slice, used to pick the validation subset."""
+    return slice_seed(key[0], key[1], seed + 7919) / float(1 << 63)
+
+
+class SynthesisMetrics(Callback):
+    """Generate every validation/test slice from its mask and log the paper's metrics.
+
+    Logs ``val/...`` or ``test/...``: ``psnr``, ``ssim``, ``fid``, ``dice/<organ>`` for every
+    organ present, and ``dice/mean`` (mean over present organs). Dice pools the voxel counts of
+    all scored slices (a split-level Dice per organ).
+
+    Args:
+        metrics: Any of "psnr", "ssim", "fid", "dice".
+        num_steps: ``generate(num_steps=...)`` at test time (None: the method's default).
+        sampler: ``generate(sampler=...)`` at test time.
+        guidance_scale: ``generate(guidance_scale=...)`` (validation and test).
+        segmenter: An :class:`~medsynth.models.OrganSegmenter` or the path of its checkpoint
+            (required for "dice").
+        fid_weights: clean-fid's ``inception-2015-12-05.pt`` (file or folder); None searches
+            clean-fid's cache folder. Checked when the callback is built.
+        feature_extractor: Replaces the Inception network: ``[B, 1, H, W]`` in [0, 1] -> ``[B, D]``.
+        val_num_steps: ``num_steps`` during validation (a cheap setting while training);
+            None uses ``num_steps``.
+        val_sampler: ``sampler`` during validation; None uses ``sampler``.
+        val_fraction: Fraction of validation slices scored, chosen by a hash of
+            ``(case_id, slice_index)``: the same slices whatever the number of processes.
+        max_val_batches: Stop scoring after this many validation batches per process (cheap,
+            but the subset then depends on the number of processes); None: no limit.
+        max_test_batches: The same for testing; None (default) scores the complete test set.
+        seed: Base seed of the per-slice noise.
+        fid_cache_dir: Folder caching real-image Inception features per split (key: split
+            identity and feature extractor); None keeps them in memory only.
+        fid_cache_key: Identity of the data for the cache; None derives it from the data
+            module's class and hyperparameters (no disk cache when it has none).
+        batch_generation: Generate a whole batch with one generator seeded from its first slice:
+            faster on GPUs, but the values then depend on batching and the number of processes.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = METRICS,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        segmenter: L.LightningModule | str | os.PathLike | None = None,
+        fid_weights: str | os.PathLike | None = None,
+        feature_extractor: Callable[[Tensor], Tensor] | None = None,
+        val_num_steps: int | None = None,
+        val_sampler: str | None = None,
+        val_fraction: float = 1.0,
+        max_val_batches: int | None = None,
+        max_test_batches: int | None = None,
+        seed: int = 0,
+        fid_cache_dir: str | os.PathLike | None = None,
+        fid_cache_key: str | None = None,
+        batch_generation: bool = False,
+    ) -> None:
+        super().__init__()
+        metrics = tuple(metrics)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics!r}")
+        if not 0.0 < val_fraction <= 1.0:
+            raise ValueError(f"val_fraction must lie in (0, 1], got {val_fraction!r}")
+        for name, value in (("max_val_batches", max_val_batches), ("max_test_batches", max_test_batches)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if "dice" in metrics:
+            if segmenter is None:
+                raise ValueError(
+                    "metrics include 'dice' but segmenter is None: pass an OrganSegmenter or its checkpoint"
+                )
+            if isinstance(segmenter, (str, os.PathLike)) and not Path(segmenter).is_file():
+                raise FileNotFoundError(f"segmenter checkpoint not found: {segmenter}")
+        if "fid" in metrics and feature_extractor is None:
+            find_inception_weights(fid_weights)  # fail now, not after hours of sampling
+        self.metrics = metrics
+        self.num_steps, self.sampler, self.guidance_scale = num_steps, sampler, guidance_scale
+        self.val_num_steps = num_steps if val_num_steps is None else val_num_steps
+        self.val_sampler = sampler if val_sampler is None else val_sampler
+        self.val_fraction = float(val_fraction)
+        self.max_batches = {"val": max_val_batches, "test": max_test_batches}
+        self.seed = int(seed)
+        self.fid_weights = fid_weights
+        self.fid_cache_dir = None if fid_cache_dir is None else Path(fid_cache_dir)
+        self.fid_cache_key = fid_cache_key
+        self.batch_generation = bool(batch_generation)
+        self._segmenter_arg = segmenter
+        self.segmenter: L.LightningModule | None = None
+        self.feature_extractor = feature_extractor
+        self._records: dict[SliceKey, dict[str, Any]] = {}
+        self._real_memo: dict[str, dict[SliceKey, np.ndarray]] = {}
+        self._real_dirty: set[str] = set()
+        #: The last computed values per stage, e.g. ``results["test"]["psnr"]``.
+        self.results: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        device = pl_module.device
+        if "fid" in self.metrics and self.feature_extractor is None:
+            self.feature_extractor = InceptionFeatures(self.fid_weights, device=device)
+        if "dice" in self.metrics and self.segmenter is None:
+            seg = self._segmenter_arg
+            if isinstance(seg, (str, os.PathLike)):
+                from medsynth.models.segmenter import OrganSegmenter
+
+                seg = OrganSegmenter.load_from_checkpoint(str(seg), map_location="cpu")
+            if not callable(getattr(seg, "segment", None)):
+                raise TypeError(f"segmenter must have a segment(image) method, got {type(seg).__name__}")
+            self.segmenter = seg
+        if self.segmenter is not None:
+            self.segmenter.to(device).eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ per batch
+    def _split_id(self, trainer: L.Trainer, stage: str) -> str | None:
+        feature_id = getattr(self.feature_extractor, "feature_id", None)
+        if feature_id is None:
+            return None
+        if self.fid_cache_key is not None:
+            data_id = self.fid_cache_key
+        else:
+            dm = getattr(trainer, "datamodule", None)
+            hp = dict(getattr(dm, "hparams", {}) or {})
+            if dm is None or not hp:
+                return None
+            data_id = (
+                f"{type(dm).__module__}.{type(dm).__qualname__}:{sorted((k, repr(v)) for k, v in hp.items())}"
+            )
+        return f"{data_id}|{stage}|{feature_id}"
+
+    def _cache_file(self, split_id: str) -> Path:
+        assert self.fid_cache_dir is not None
+        digest = hashlib.sha256(split_id.encode()).hexdigest()[:24]
+        return self.fid_cache_dir / f"fid_real_features_{digest}.pt"
+
+    def _real_features(self, trainer: L.Trainer, stage: str) -> dict[SliceKey, np.ndarray]:
+        split_id = self._split_id(trainer, stage) or f"<memory>|{stage}"
+        if split_id not in self._real_memo:
+            memo: dict[SliceKey, np.ndarray] = {}
+            if self.fid_cache_dir is not None and not split_id.startswith("<memory>"):
+                path = self._cache_file(split_id)
+                if path.is_file():
+                    data = torch.load(path, weights_only=False)
+                    if data.get("split_id") == split_id:
+                        memo = {tuple(k): v for k, v in zip(data["keys"], data["features"])}
+            self._real_memo[split_id] = memo
+        self._current_split = split_id
+        return self._real_memo[split_id]
+
+    def _reset(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._records = {}
+        for net in (self.feature_extractor, self.segmenter):  # setup() runs before the model moves
+            if isinstance(net, torch.nn.Module):
+                net.to(pl_module.device)
+        if "fid" in self.metrics:
+            self._real_features(trainer, stage)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset(trainer, pl_module, "val")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset(trainer, pl_module, "test")
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._score_batch(trainer, pl_module, batch, batch_idx, "val")
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._score_batch(trainer, pl_module, batch, batch_idx, "test")
+
+    def _generate(
+        self, pl_module: L.LightningModule, mask: Tensor, keys: list[SliceKey], stage: str
+    ) -> Tensor:
+        options = {
+            "num_steps": self.val_num_steps if stage == "val" else self.num_steps,
+            "sampler": self.val_sampler if stage == "val" else self.sampler,
+            "guidance_scale": self.guidance_scale,
+        }
+        device = pl_module.device
+
+        def gen(key: SliceKey) -> torch.Generator:
+            return torch.Generator(device=device).manual_seed(slice_seed(key[0], key[1], self.seed))
+
+        if self.batch_generation:
+            return pl_module.generate(mask, generator=gen(keys[0]), **options)
+        outs = [pl_module.generate(mask[i : i + 1], generator=gen(k), **options) for i, k in enumerate(keys)]
+        return torch.cat(outs)  # [n, 1, H, W]
+
+    @torch.no_grad()
+    def _score_batch(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, stage: str
+    ) -> None:
+        limit = self.max_batches[stage]
+        if limit is not None and batch_idx >= limit:
+            return
+        if not isinstance(batch, Mapping) or "case_id" not in batch or "slice_index" not in batch:
+            raise KeyError(
+                "SynthesisMetrics needs dict batches with 'image', 'mask', 'case_id' and 'slice_index'"
+            )
+        image, mask = check_batch(batch, getattr(pl_module, "num_classes", NUM_CLASSES))
+        case_ids = batch["case_id"]
+        slice_idx = torch.as_tensor(batch["slice_index"]).reshape(-1).tolist()
+        keys_all = [(str(c), int(s)) for c, s in zip(case_ids, slice_idx)]
+        rows = []
+        for i, key in enumerate(keys_all):
+            if key in self._records or key in [keys_all[r] for r in rows]:
+                continue  # padded duplicate on this process
+            if stage == "val" and self.val_fraction < 1.0 and _unit_hash(key, self.seed) >= self.val_fraction:
+                continue
+            rows.append(i)
+        if not rows:
+            return
+        keys = [keys_all[i] for i in rows]
+        real = image[rows].to(pl_module.device)  # [n, 1, H, W]
+        m = mask[rows].to(pl_module.device)  # [n, H, W]
+        fake = self._generate(pl_module, m, keys, stage).float()  # [n, 1, H, W]
+        recs: list[dict[str, Any]] = [{} for _ in keys]
+        if "psnr" in self.metrics or "ssim" in self.metrics:
+            f64, r64 = fake.double().cpu(), real.double().cpu()
+            for j in range(len(keys)):  # one image at a time: independent of batch composition
+                if "psnr" in self.metrics:
+                    recs[j]["psnr"] = float(psnr_per_image(f64[j : j + 1], r64[j : j + 1])[0])
+                if "ssim" in self.metrics:
+                    recs[j]["ssim"] = float(ssim_per_image(f64[j : j + 1], r64[j : j + 1])[0])
+        if "fid" in self.metrics:
+            memo = self._real_memo[self._current_split]
+            fake_feats = self.feature_extractor(fake).detach().double().cpu().numpy()  # [n, D]
+            missing = [j for j, k in enumerate(keys) if k not in memo]
+            if missing:
+                real_feats = self.feature_extractor(real[missing]).detach().double().cpu().numpy()
+                for j, f in zip(missing, real_feats):
+                    memo[keys[j]] = f.astype(np.float32)
+                self._real_dirty.add(self._current_split)
+            for j, k in enumerate(keys):
+                recs[j]["fake"] = fake_feats[j].astype(np.float32)
+                recs[j]["real"] = memo[k]
+        if "dice" in self.metrics:
+            seg = self.segmenter.segment(fake.to(self.segmenter.device))  # [n, H, W]
+            for j in range(len(keys)):
+                recs[j]["counts"] = dice_counts(seg[j], m[j], NUM_CLASSES).numpy()
+        for k, r in zip(keys, recs):
+            self._records[k] = r
+
+    # ------------------------------------------------------------------ epoch end
+    def _gather(self, trainer: L.Trainer) -> dict[SliceKey, dict[str, Any]]:
+        records = self._records
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, records)
+            merged: dict[SliceKey, dict[str, Any]] = {}
+            for part in gathered:
+                for k, v in part.items():
+                    merged.setdefault(k, v)  # padded duplicates: identical values, keep one
+            records = merged
+        return records
+
+    def compute(self, records: Mapping[SliceKey, Mapping[str, Any]]) -> dict[str, float]:
+        """Metric values from per-slice records (in sorted slice order, float64)."""
+        keys = sorted(records)
+        out: dict[str, float] = {}
+        if not keys:
+            return out
+        for name in ("psnr", "ssim"):
+            if name in self.metrics:
+                out[name] = float(np.mean(np.array([records[k][name] for k in keys], np.float64)))
+        if "fid" in self.metrics:
+            if len(keys) >= 2:
+                real = np.stack([records[k]["real"] for k in keys]).astype(np.float64)
+                fake = np.stack([records[k]["fake"] for k in keys]).astype(np.float64)
+                out["fid"] = frechet_distance(real, fake)
+            else:
+                warnings.warn("FID needs at least 2 slices; not logged", stacklevel=2)
+        if "dice" in self.metrics:
+            counts = np.sum([records[k]["counts"] for k in keys], axis=0)
+            dice = dice_from_counts(counts).numpy()
+            organ = [dice[i] for i in ORGAN_IDS]
+            for i in ORGAN_IDS:
+                if not math.isnan(dice[i]):
+                    out[f"dice/{CLASSES[i].name}"] = float(dice[i])
+            present = [d for d in organ if not math.isnan(d)]
+            if present:
+                out["dice/mean"] = float(np.mean(present))
+        return out
+
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        records = self._gather(trainer)
+        values = self.compute(records)
+        values["num_slices"] = float(len(records))
+        self.results[stage] = values
+        for name, value in values.items():
+            pl_module.log(f"{stage}/{name}", value, sync_dist=False, rank_zero_only=False)
+        self._save_real_cache(trainer, records)
+        self._records = {}
+
+    def _save_real_cache(self, trainer: L.Trainer, records: Mapping[SliceKey, Mapping[str, Any]]) -> None:
+        split_id = getattr(self, "_current_split", None)
+        if "fid" not in self.metrics or split_id is None:
+            return
+        memo = self._real_memo[split_id]
+        for k, r in records.items():  # features computed on other processes
+            if k not in memo:
+                memo[k] = r["real"]
+                self._real_dirty.add(split_id)
+        if self.fid_cache_dir is None or split_id.startswith("<memory>") or split_id not in self._real_dirty:
+            return
+        if trainer.is_global_zero:
+            path = self._cache_file(split_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            keys = sorted(memo)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"split_id": split_id, "keys": keys, "features": [memo[k] for k in keys]}, tmp)
+            os.replace(tmp, path)
+        self._real_dirty.discard(split_id)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer, pl_module, "test")

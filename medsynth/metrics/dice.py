@@ -1,0 +1,396 @@
+"""Organ Dice: learned correspondence between a mask and the CT synthesised from it.
+
+Zhuang et al., Sec. 4, run TotalSegmentator (Wasserthal et al., 2023) on synthetic CT
+*volumes* and compare its organ masks with the ground-truth labels by Dice. This module holds
+the Dice itself, the inverse of the slice pipeline (synthetic slices -> a volume in the original
+NIfTI geometry) and :class:`TotalSegmentatorScorer`, which ties them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS, TOTALSEG_TO_AMOS
+
+__all__ = [
+    "dice_counts",
+    "dice_from_counts",
+    "dice_per_class",
+    "VolumeGeometry",
+    "window_to_hu",
+    "reassemble_volume",
+    "totalseg_weights_root",
+    "required_totalseg_folders",
+    "check_totalseg_weights",
+    "map_totalseg_labels",
+    "TotalSegmentatorScorer",
+]
+
+WINDOW_LEVEL = 40.0
+WINDOW_WIDTH = 400.0
+
+
+def _labels(x: Tensor | np.ndarray, name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class ids, got dtype {t.dtype}")
+    return t.long()
+
+
+def dice_counts(
+    pred: Tensor | np.ndarray, target: Tensor | np.ndarray, num_classes: int = NUM_CLASSES
+) -> Tensor:
+    """Per-class voxel counts ``[3, num_classes]`` int64: intersection, predicted, ground truth.
+
+    Counts add up over slices and processes, so Dice over a whole split (or a volume) is exact
+    whatever the batching: see :func:`dice_from_counts`.
+    """
+    p, t = _labels(pred, "pred"), _labels(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"pred {tuple(p.shape)} and target {tuple(t.shape)} must have the same shape")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    for name, x in (("pred", p), ("target", t)):
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_classes):
+            raise ValueError(
+                f"{name} values must lie in 0..{num_classes - 1}, got {int(x.min())}..{int(x.max())}"
+            )
+    p, t = p.reshape(-1).cpu(), t.reshape(-1).cpu()
+    inter = torch.bincount(p[p == t], minlength=num_classes)
+    return torch.stack(
+        [inter, torch.bincount(p, minlength=num_classes), torch.bincount(t, minlength=num_classes)]
+    ).long()
+
+
+def dice_from_counts(counts: Tensor | np.ndarray) -> Tensor:
+    """Dice ``2|P∩T| / (|P| + |T|)`` per class from :func:`dice_counts`; NaN where both are empty."""
+    c = torch.as_tensor(counts).double()
+    denom = c[1] + c[2]
+    return torch.where(denom > 0, 2.0 * c[0] / denom.clamp(min=1.0), torch.full_like(denom, float("nan")))
+
+
+def dice_per_class(
+    pred: Tensor | np.ndarray, target: Tensor | np.ndarray, num_classes: int = NUM_CLASSES
+) -> Tensor:
+    """Dice of every class over all voxels of ``pred`` and ``target`` (any equal shapes).
+
+    Returns:
+        float64 ``[num_classes]``; NaN where the class is absent from both.
+    """
+    return dice_from_counts(dice_counts(pred, target, num_classes))
+
+
+# ----------------------------------------------------------------------------- volume geometry
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """How the slices of one case sit in its original NIfTI volume.
+
+    The slice pipeline reorients a volume to ``axcodes`` (RAS), takes axial slices
+    ``canonical[:, :, k]`` (``slice_index = k``), transposes them when ``transpose_slices``
+    and resizes them to the model's square size. :meth:`from_canonical_slices` inverts that.
+
+    Attributes:
+        shape: Voxel shape of the original volume.
+        affine: Original voxel -> world (mm) affine, ``[4, 4]``.
+        axcodes: Canonical orientation of the pipeline.
+        transpose_slices: Whether slice rows run along the canonical second axis.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray = field(repr=False)
+    axcodes: tuple[str, str, str] = ("R", "A", "S")
+    transpose_slices: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(f"shape must be three positive ints, got {self.shape!r}")
+        if np.asarray(self.affine).shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {np.asarray(self.affine).shape}")
+
+    @classmethod
+    def from_nifti(cls, img, axcodes: tuple[str, str, str] = ("R", "A", "S"), transpose_slices: bool = False):
+        """Geometry of a nibabel image (or a path to one)."""
+        import nibabel as nib
+
+        if not hasattr(img, "affine"):
+            img = nib.load(str(img))
+        return cls(
+            tuple(int(s) for s in img.shape[:3]),
+            np.asarray(img.affine, np.float64),
+            axcodes,
+            transpose_slices,
+        )
+
+    def _transforms(self) -> tuple[np.ndarray, np.ndarray]:
+        import nibabel.orientations as nio
+
+        orig = nio.io_orientation(np.asarray(self.affine))
+        canon = nio.axcodes2ornt(self.axcodes)
+        return nio.ornt_transform(orig, canon), nio.ornt_transform(canon, orig)
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        fwd, _ = self._transforms()
+        out = [0, 0, 0]
+        for i, (axis, _flip) in enumerate(fwd):
+            out[int(axis)] = self.shape[i]
+        return tuple(out)
+
+    @property
+    def num_slices(self) -> int:
+        return self.canonical_shape[2]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0))
+
+    def to_canonical(self, volume: np.ndarray) -> np.ndarray:
+        """Original voxel array -> canonical orientation."""
+        import nibabel.orientations as nio
+
+        return np.ascontiguousarray(nio.apply_orientation(np.asarray(volume), self._transforms()[0]))
+
+    def from_canonical(self, volume: np.ndarray) -> np.ndarray:
+        """Canonical voxel array -> original orientation (same shape as the original volume)."""
+        import nibabel.orientations as nio
+
+        out = np.ascontiguousarray(nio.apply_orientation(np.asarray(volume), self._transforms()[1]))
+        if tuple(out.shape[:3]) != tuple(self.shape):
+            raise ValueError(f"canonical volume {volume.shape} does not match the geometry {self.shape}")
+        return out
+
+    def from_canonical_slices(self, slices: Tensor | np.ndarray, mode: str = "bilinear") -> np.ndarray:
+        """Resized canonical slices ``[Z, H, W]`` (in slice-index order) -> original voxel array.
+
+        Args:
+            slices: One slice per canonical axial index, at the model's resolution.
+            mode: "bilinear" for intensities, "nearest" for labels.
+        """
+        s = torch.as_tensor(slices)
+        if s.dim() != 3 or s.shape[0] != self.num_slices:
+            raise ValueError(
+                f"slices must have shape [{self.num_slices}, H, W] (one per axial index), got {tuple(s.shape)}"
+            )
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        nx, ny, _ = self.canonical_shape
+        size = (ny, nx) if self.transpose_slices else (nx, ny)
+        x = s[:, None].double()  # [Z, 1, H, W]
+        if mode == "bilinear":
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        else:
+            x = F.interpolate(x, size=size, mode="nearest-exact")
+        plane = x[:, 0]  # [Z, nx, ny] or [Z, ny, nx]
+        if self.transpose_slices:
+            plane = plane.transpose(1, 2)
+        canonical = plane.permute(1, 2, 0).numpy()  # [nx, ny, Z]
+        if mode == "nearest":
+            canonical = np.rint(canonical).astype(np.int64)
+        return self.from_canonical(canonical)
+
+
+def window_to_hu(
+    x: np.ndarray | Tensor, level: float = WINDOW_LEVEL, width: float = WINDOW_WIDTH
+) -> np.ndarray:
+    """Windowed [0, 1] intensities -> Hounsfield units (inverse of the level 40 / width 400 window)."""
+    return np.asarray(x, np.float64) * width + (level - width / 2)
+
+
+def reassemble_volume(
+    slices: Mapping[int, Tensor | np.ndarray] | Sequence[Tensor | np.ndarray] | Tensor,
+    geometry: VolumeGeometry,
+    mode: str = "bilinear",
+) -> np.ndarray:
+    """Stack one case's 2-D slices (``{slice_index: [H, W] or [1, H, W]}`` or a sequence in index
+    order) into a volume in the original geometry; every axial index must be present."""
+    if isinstance(slices, Mapping):
+        missing = sorted(set(range(geometry.num_slices)) - {int(k) for k in slices})
+        if missing:
+            raise ValueError(f"slices missing for axial indices {missing[:10]} (of {geometry.num_slices})")
+        items = [slices[k] for k in sorted(slices, key=int)]
+    else:
+        items = list(slices)
+    stack = torch.stack(
+        [torch.as_tensor(s).reshape(torch.as_tensor(s).shape[-2:]) for s in items]
+    )  # [Z, H, W]
+    return geometry.from_canonical_slices(stack, mode=mode)
+
+
+# ----------------------------------------------------------------------------- TotalSegmentator
+
+
+def totalseg_weights_root(weights_dir: str | os.PathLike | None = None) -> Path:
+    """Folder holding TotalSegmentator's nnU-Net results (``<home>/nnunet/results``).
+
+    ``weights_dir`` is a TotalSegmentator home folder (like ``$TOTALSEG_HOME_DIR``); None follows
+    TotalSegmentator itself: ``$TOTALSEG_WEIGHTS_PATH``, else ``$TOTALSEG_HOME_DIR``, else
+    ``~/.totalsegmentator``.
+    """
+    if weights_dir is not None:
+        return Path(weights_dir).expanduser() / "nnunet" / "results"
+    from totalsegmentator.config import get_weights_dir
+
+    return Path(get_weights_dir())
+
+
+def required_totalseg_folders(fast: bool = False) -> list[str]:
+    """nnU-Net result folders the ``total`` task with ``roi_subset`` loads (TotalSegmentator 2.x):
+    the 3 mm model (fast) or the five 1.5 mm part models, plus the 6 mm model used for cropping
+    (the same sets ``totalseg_download_weights -t total`` / ``-t total_fast`` fetch)."""
+    from totalsegmentator.map_tasks_config import TASK_ID_WEIGHTS_CONFIGS
+
+    ids = [297, 298] if fast else [291, 292, 293, 294, 295, 298]
+    out = []
+    for tid in ids:
+        info = TASK_ID_WEIGHTS_CONFIGS[tid]
+        rel = info.get("rel_path")
+        out.append(str(Path(rel) / info["foldername"]) if rel else info["foldername"])
+    return out
+
+
+def check_totalseg_weights(weights_dir: str | os.PathLike | None = None, fast: bool = False) -> Path:
+    """Raise FileNotFoundError naming the folder and the download command when weights are missing."""
+    root = totalseg_weights_root(weights_dir)
+    missing = [f for f in required_totalseg_folders(fast) if not (root / f).is_dir()]
+    if missing:
+        hint = "totalseg_download_weights -t total" + ("_fast" if fast else "")
+        raise FileNotFoundError(
+            f"TotalSegmentator weights not found in {root} (missing: {', '.join(missing)}). This machine may be "
+            f"offline, so nothing is downloaded: run `{hint}` on a machine with internet access "
+            f"(with TOTALSEG_HOME_DIR set to the folder you want) and copy the folder "
+            f"{root.parent.parent} here, then pass weights_dir=<that folder> or set TOTALSEG_HOME_DIR."
+        )
+    return root
+
+
+def _total_to_amos_lut() -> np.ndarray:
+    """Lookup table: TotalSegmentator ``total`` label id -> AMOS id (0 for everything else)."""
+    from totalsegmentator.map_to_binary import class_map
+
+    total = class_map["total"]
+    lut = np.zeros(max(total) + 1, dtype=np.int64)
+    for tid, name in total.items():
+        if name in TOTALSEG_TO_AMOS:
+            lut[tid] = TOTALSEG_TO_AMOS[name]
+    return lut
+
+
+def map_totalseg_labels(seg: np.ndarray) -> np.ndarray:
+    """TotalSegmentator ``total`` labels -> AMOS ids 0..15 (unmapped structures -> 0)."""
+    lut = _total_to_amos_lut()
+    seg = np.asarray(seg).astype(np.int64)
+    if seg.size and (seg.min() < 0 or seg.max() >= lut.size):
+        raise ValueError(
+            f"TotalSegmentator labels must lie in 0..{lut.size - 1}, got {seg.min()}..{seg.max()}"
+        )
+    return lut[seg]
+
+
+@contextlib.contextmanager
+def _env(**values: str | None) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is not None:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class TotalSegmentatorScorer:
+    """Organ Dice of synthetic CT volumes by TotalSegmentator (Zhuang et al., Sec. 4).
+
+    Slices of a case are reassembled into a volume in the original geometry
+    (:class:`VolumeGeometry`), converted back to HU, segmented with TotalSegmentator's ``total``
+    task restricted to the 15 AMOS organs (``roi_subset``), mapped to AMOS ids and compared with
+    the ground-truth label volume. Usage statistics are switched off in TotalSegmentator's config.
+
+    Args:
+        weights_dir: TotalSegmentator home folder (holding ``nnunet/results``); None follows
+            TotalSegmentator (``$TOTALSEG_WEIGHTS_PATH`` / ``$TOTALSEG_HOME_DIR`` / ``~/.totalsegmentator``).
+        device: "cpu", "gpu" or "gpu:N" (TotalSegmentator's device strings; "cuda" is read as "gpu").
+        fast: TotalSegmentator's 3 mm model.
+        segment_fn: Replaces the TotalSegmentator call (``nibabel CT image -> total label ids``, as
+            image or array); weights are then not needed. Tests use it.
+    """
+
+    def __init__(
+        self,
+        weights_dir: str | os.PathLike | None = None,
+        device: str = "cpu",
+        fast: bool = False,
+        segment_fn: Callable[[object], object] | None = None,
+    ) -> None:
+        if not isinstance(device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'gpu', got {device!r}")
+        self.weights_dir = None if weights_dir is None else Path(weights_dir).expanduser()
+        self.device = device.replace("cuda", "gpu")
+        self.fast = bool(fast)
+        self.segment_fn = segment_fn
+        self.roi_subset = [c.totalseg for c in CLASSES if c.index in ORGAN_IDS]
+        if segment_fn is None:
+            check_totalseg_weights(self.weights_dir, self.fast)
+
+    def _run_totalsegmentator(self, ct) -> np.ndarray:
+        from totalsegmentator.config import set_config_key, setup_totalseg
+
+        home = None if self.weights_dir is None else str(self.weights_dir)
+        with _env(TOTALSEG_HOME_DIR=home):
+            setup_totalseg()  # creates config.json if needed, then switch usage statistics off
+            set_config_key("send_usage_stats", False)
+            set_config_key("statistics_disclaimer_shown", True)
+            from totalsegmentator.python_api import totalsegmentator
+
+            seg = totalsegmentator(
+                ct, None, ml=True, roi_subset=self.roi_subset, fast=self.fast, device=self.device, quiet=True
+            )
+        return np.asanyarray(seg.dataobj)
+
+    def segment(self, ct) -> np.ndarray:
+        """CT volume (nibabel image, HU) -> AMOS label volume in the same geometry."""
+        seg = self.segment_fn(ct) if self.segment_fn is not None else self._run_totalsegmentator(ct)
+        seg = np.asanyarray(seg.dataobj) if hasattr(seg, "dataobj") else np.asarray(seg)
+        if seg.shape[:3] != tuple(ct.shape[:3]):
+            raise ValueError(f"segmentation shape {seg.shape} does not match the CT volume {ct.shape}")
+        return map_totalseg_labels(seg)
+
+    def score_case(
+        self,
+        slices: Mapping[int, Tensor | np.ndarray] | Sequence[Tensor | np.ndarray] | Tensor,
+        geometry: VolumeGeometry,
+        label_volume: np.ndarray,
+    ) -> Tensor:
+        """Dice per class ``[17]`` (float64, NaN where absent from both) of one synthetic case.
+
+        Args:
+            slices: Synthetic slices in [0, 1] (see :func:`reassemble_volume`).
+            geometry: Where the slices go in the original volume.
+            label_volume: Ground-truth AMOS labels in the original geometry; ids above 15
+                (e.g. the body class) are ignored.
+        """
+        import nibabel as nib
+
+        labels = np.asarray(label_volume).astype(np.int64)
+        if labels.shape != tuple(geometry.shape):
+            raise ValueError(f"label_volume {labels.shape} does not match the geometry {geometry.shape}")
+        hu = window_to_hu(reassemble_volume(slices, geometry, mode="bilinear"))
+        ct = nib.Nifti1Image(hu.astype(np.float32), np.asarray(geometry.affine))
+        pred = self.segment(ct)
+        labels = np.where(labels <= max(ORGAN_IDS), labels, 0)
+        return dice_per_class(pred, labels, NUM_CLASSES)

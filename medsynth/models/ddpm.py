@@ -1,0 +1,228 @@
+"""The paper's three conditional DDPMs (Zhuang et al., Sec. 2.2, Fig. 2) over one shared base.
+
+:class:`DiffusionModel` holds everything the variants share: the Gaussian diffusion with the
+hybrid loss (Improved DDPM), the EMA denoiser used for validation and generation, the optimiser,
+logging and the samplers. A variant only says how to build its network and which
+``model_kwargs`` carry the mask to it:
+
+- :class:`ConditionalDDPM` (Fig. 2a): one-hot mask concatenated to x_t.
+- :class:`MaskGuidedDDPM` (Fig. 2b): one-hot mask through a separate encoder branch whose
+  features join the UNet's encoder and decoder at every resolution.
+- :class:`EdgeGuidedDDPM` (Fig. 2c): (a) plus the encoder branch fed with the semantic edge map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from medsynth.data import semantic_edges
+from medsynth.diffusion import SAMPLERS, GaussianDiffusion, sample
+from medsynth.labels import NUM_CLASSES
+from medsynth.models.base import SynthesisModule, check_batch, one_hot
+from medsynth.nn.ema import EMA
+from medsynth.nn.unet import DiffusionUNet
+
+__all__ = ["DiffusionModel", "ConditionalDDPM", "MaskGuidedDDPM", "EdgeGuidedDDPM"]
+
+
+class DiffusionModel(SynthesisModule):
+    """Shared base of the diffusion methods (the three DDPMs and SDM).
+
+    Args:
+        image_size: Side of the square slices.
+        num_classes: Mask classes (17).
+        model_channels: Base width of the UNet (128, Improved DDPM at 256px).
+        channel_mult: Width multipliers per resolution; default by image size ((1,1,2,2,4,4) at 256).
+        num_res_blocks: Res blocks per resolution (2).
+        attention_resolutions: Feature sides with self-attention (16, 8).
+        dropout: Res-block dropout (0).
+        num_heads: Attention heads (4).
+        timesteps: T (1000).
+        lr: Adam learning rate (1e-4; weight decay 0).
+        ema_decay: Decay of the EMA denoiser used for validation and generation (0.9999).
+        sampler: Default sampler of ``generate`` ("ddpm": the paper's ancestral sampling).
+        num_steps: Default network evaluations of ``generate`` (None: 1000 for "ddpm").
+    """
+
+    generate_options: tuple[str, ...] = ("num_steps", "sampler")
+
+    def __init__(
+        self,
+        image_size: int,
+        num_classes: int = NUM_CLASSES,
+        model_channels: int = 128,
+        channel_mult: Sequence[int] | None = None,
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16, 8),
+        dropout: float = 0.0,
+        num_heads: int = 4,
+        timesteps: int = 1000,
+        lr: float = 1e-4,
+        ema_decay: float = 0.9999,
+        sampler: str = "ddpm",
+        num_steps: int | None = None,
+    ) -> None:
+        super().__init__(image_size, num_classes)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        if num_steps is not None and (not isinstance(num_steps, int) or not 1 <= num_steps <= timesteps):
+            raise ValueError(f"num_steps must be None or an int in 1..{timesteps}, got {num_steps!r}")
+        self.save_hyperparameters()
+        self.diffusion = GaussianDiffusion(num_timesteps=timesteps)
+        self.net = self.build_network()
+        self.ema = EMA(self.net, ema_decay)
+
+    # ---- what a variant defines ------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        """The denoiser ``net(x_t, t, **model_kwargs) -> [B, 2, H, W]``."""
+        raise NotImplementedError
+
+    def model_kwargs(self, mask: Tensor) -> dict[str, Tensor]:
+        """Conditioning passed to the network for a label map ``[B, H, W]``."""
+        raise NotImplementedError
+
+    def training_model_kwargs(self, mask: Tensor) -> dict[str, Tensor]:
+        """Conditioning during training (SDM drops the mask here); default as at sampling."""
+        return self.model_kwargs(mask)
+
+    def denoiser(self, guidance_scale: float | None = None) -> nn.Module:
+        """The network used for sampling: the EMA copy (SDM wraps it with guidance)."""
+        return self.ema.shadow
+
+    def unet(self, **overrides: Any) -> DiffusionUNet:
+        """A :class:`DiffusionUNet` with this module's hyperparameters, plus variant overrides."""
+        hp = self.hparams
+        cls = overrides.pop("cls", DiffusionUNet)
+        return cls(
+            image_size=self.image_size,
+            out_channels=2,
+            model_channels=hp.model_channels,
+            channel_mult=hp.channel_mult,
+            num_res_blocks=hp.num_res_blocks,
+            attention_resolutions=tuple(hp.attention_resolutions),
+            dropout=hp.dropout,
+            num_heads=hp.num_heads,
+            **overrides,
+        )
+
+    # ---- training --------------------------------------------------------------------------
+    def _losses(
+        self, net: nn.Module, batch: Mapping[str, Any], training: bool, generator=None
+    ) -> dict[str, Tensor]:
+        image, mask = check_batch(batch, self.num_classes)
+        x0 = image * 2.0 - 1.0  # [B, 1, H, W] in [-1, 1]
+        b = x0.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator).to(self.device)
+        noise = None
+        if generator is not None:
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        kwargs = self.training_model_kwargs(mask) if training else self.model_kwargs(mask)
+        losses = self.diffusion.training_losses(net, x0, t, kwargs, noise)
+        return {k: v.mean() for k, v in losses.items()}
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        losses = self._losses(self.net, batch, training=True)
+        b = batch["image"].shape[0]
+        for k, v in losses.items():
+            self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=b)
+        return losses["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update(self.net)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        # Fixed timesteps and noise per batch index, so val/loss is comparable between epochs.
+        g = torch.Generator().manual_seed(batch_idx)
+        losses = self._losses(self.ema.shadow, batch, training=False, generator=g)
+        self.log("val/loss", losses["loss"], batch_size=batch["image"].shape[0], sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+
+    # ---- generation ------------------------------------------------------------------------
+    def _generate(
+        self,
+        mask: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        num_steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+    ) -> Tensor:
+        b, h, w = mask.shape
+        x = sample(
+            self.diffusion,
+            self.denoiser(guidance_scale),
+            (b, 1, h, w),
+            sampler=sampler or self.hparams.sampler,
+            num_steps=num_steps if num_steps is not None else self.hparams.num_steps,
+            model_kwargs=self.model_kwargs(mask),
+            generator=generator,
+            device=self.device,
+        )  # [B, 1, H, W] in [-1, 1]
+        return (x + 1.0) / 2.0
+
+
+class ConditionalDDPM(DiffusionModel):
+    """Conditional DDPM (Zhuang et al., Fig. 2a): the one-hot mask concatenated to x_t."""
+
+    def build_network(self) -> nn.Module:
+        return self.unet(in_channels=1 + self.num_classes)
+
+    def model_kwargs(self, mask: Tensor) -> dict[str, Tensor]:
+        return {"concat": one_hot(mask, self.num_classes)}
+
+
+class _BranchedDDPM(DiffusionModel):
+    """A DDPM with the conditioning encoder branch (Fig. 2b/c).
+
+    Args:
+        cond_model_channels: Base width of the branch (default ``model_channels``).
+        cond_num_res_blocks: Res blocks per resolution in the branch (1).
+        **kwargs: As :class:`DiffusionModel`.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        num_classes: int = NUM_CLASSES,
+        model_channels: int = 128,
+        cond_model_channels: int | None = None,
+        cond_num_res_blocks: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if cond_model_channels is not None and cond_model_channels < 1:
+            raise ValueError(f"cond_model_channels must be positive or None, got {cond_model_channels!r}")
+        if cond_num_res_blocks < 1:
+            raise ValueError(f"cond_num_res_blocks must be positive, got {cond_num_res_blocks!r}")
+        self._branch = {
+            "cond_model_channels": cond_model_channels,
+            "cond_num_res_blocks": cond_num_res_blocks,
+        }
+        super().__init__(image_size, num_classes, model_channels, **kwargs)
+
+
+class MaskGuidedDDPM(_BranchedDDPM):
+    """Mask-guided DDPM (Zhuang et al., Fig. 2b): the one-hot mask enters through the encoder branch."""
+
+    def build_network(self) -> nn.Module:
+        return self.unet(in_channels=1, cond_channels=self.num_classes, **self._branch)
+
+    def model_kwargs(self, mask: Tensor) -> dict[str, Tensor]:
+        return {"cond": one_hot(mask, self.num_classes)}
+
+
+class EdgeGuidedDDPM(_BranchedDDPM):
+    """Edge-guided DDPM (Zhuang et al., Fig. 2c): mask concatenated, semantic edges through the branch."""
+
+    def build_network(self) -> nn.Module:
+        return self.unet(in_channels=1 + self.num_classes, cond_channels=1, **self._branch)
+
+    def model_kwargs(self, mask: Tensor) -> dict[str, Tensor]:
+        return {"concat": one_hot(mask, self.num_classes), "cond": semantic_edges(mask).to(mask.device)}

@@ -1,0 +1,130 @@
+"""In-domain organ segmenter: scores learned correspondence without any download.
+
+SPADE (Park et al., 2019) and OASIS (Schönfeld et al., 2021) score semantic image synthesis by
+segmenting generated images with a network trained on real ones and comparing the result with
+the input mask. Zhuang et al. use TotalSegmentator for that on volumes
+(:class:`medsynth.metrics.TotalSegmentatorScorer`); this 2-D MONAI U-Net trained on the real
+slices of the same split family is the offline counterpart used by
+:class:`medsynth.callbacks.SynthesisMetrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import BasicUNet
+from torch import Tensor
+
+from medsynth.labels import NUM_CLASSES, ORGAN_IDS
+from medsynth.metrics.dice import dice_counts, dice_from_counts
+from medsynth.models.base import check_batch
+
+__all__ = ["OrganSegmenter"]
+
+
+class OrganSegmenter(L.LightningModule):
+    """2-D multi-organ segmenter (MONAI BasicUNet, Dice + cross-entropy loss) on real CT slices.
+
+    Args:
+        image_size: Side of the square slices.
+        num_classes: Mask classes (17: background, 15 organs, body).
+        model_channels: Base width; the U-Net uses ``(c, c, 2c, 4c, 8c, c)`` features.
+        lr: Adam learning rate.
+        dropout: Dropout of the U-Net blocks.
+
+    Logs ``train/loss``, ``val/loss``, ``val/dice`` (mean organ Dice over the epoch's pixels)
+    and the same under ``test/``.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        num_classes: int = NUM_CLASSES,
+        model_channels: int = 32,
+        lr: float = 1e-3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if not isinstance(model_channels, int) or model_channels < 1:
+            raise ValueError(f"model_channels must be a positive int, got {model_channels!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        self.save_hyperparameters()
+        c = model_channels
+        self.net = BasicUNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=num_classes,
+            features=(c, c, 2 * c, 4 * c, 8 * c, c),
+            dropout=dropout,
+        )
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        self.num_classes = num_classes
+        self._counts: dict[str, Tensor] = {}
+
+    def forward(self, image: Tensor) -> Tensor:
+        """``[B, 1, H, W]`` in [0, 1] -> logits ``[B, num_classes, H, W]``."""
+        return self.net(image)
+
+    @torch.no_grad()
+    def segment(self, image: Tensor) -> Tensor:
+        """``[B, 1, H, W]`` in [0, 1] -> label map ``[B, H, W]`` int64 (eval mode)."""
+        if image.dim() != 4 or image.shape[1] != 1:
+            raise ValueError(f"image must have shape [B, 1, H, W], got {tuple(image.shape)}")
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(image.to(self.device, torch.float32))  # [B, C, H, W]
+        finally:
+            self.train(was_training)
+        return logits.argmax(dim=1).long()
+
+    def _loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        image, mask = check_batch(batch, self.num_classes)
+        logits = self(image)  # [B, C, H, W]
+        return self.loss_fn(logits, mask[:, None]), logits, mask
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        loss, _, _ = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        loss, logits, mask = self._loss(batch)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=mask.shape[0])
+        counts = dice_counts(logits.argmax(dim=1), mask, self.num_classes)
+        self._counts[stage] = self._counts.get(stage, torch.zeros_like(counts)) + counts
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        counts = self._counts.pop(stage, None)
+        if counts is None:
+            return
+        counts = counts.to(self.device)
+        if self.trainer.world_size > 1:
+            counts = self.all_gather(counts).sum(dim=0)
+        dice = dice_from_counts(counts.cpu())
+        organs = [i for i in ORGAN_IDS if i < self.num_classes]
+        self.log(f"{stage}/dice", float(torch.nanmean(dice[organs])), rank_zero_only=False)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

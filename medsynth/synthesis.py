@@ -1,0 +1,380 @@
+"""Mask volume -> synthetic CT volume, slice by slice, and nnU-Net dataset export.
+
+The use the paper points to (Zhuang et al., Sec. 4, "Future work"): synthetic CT for data
+augmentation. Label volumes (AMOS ids) go through the training preprocessing (canonical
+orientation, body class, resize), a trained medsynth model generates every axial slice, and the
+slices are put back into the input's geometry (shape, affine, orientation) with intensities
+mapped back to HU through the training window. Every input is validated before any slice is
+generated, and every file is written atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsynth.data.transforms import (
+    CANONICAL_AXCODES,
+    add_body_class,
+    body_mask,
+    canonicalize,
+    load_nifti,
+)
+from medsynth.labels import BODY, CLASSES, NUM_CLASSES, NUM_ORGANS
+from medsynth.models.base import CHECKPOINT_CLASS_KEY, SynthesisModule
+
+__all__ = ["load_model", "LabelCase", "read_label_case", "synthesize_volume", "synthesize_files", "main"]
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> SynthesisModule:
+    """Rebuild a medsynth synthesis model from a Lightning checkpoint written by medsynth.
+
+    Raises:
+        FileNotFoundError: naming the checkpoint when it does not exist.
+        ValueError: naming the file when it is not a medsynth synthesis checkpoint.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    class_path = ckpt.get(CHECKPOINT_CLASS_KEY) if isinstance(ckpt, dict) else None
+    if not class_path:
+        raise ValueError(f"{path}: not a medsynth model checkpoint (no {CHECKPOINT_CLASS_KEY!r} entry)")
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{path}: names class {class_path!r}, which this medsynth cannot import") from err
+    if not (isinstance(cls, type) and issubclass(cls, SynthesisModule)):
+        raise ValueError(f"{path}: {class_path} is not a medsynth synthesis method")
+    model = cls.load_from_checkpoint(path, map_location=map_location)
+    return model.eval()
+
+
+@dataclass
+class LabelCase:
+    """A validated label volume, ready for synthesis.
+
+    Attributes:
+        path: Source file.
+        name: Case name (file name without the NIfTI suffix).
+        mask: uint8 ``[H, W, D]`` in canonical orientation, values 0..16 with the body class.
+        affine: ``[4, 4]`` of the input file.
+        shape: Shape of the input array.
+        labels: The input labels as stored (AMOS ids, 16 = body kept if present) ``[X, Y, Z]``.
+    """
+
+    path: Path
+    name: str
+    mask: np.ndarray
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    labels: np.ndarray
+
+
+def read_label_case(
+    path: str | Path, image: str | Path | None = None, body_threshold: float = -500.0
+) -> LabelCase:
+    """Read and validate a label volume; add the body class as in training.
+
+    The body class (16) is taken from the labels when present. Otherwise it is derived, exactly
+    as in training, from the matching CT volume ``image`` (threshold and morphology). Without
+    either there is no body outline to condition on, which is an error.
+
+    Raises:
+        ValueError: naming the file for unreadable volumes, non-integer or out-of-range labels,
+            an image of another shape or geometry, or a missing body outline.
+    """
+    path = Path(path)
+    try:
+        raw, affine = load_nifti(path, label=True)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot read label volume ({err})") from err
+    raw = np.asarray(raw)
+    if raw.dtype.kind == "f":
+        if not np.all(np.isfinite(raw)) or not np.array_equal(raw, np.round(raw)):
+            raise ValueError(
+                f"{path}: labels must be integers 0..{NUM_CLASSES - 1}, found non-integer values"
+            )
+    if raw.size and (raw.min() < 0 or raw.max() > BODY):
+        raise ValueError(
+            f"{path}: labels must lie in 0..{BODY} (AMOS ids 0..{NUM_ORGANS}, {BODY} = body), "
+            f"found {raw.min():g}..{raw.max():g}"
+        )
+    labels = raw.astype(np.uint8)
+    lab_c, _ = canonicalize(labels, affine, CANONICAL_AXCODES)  # [H, W, D]
+    if (lab_c == BODY).any():
+        mask = lab_c
+    elif image is not None:
+        image = Path(image)
+        try:
+            hu, img_affine = load_nifti(image)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"{image}: cannot read CT volume ({err})") from err
+        if hu.shape != labels.shape or not np.allclose(img_affine, affine, atol=1e-3):
+            raise ValueError(
+                f"{image}: shape/geometry {hu.shape} differs from the label volume {path} {labels.shape}"
+            )
+        hu_c, _ = canonicalize(hu, img_affine, CANONICAL_AXCODES)
+        mask = add_body_class(np.where(lab_c == BODY, 0, lab_c), body_mask(hu_c, body_threshold))
+    else:
+        raise ValueError(
+            f"{path}: no body label ({BODY}) in the volume and no CT image to derive it from; "
+            f"pass the matching CT with --images, or add the body class to the labels"
+        )
+    return LabelCase(path, _stem(path), mask, np.asarray(affine), tuple(labels.shape), labels)
+
+
+def _slice_seed(seed: int, name: str, start: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{name}/{start}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@torch.no_grad()
+def synthesize_volume(
+    model: SynthesisModule,
+    case: LabelCase,
+    *,
+    batch_size: int = 16,
+    num_steps: int | None = None,
+    sampler: str | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    window: tuple[float, float] = (40.0, 400.0),
+    progress: bool = True,
+) -> np.ndarray:
+    """Generate every axial slice of ``case`` and return a HU volume in the input's geometry.
+
+    Args:
+        model: A trained synthesis method.
+        case: From :func:`read_label_case`.
+        batch_size: Slices per ``generate()`` call.
+        num_steps, sampler, guidance_scale: Passed to ``generate()`` (None = method default).
+        seed: With the same seed and batch size the output is identical.
+        window: (level, width) of the training window, to map [0, 1] back to HU.
+        progress: Show a progress bar.
+
+    Returns:
+        float32 ``[X, Y, Z]`` in HU, same shape and orientation as the input file.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    level, width = window
+    size = model.image_size
+    mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.mask, 2, 0))).long()  # [D, H, W]
+    depth, height, width_px = mask.shape
+    small = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest-exact")[
+        :, 0
+    ].long()  # [D, S, S]
+    out = torch.empty(depth, height, width_px)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=depth, desc=f"synthesize {case.name}", unit="slice", disable=not progress)
+    for start in range(0, depth, batch_size):
+        gen = torch.Generator(device=model.device).manual_seed(_slice_seed(seed, case.name, start))
+        batch = small[start : start + batch_size].to(model.device)
+        x = model.generate(
+            batch, num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, generator=gen
+        )
+        x = x.float().cpu()  # [b, 1, S, S] in [0, 1]
+        if (height, width_px) != (size, size):
+            x = F.interpolate(
+                x, size=(height, width_px), mode="bilinear", align_corners=False, antialias=True
+            )
+        out[start : start + batch.shape[0]] = x[:, 0].clamp(0, 1)
+        bar.update(batch.shape[0])
+    bar.close()
+    hu_c = np.moveaxis(out.numpy(), 0, 2) * width + (level - width / 2.0)  # [H, W, D]
+    # Back to the stored orientation: reorient the canonical volume to the file's axis codes.
+    import nibabel as nib
+
+    _, aff_c = canonicalize(np.zeros(case.shape, np.uint8), case.affine, CANONICAL_AXCODES)
+    axcodes = "".join(nib.aff2axcodes(case.affine))
+    hu, aff_back = canonicalize(hu_c.astype(np.float32), aff_c, axcodes)
+    if hu.shape != case.shape or not np.allclose(aff_back, case.affine, atol=1e-3):
+        raise RuntimeError(
+            f"{case.path}: could not restore the input geometry (got {hu.shape}, want {case.shape})"
+        )
+    return hu.astype(np.float32)
+
+
+def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial.nii.gz")
+    nib.save(nib.Nifti1Image(array, affine), tmp)
+    os.replace(tmp, path)
+
+
+def _nnunet_labels() -> dict[str, int]:
+    return {"background": 0, **{c.name: c.index for c in CLASSES[1 : NUM_ORGANS + 1]}}
+
+
+def synthesize_files(
+    model: SynthesisModule,
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    images: Path | None = None,
+    nnunet: str | None = None,
+    batch_size: int = 16,
+    num_steps: int | None = None,
+    sampler: str | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Path]:
+    """Synthesize a CT volume for each label file; optionally also write an nnU-Net v2 raw dataset.
+
+    All inputs are read and validated first; nothing is written when any is bad. Each output file
+    appears atomically; the nnU-Net folder appears only once complete.
+
+    Returns:
+        The written CT volumes (``<output>/<case>.nii.gz``).
+    """
+    import re
+
+    if nnunet is not None and not re.fullmatch(r"Dataset\d{3}_[A-Za-z0-9_\-]+", nnunet):
+        raise ValueError(f"--nnunet must look like 'Dataset123_Name', got {nnunet!r}")
+    if not inputs:
+        raise ValueError("no label volumes given")
+    cases = []
+    for path in inputs:
+        image = None
+        if images is not None:
+            image = images / path.name
+            if not image.is_file():
+                raise ValueError(f"{path}: no matching CT image {image}")
+        cases.append(read_label_case(path, image))
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"duplicate case names among the inputs: {sorted(n for n in names if names.count(n) > 1)}"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    final_nnunet = output / nnunet if nnunet else None
+    if final_nnunet is not None and final_nnunet.exists():
+        raise ValueError(f"{final_nnunet} exists already; refusing to overwrite an nnU-Net dataset")
+    staging = output / f".{nnunet}.partial" if nnunet else None
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    written = []
+    try:
+        for case in cases:
+            hu = synthesize_volume(
+                model,
+                case,
+                batch_size=batch_size,
+                num_steps=num_steps,
+                sampler=sampler,
+                guidance_scale=guidance_scale,
+                seed=seed,
+                progress=progress,
+            )
+            hu16 = np.round(hu).astype(np.int16)
+            target = output / f"{case.name}.nii.gz"
+            _save_atomic(hu16, case.affine, target)
+            written.append(target)
+            if staging is not None:
+                _save_atomic(hu16, case.affine, staging / "imagesTr" / f"{case.name}_0000.nii.gz")
+                organs = np.where(case.labels == BODY, 0, case.labels).astype(np.uint8)
+                _save_atomic(organs, case.affine, staging / "labelsTr" / f"{case.name}.nii.gz")
+        if staging is not None:
+            meta = {
+                "name": nnunet,
+                "description": "Synthetic abdominal CT generated by medsynth",
+                "channel_names": {"0": "CT"},
+                "labels": _nnunet_labels(),
+                "numTraining": len(cases),
+                "file_ending": ".nii.gz",
+            }
+            (staging / "dataset.json").write_text(json.dumps(meta, indent=2))
+            os.replace(staging, final_nnunet)
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return written
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medsynth synthesize",
+        description="Label volumes (NIfTI, AMOS ids) -> synthetic CT volumes (NIfTI, HU).",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="a medsynth model checkpoint (.ckpt)")
+    p.add_argument("--input", required=True, type=Path, help="a label volume .nii.gz or a folder of them")
+    p.add_argument("--output", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--images", type=Path, default=None, help="folder of the matching CT volumes (for the body class)"
+    )
+    p.add_argument("--num_steps", type=int, default=None)
+    p.add_argument("--sampler", default=None, help="ddpm, ddim or dpm++ (diffusion models)")
+    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.input.is_dir():
+            inputs = sorted(p for p in a.input.iterdir() if p.name.endswith(_NIFTI_SUFFIXES))
+            if not inputs:
+                raise ValueError(f"{a.input}: no .nii or .nii.gz files")
+        elif a.input.is_file():
+            inputs = [a.input]
+        else:
+            raise ValueError(f"input not found: {a.input}")
+        model = load_model(a.checkpoint, map_location=a.device)
+        written = synthesize_files(
+            model,
+            inputs,
+            a.output,
+            images=a.images,
+            nnunet=a.nnunet,
+            batch_size=a.batch_size,
+            num_steps=a.num_steps,
+            sampler=a.sampler,
+            guidance_scale=a.guidance_scale,
+            seed=a.seed,
+            progress=not a.no_progress,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"medsynth synthesize: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} synthetic CT volume(s) to {a.output}")
+    if a.nnunet:
+        print(f"nnU-Net dataset: {a.output / a.nnunet}")
+    return 0

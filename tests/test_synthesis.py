@@ -1,0 +1,154 @@
+"""Volume synthesis: geometry round trip, body class, nnU-Net export, bad input (medsynth.synthesis)."""
+
+import json
+
+import lightning as L
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsynth.labels import BODY
+from medsynth.models.base import SynthesisModule
+from medsynth.synthesis import load_model, main, read_label_case, synthesize_files
+
+
+class LutModel(SynthesisModule):
+    """Deterministic stand-in: class k -> intensity k / 16 (so HU = 25 k - 160 under the 40/400 window)."""
+
+    def __init__(self, image_size: int = 16, num_classes: int = 17) -> None:
+        super().__init__(image_size, num_classes)
+        self.save_hyperparameters()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def _generate(self, mask, *, generator=None):
+        return (mask.float() / 16.0 + 0.0 * self.w).unsqueeze(1)  # [B, 1, H, W]
+
+    def training_step(self, batch, batch_idx):
+        return (self.w**2).sum() + 1.0
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(2, 1), batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "lut.ckpt"
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(LutModel(image_size=16))
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _labels(shape=(16, 16, 5), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lab = np.zeros(shape, dtype=np.uint8)
+    lab[2:14, 2:14, :] = BODY
+    lab[4:8, 5:9, :] = 6
+    lab[9:12, 3:6, 1:4] = rng.integers(1, 16)
+    return lab
+
+
+def _save(array, affine, path):
+    nib.save(nib.Nifti1Image(array, affine), path)
+    return path
+
+
+def test_load_model_round_trip_and_errors(checkpoint, tmp_path):
+    model = load_model(checkpoint)
+    assert isinstance(model, LutModel) and model.image_size == 16
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_model(tmp_path / "missing.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="other.ckpt: not a medsynth model"):
+        load_model(tmp_path / "other.ckpt")
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="junk.ckpt"):
+        load_model(tmp_path / "junk.ckpt")
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.diag([-1.5, 1.5, 3.0, 1.0]),  # LAS, as the phantom stores it
+        np.diag([1.5, -1.5, -3.0, 1.0]),  # RPI: flipped in-plane and reversed slice order
+        np.array(
+            [[0, 1.5, 0, 0], [-1.5, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1.0]]
+        ),  # transposed in-plane axes
+    ],
+    ids=["LAS", "RPI", "transposed"],
+)
+def test_output_keeps_input_geometry_and_maps_to_hu(checkpoint, tmp_path, affine):
+    lab = _labels()
+    src = _save(lab, affine, tmp_path / "case_a.nii.gz")
+    out = tmp_path / "out"
+    written = synthesize_files(load_model(checkpoint), [src], out, batch_size=2, progress=False)
+    img = nib.load(written[0])
+    assert written[0] == out / "case_a.nii.gz"
+    assert img.shape == lab.shape and np.allclose(img.affine, affine)
+    # Same in-plane size as the model: no resampling, so every voxel is exactly 25 * label - 160 HU.
+    np.testing.assert_array_equal(np.asarray(img.dataobj), 25 * lab.astype(np.int16) - 160)
+
+
+def test_body_class_from_matching_ct(checkpoint, tmp_path):
+    organs = np.zeros((16, 16, 4), dtype=np.uint8)
+    organs[6:9, 6:9] = 6
+    hu = np.full(organs.shape, -1000.0, dtype=np.float32)
+    hu[3:13, 3:13] = 40.0  # the body outline
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "img").mkdir()
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    src = _save(organs, aff, tmp_path / "lab" / "c.nii.gz")
+    _save(hu, aff, tmp_path / "img" / "c.nii.gz")
+    case = read_label_case(src, tmp_path / "img" / "c.nii.gz")
+    assert (case.mask == BODY).sum() == (10 * 10 - 9) * 4 and (case.mask == 6).sum() == 9 * 4
+    with pytest.raises(ValueError, match="no body label"):
+        read_label_case(src)
+    written = synthesize_files(
+        load_model(checkpoint), [src], tmp_path / "out", images=tmp_path / "img", progress=False
+    )
+    vol = np.asarray(nib.load(written[0]).dataobj)
+    assert (vol == 25 * BODY - 160).sum() == (10 * 10 - 9) * 4
+
+
+def test_nnunet_export(checkpoint, tmp_path):
+    srcs = [_save(_labels(seed=i), np.eye(4), tmp_path / f"amos_{i:04d}.nii.gz") for i in (1, 2)]
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(checkpoint), "--input", str(tmp_path), "--output", str(out),
+                 "--nnunet", "Dataset501_Synth", "--no_progress"]) == 0  # fmt: skip
+    ds = out / "Dataset501_Synth"
+    meta = json.loads((ds / "dataset.json").read_text())
+    assert (
+        meta["channel_names"] == {"0": "CT"} and meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
+    )
+    assert meta["labels"]["background"] == 0 and meta["labels"]["liver"] == 6 and len(meta["labels"]) == 16
+    for src in srcs:
+        name = src.name.removesuffix(".nii.gz")
+        assert (ds / "imagesTr" / f"{name}_0000.nii.gz").is_file()
+        lab = np.asarray(nib.load(ds / "labelsTr" / f"{name}.nii.gz").dataobj)
+        np.testing.assert_array_equal(
+            lab, np.where(_labels(seed=int(name[-1])) == BODY, 0, _labels(seed=int(name[-1])))
+        )
+    assert not list(out.glob(".*partial*"))
+
+
+def test_bad_input_writes_nothing(checkpoint, tmp_path, capsys):
+    good = _save(_labels(), np.eye(4), tmp_path / "good.nii.gz")
+    bad = _save(np.full((16, 16, 2), 20, np.uint8), np.eye(4), tmp_path / "bad.nii.gz")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"bad.nii.gz: labels must lie in 0..16"):
+        synthesize_files(load_model(checkpoint), [good, bad], out, progress=False)
+    assert not out.exists() or not any(out.iterdir())
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    rc = main(
+        ["--checkpoint", str(checkpoint), "--input", str(tmp_path / "broken.nii.gz"), "--output", str(out)]
+    )
+    assert rc == 2 and "broken.nii.gz" in capsys.readouterr().err
+    floats = _save(np.full((4, 4, 2), 1.5, np.float32), np.eye(4), tmp_path / "floats.nii.gz")
+    with pytest.raises(ValueError, match="floats.nii.gz: labels must be integers"):
+        read_label_case(floats)
+    with pytest.raises(ValueError, match="Dataset123_Name"):
+        synthesize_files(load_model(checkpoint), [good], out, nnunet="mydata", progress=False)
