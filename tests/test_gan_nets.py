@@ -155,3 +155,15 @@ def test_vgg_loss_against_manual_features(vgg_file):
     with torch.no_grad():
         assert loss(fake, real).item() == pytest.approx(ref.item(), rel=1e-4)
     assert not any(p.requires_grad for p in loss.parameters()) and not loss.train().training
+
+
+def test_spade_with_vgg_weights_uses_vgg_term(vgg_file):
+    from medsynth.models import SPADE
+
+    model = SPADE(image_size=32, model_channels=4, disc_channels=8, spade_hidden=8, vgg_weights=vgg_file)
+    mask = torch.randint(0, 17, (2, 32, 32))
+    real, seg = torch.rand(2, 1, 32, 32) * 2 - 1, one_hot(mask, 17)
+    fake = model.generator(seg)
+    terms = model.generator_losses(real, fake, seg, mask)
+    assert set(terms) == {"g_gan", "g_feat", "g_vgg"} and model.loss_weights["g_vgg"] == 10
+    torch.testing.assert_close(terms["g_vgg"], model.vgg(fake, real))
