@@ -85,6 +85,7 @@ def test_cache_round_trip_equals_direct_decoding(amos_root, tmp_path):
     dm.setup("fit")
     ds = dm.datasets["train"]
     assert isinstance(ds.images[0], np.memmap), "slices are read through memory maps"
+    assert not ds._images[0].flags.owndata and not ds._images[0].flags.writeable
     config = PreprocessConfig(image_size=32)
     for n, case in enumerate(dm.splits["train"]):
         direct = load_case(case.image, case.label, config, case.case_id)

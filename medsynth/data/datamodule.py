@@ -62,6 +62,9 @@ class SliceDataset(Dataset):
                 )
         self.images, self.masks, self.case_names = list(images), list(masks), list(case_names)
         self.offsets = np.cumsum([0] + [len(x) for x in self.images])  # [num_cases + 1]
+        # Plain ndarray views of the same buffers (np.memmap indexing has a per-call overhead).
+        self._images = [np.asarray(x) for x in self.images]
+        self._masks = [np.asarray(x) for x in self.masks]
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[SliceVolume]) -> SliceDataset:
@@ -81,8 +84,10 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         case, k = self.locate(i)
-        image = torch.from_numpy(np.array(self.images[case][k], dtype=np.float32))[None]  # [1, S, S]
-        mask = torch.from_numpy(np.array(self.masks[case][k], dtype=np.int64))  # [S, S]
+        # Copy the one slice out of the (memory-mapped) array, convert in torch: numpy's
+        # float16 -> float32 cast is ~10x slower.
+        image = torch.from_numpy(np.array(self._images[case][k])).float()[None]  # [1, S, S]
+        mask = torch.from_numpy(np.array(self._masks[case][k])).long()  # [S, S]
         return {
             "image": image,
             "mask": mask,
