@@ -136,7 +136,7 @@ def write_evaluation(
 
     Slices in the figure are generated with the same per-slice seeds as the metrics.
     """
-    from medsynth.callbacks.metrics import slice_seed
+    from medsynth.callbacks.metrics import slice_generators
     from medsynth.metrics.report import comparison_figure, normalize_row, write_report
 
     out = Path(output)
@@ -151,13 +151,9 @@ def write_evaluation(
             allowed = set(getattr(model, "generate_options", ()))
             opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
             opts = {k: v for k, v in opts.items() if k in allowed}
-            fakes = []
-            for i, (case, k) in enumerate(zip(batch["case_id"], batch["slice_index"].tolist())):
-                g = torch.Generator(device=model.device).manual_seed(slice_seed(str(case), int(k), seed))
-                fakes.append(
-                    model.generate(batch["mask"][i : i + 1].to(model.device), generator=g, **opts).cpu()
-                )
-            outputs[label] = torch.cat(fakes)
+            keys = list(zip(batch["case_id"], batch["slice_index"].tolist()))
+            gens = slice_generators(keys, seed, model.device)
+            outputs[label] = model.generate(batch["mask"].to(model.device), generator=gens, **opts).cpu()
         paths.append(comparison_figure(batch["mask"], outputs, out / f"{name}.png", real=batch["image"]))
     return paths
 

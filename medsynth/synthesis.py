@@ -11,7 +11,6 @@ generated, and every file is written atomically (temporary name, then rename).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsynth.callbacks.metrics import slice_generators
 from medsynth.data.transforms import (
     CANONICAL_AXCODES,
     add_body_class,
@@ -150,11 +150,6 @@ def read_label_case(
     return LabelCase(path, _stem(path), mask, np.asarray(affine), tuple(labels.shape), labels)
 
 
-def _slice_seed(seed: int, name: str, start: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{name}/{start}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 @torch.no_grad()
 def synthesize_volume(
     model: SynthesisModule,
@@ -175,7 +170,8 @@ def synthesize_volume(
         case: From :func:`read_label_case`.
         batch_size: Slices per ``generate()`` call.
         num_steps, sampler, guidance_scale: Passed to ``generate()`` (None = method default).
-        seed: With the same seed and batch size the output is identical.
+        seed: Seeds each slice's noise from ``(seed, case name, slice index)``; the output does not
+            depend on ``batch_size``.
         window: (level, width) of the training window, to map [0, 1] back to HU.
         progress: Show a progress bar.
 
@@ -196,11 +192,11 @@ def synthesize_volume(
 
     bar = tqdm(total=depth, desc=f"synthesize {case.name}", unit="slice", disable=not progress)
     for start in range(0, depth, batch_size):
-        gen = torch.Generator(device=model.device).manual_seed(_slice_seed(seed, case.name, start))
         batch = small[start : start + batch_size].to(model.device)
-        x = model.generate(
-            batch, num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, generator=gen
-        )
+        # One generator per slice, keyed on (case, slice): the output does not depend on batch_size.
+        keys = [(case.name, k) for k in range(start, start + batch.shape[0])]
+        opts = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
+        x = model.generate(batch, generator=slice_generators(keys, seed, model.device), **opts)
         x = x.float().cpu()  # [b, 1, S, S] in [0, 1]
         if (height, width_px) != (size, size):
             x = F.interpolate(

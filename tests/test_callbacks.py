@@ -18,6 +18,7 @@ from medsynth.callbacks import SynthesisImageGrid, SynthesisMetrics, comparison_
 from medsynth.labels import CLASSES, ORGAN_IDS
 from medsynth.models import OrganSegmenter
 from medsynth.models.base import SynthesisModule
+from medsynth.random import randn
 
 SIZE = 32
 
@@ -33,7 +34,7 @@ class TinySynth(SynthesisModule):
 
     def _generate(self, mask, *, generator=None, num_steps=None):
         base = mask.float()[:, None] * self.gain  # [B, 1, H, W]
-        noise = torch.randn(base.shape, generator=generator, device=base.device)
+        noise = randn(base.shape, generator, base.device)  # one generator per slice, or one for all
         return base + 0.1 * noise + 0.1 * (num_steps or 1)
 
 

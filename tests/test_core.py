@@ -140,3 +140,19 @@ def test_spade_norm_known_modulation(norm):
 
 def test_num_groups():
     assert num_groups(128) == 32 and num_groups(8) == 8 and num_groups(48) == 24 and num_groups(7) == 7
+
+
+def test_per_sample_generators_draw_like_separate_calls():
+    from medsynth.random import check_generator, randn
+
+    gens = [torch.Generator().manual_seed(s) for s in (3, 7)]
+    noise = randn((2, 1, 4, 4), gens, "cpu")
+    for b, seed in enumerate((3, 7)):
+        ref = torch.randn((1, 4, 4), generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(noise[b], ref)
+    one = randn((2, 3), torch.Generator().manual_seed(1), "cpu")
+    assert torch.equal(one, torch.randn((2, 3), generator=torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        check_generator(gens, 3)
+    with pytest.raises(TypeError, match="generator"):
+        check_generator([1, 2], 2)

@@ -53,7 +53,7 @@ def test_intensities_typical_of_portal_venous_ct():
     assert 70 < med[6] < 140, med  # liver
     assert med[8] > med[6] + 30, med  # contrast-filled aorta brighter than liver
     assert -20 < med[14] < 40, med  # urine
-    corner = c.image[:8, -8:, :]  # anterior-right corner of the field of view: air
+    corner = c.image[:8, -8:, :]  # anterior corner of the field of view: air
     assert np.median(corner) < -900
     assert (c.image < -900).sum() > 0 and (c.image > 400).sum() > 0  # gas/air and bone exist
 

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from medsynth.callbacks.metrics import slice_seed
+from medsynth.callbacks.metrics import slice_generators
 from medsynth.labels import colorize
 from medsynth.models.base import check_batch
 
@@ -102,15 +102,9 @@ class SynthesisImageGrid(Callback):
         n = min(self.num_images, mask.shape[0])
         case_ids = list(batch.get("case_id", [str(i) for i in range(n)]))
         slice_idx = torch.as_tensor(batch.get("slice_index", torch.arange(n))).reshape(-1).tolist()
-        fakes = []
-        for i in range(n):
-            g = torch.Generator(device=pl_module.device).manual_seed(
-                slice_seed(str(case_ids[i]), slice_idx[i], self.seed)
-            )
-            fakes.append(
-                pl_module.generate(mask[i : i + 1].to(pl_module.device), generator=g, **self.options).cpu()
-            )
-        grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), torch.cat(fakes), self.alpha)
+        gens = slice_generators(list(zip(case_ids[:n], slice_idx[:n])), self.seed, pl_module.device)
+        fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **self.options).cpu()
+        grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), fake, self.alpha)
         self.last_grid = grid
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

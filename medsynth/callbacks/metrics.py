@@ -41,7 +41,7 @@ from medsynth.metrics.image import (
 )
 from medsynth.models.base import check_batch
 
-__all__ = ["SynthesisMetrics", "slice_seed", "METRICS"]
+__all__ = ["SynthesisMetrics", "slice_seed", "slice_generators", "METRICS"]
 
 METRICS: tuple[str, ...] = ("psnr", "ssim", "fid", "dice")
 SliceKey = tuple[str, int]
@@ -51,6 +51,13 @@ def slice_seed(case_id: str, slice_index: int, seed: int = 0) -> int:
     """A 63-bit seed for one slice, independent of process, batch and order."""
     digest = hashlib.sha256(f"{case_id}\x00{int(slice_index)}\x00{int(seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def slice_generators(
+    keys: Sequence[SliceKey], seed: int, device: torch.device | str
+) -> list[torch.Generator]:
+    """One generator per ``(case_id, slice_index)``, for ``generate(..., generator=[...])``."""
+    return [torch.Generator(device=device).manual_seed(slice_seed(str(c), int(k), seed)) for c, k in keys]
 
 
 def _unit_hash(key: SliceKey, seed: int) -> float:
@@ -88,8 +95,6 @@ class SynthesisMetrics(Callback):
             identity and feature extractor); None keeps them in memory only.
         fid_cache_key: Identity of the data for the cache; None derives it from the data
             module's class and hyperparameters (no disk cache when it has none).
-        batch_generation: Generate a whole batch with one generator seeded from its first slice:
-            faster on GPUs, but the values then depend on batching and the number of processes.
     """
 
     def __init__(
@@ -109,7 +114,6 @@ class SynthesisMetrics(Callback):
         seed: int = 0,
         fid_cache_dir: str | os.PathLike | None = None,
         fid_cache_key: str | None = None,
-        batch_generation: bool = False,
     ) -> None:
         super().__init__()
         metrics = tuple(metrics)
@@ -140,7 +144,6 @@ class SynthesisMetrics(Callback):
         self.fid_weights = fid_weights
         self.fid_cache_dir = None if fid_cache_dir is None else Path(fid_cache_dir)
         self.fid_cache_key = fid_cache_key
-        self.batch_generation = bool(batch_generation)
         self._segmenter_arg = segmenter
         self.segmenter: L.LightningModule | None = None
         self.feature_extractor = feature_extractor
@@ -248,15 +251,9 @@ class SynthesisMetrics(Callback):
             "sampler": self.val_sampler if stage == "val" else self.sampler,
             "guidance_scale": self.guidance_scale,
         }
-        device = pl_module.device
-
-        def gen(key: SliceKey) -> torch.Generator:
-            return torch.Generator(device=device).manual_seed(slice_seed(key[0], key[1], self.seed))
-
-        if self.batch_generation:
-            return pl_module.generate(mask, generator=gen(keys[0]), **options)
-        outs = [pl_module.generate(mask[i : i + 1], generator=gen(k), **options) for i, k in enumerate(keys)]
-        return torch.cat(outs)  # [n, 1, H, W]
+        # One generator per slice: batched, yet each slice's noise is independent of its batch.
+        gens = slice_generators(keys, self.seed, pl_module.device)
+        return pl_module.generate(mask, generator=gens, **options)  # [n, 1, H, W]
 
     @torch.no_grad()
     def _score_batch(

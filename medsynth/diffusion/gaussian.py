@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from medsynth.random import GeneratorLike, randn
+
 __all__ = [
     "GaussianDiffusion",
     "linear_betas",
@@ -307,7 +309,7 @@ class GaussianDiffusion:
         xt: Tensor,
         t: Tensor,
         model_kwargs: dict[str, Any] | None = None,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
         clip_denoised: bool = True,
     ) -> Tensor:
         """One ancestral step x_t -> x_{t-1} with the learned variance (no noise at t = 0)."""
@@ -322,7 +324,7 @@ class GaussianDiffusion:
         xt: Tensor,
         t: Tensor,
         model_kwargs: dict[str, Any] | None = None,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
         eta: float = 0.0,
         clip_denoised: bool = True,
     ) -> Tensor:
@@ -340,7 +342,6 @@ class GaussianDiffusion:
         return mean + nonzero * sigma * randn_like(xt, generator)
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard normal noise like ``x`` drawn from ``generator`` (on its own device, then moved)."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device, x.dtype)
+def randn_like(x: Tensor, generator: GeneratorLike = None) -> Tensor:
+    """Standard normal noise like ``x`` from ``generator`` (one, or one per sample: see medsynth.random)."""
+    return randn(x.shape, generator, x.device, x.dtype)

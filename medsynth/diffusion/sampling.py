@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from medsynth.diffusion.gaussian import GaussianDiffusion, ModelFn, randn_like
+from medsynth.random import GeneratorLike
 
 __all__ = ["SAMPLERS", "DEFAULT_NUM_STEPS", "sample", "ClassifierFreeGuidance", "guided_output"]
 
@@ -82,7 +83,7 @@ def sample(
     sampler: str = "ddpm",
     num_steps: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    generator: torch.Generator | None = None,
+    generator: GeneratorLike = None,
     device: torch.device | str = "cpu",
     clip_denoised: bool = True,
 ) -> Tensor:
@@ -97,7 +98,7 @@ def sample(
         model_kwargs: Conditioning passed to every network call.
         generator: Seeds the initial noise and the ancestral noise.
         device: Where to sample.
-        clip_denoised: Clip the predicted x_0 to [-1, 1] ("ddpm", "ddim").
+        clip_denoised: Clip the predicted x_0 to [-1, 1] (every sampler).
     """
     _check_sampler(sampler)
     if num_steps is None:
@@ -109,7 +110,7 @@ def sample(
     batch = shape[0]
 
     if sampler == "dpm++":
-        return _dpm_solver(diffusion, model, x, num_steps, model_kwargs, generator)
+        return _dpm_solver(diffusion, model, x, num_steps, model_kwargs, clip_denoised)
 
     chain = diffusion if num_steps == diffusion.num_timesteps else diffusion.respace(num_steps)
     for i in reversed(range(chain.num_timesteps)):
@@ -127,7 +128,7 @@ def _dpm_solver(
     x: Tensor,
     num_steps: int,
     model_kwargs: dict[str, Any],
-    generator: torch.Generator | None,
+    clip_denoised: bool,
 ) -> Tensor:
     from diffusers import DPMSolverMultistepScheduler
 
@@ -140,11 +141,15 @@ def _dpm_solver(
         prediction_type="epsilon",
         algorithm_type="dpmsolver++",
         lower_order_final=True,
+        # Clip the predicted x_0 to the data range [-1, 1], as the ancestral and DDIM samplers do
+        # (clip_denoised); without it an imperfect eps at high noise drives samples out of range.
+        thresholding=clip_denoised,
+        sample_max_value=1.0,
     )
     scheduler.set_timesteps(num_steps, device=x.device)
     channels = x.shape[1]
     for step in scheduler.timesteps:
         t = torch.full((x.shape[0],), int(step), device=x.device, dtype=torch.long)
         eps = model(x, t, **model_kwargs).float()[:, :channels]  # only eps; the variance is unused
-        x = scheduler.step(eps, step, x, generator=generator).prev_sample
+        x = scheduler.step(eps, step, x).prev_sample  # DPM-Solver++ (2M) is deterministic
     return x

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medsynth.labels import NUM_CLASSES
+from medsynth.random import GeneratorLike, check_generator
 
 __all__ = ["SynthesisModule", "check_mask", "one_hot", "check_batch"]
 
@@ -90,7 +91,7 @@ class SynthesisModule(L.LightningModule):
         num_steps: int | None = None,
         sampler: str | None = None,
         guidance_scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
     ) -> Tensor:
         """Synthesize CT slices from label maps.
 
@@ -99,7 +100,9 @@ class SynthesisModule(L.LightningModule):
             num_steps: Network evaluations (diffusion models only; None = the method's default).
             sampler: Sampler name (diffusion models only).
             guidance_scale: Classifier-free guidance scale (guided models only).
-            generator: Seeds all randomness of the method; ignored where there is none.
+            generator: Seeds all randomness of the method; ignored where there is none. A
+                sequence of ``B`` generators seeds each slice on its own, so a slice's output does
+                not depend on the batch it is generated in.
 
         Returns:
             float32 ``[B, 1, H, W]`` in [0, 1] (window level 40, width 400).
@@ -113,9 +116,8 @@ class SynthesisModule(L.LightningModule):
                 )
         if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
             raise ValueError(f"num_steps must be a positive int or None, got {num_steps!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         mask = check_mask(mask, self.num_classes).to(self.device)
+        check_generator(generator, mask.shape[0])
         was_training = self.training
         self.eval()
         try:
@@ -125,7 +127,7 @@ class SynthesisModule(L.LightningModule):
             self.train(was_training)
         return out.float().clamp(0.0, 1.0)
 
-    def _generate(self, mask: Tensor, *, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
+    def _generate(self, mask: Tensor, *, generator: GeneratorLike = None, **kwargs: Any) -> Tensor:
         raise NotImplementedError
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from medsynth.labels import NUM_CLASSES
 from medsynth.models.base import SynthesisModule, check_batch, one_hot
 from medsynth.nn.ema import EMA
 from medsynth.nn.unet import DiffusionUNet
+from medsynth.random import GeneratorLike
 
 __all__ = ["DiffusionModel", "ConditionalDDPM", "MaskGuidedDDPM", "EdgeGuidedDDPM"]
 
@@ -150,7 +151,7 @@ class DiffusionModel(SynthesisModule):
         self,
         mask: Tensor,
         *,
-        generator: torch.Generator | None = None,
+        generator: GeneratorLike = None,
         num_steps: int | None = None,
         sampler: str | None = None,
         guidance_scale: float | None = None,

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from medsynth.labels import NUM_CLASSES
 from medsynth.models.base import SynthesisModule, check_batch, check_mask, one_hot
 from medsynth.nn.ema import EMA
+from medsynth.random import GeneratorLike
 
 __all__ = ["GANModule"]
 
@@ -120,7 +121,7 @@ class GANModule(SynthesisModule):
         return self.ema.shadow if self.ema is not None else self.generator
 
     # --- Lightning -------------------------------------------------------------------------------
-    def forward(self, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, mask: Tensor, generator: GeneratorLike = None) -> Tensor:
         """Mask ``[B, H, W]`` -> image ``[B, 1, H, W]`` in [-1, 1] from the training generator."""
         return self.generator(one_hot(mask, self.num_classes), generator=generator)
 
@@ -224,7 +225,7 @@ class GANModule(SynthesisModule):
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_d, betas=self.betas_d)
         return [opt_g, opt_d]
 
-    def _generate(self, mask: Tensor, *, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
+    def _generate(self, mask: Tensor, *, generator: GeneratorLike = None, **kwargs: Any) -> Tensor:
         self._check_size(mask)
         seg = one_hot(mask, self.num_classes)  # [B, N, H, W]
         fake = self.sampling_generator()(seg, generator=generator)  # [B, 1, H, W] in [-1, 1]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medsynth.nn.spade import SPADEResnetBlock
+from medsynth.random import GeneratorLike, randn
 
 __all__ = ["UNetGenerator", "SPADEGenerator", "OASISGenerator", "upsampling_plan", "unet_depth"]
 
@@ -81,7 +82,7 @@ class UNetGenerator(nn.Module):
                     layers.append(nn.Dropout(dropout))
             self.ups.append(nn.Sequential(*layers))
 
-    def forward(self, seg: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, seg: Tensor, generator: GeneratorLike = None) -> Tensor:
         # seg: [B, in_channels, H, W] with H, W divisible by 2**depth
         if seg.shape[-1] % 2**self.depth or seg.shape[-2] % 2**self.depth:
             raise ValueError(
@@ -197,7 +198,7 @@ class SPADEGenerator(_SPADEDecoder):
             hidden=hidden,
         )
 
-    def forward(self, seg: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, seg: Tensor, generator: GeneratorLike = None) -> Tensor:
         return self.decode(seg)
 
 
@@ -243,16 +244,11 @@ class OASISGenerator(_SPADEDecoder):
         )
         self.z_dim = z_dim
 
-    def sample_noise(
-        self, batch: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample_noise(self, batch: int, device: torch.device, generator: GeneratorLike = None) -> Tensor:
         """``[batch, z_dim]`` standard normal, drawn with ``generator`` (on its own device)."""
-        gen_device = generator.device if generator is not None else device
-        return torch.randn(batch, self.z_dim, generator=generator, device=gen_device).to(device)
+        return randn((batch, self.z_dim), generator, device)
 
-    def forward(
-        self, seg: Tensor, generator: torch.Generator | None = None, z: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, seg: Tensor, generator: GeneratorLike = None, z: Tensor | None = None) -> Tensor:
         # seg: [B, num_classes, H, W]; z: [B, z_dim] (sampled when None)
         if self.z_dim:
             if z is None:
