@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 
-__all__ = ["build_datamodule", "evaluate_models", "figure_batch", "write_evaluation", "main"]
+__all__ = ["build_datamodule", "evaluate_models", "totalseg_dice", "figure_batch", "write_evaluation", "main"]
 
 
 def build_datamodule(
@@ -101,6 +101,63 @@ def evaluate_models(
     return rows
 
 
+def totalseg_dice(
+    model: L.LightningModule,
+    cases: Sequence[tuple[Path, Path]],
+    scorer: Any,
+    *,
+    batch_size: int = 16,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Organ Dice as the paper measures it (Zhuang et al., Sec. 3): TotalSegmentator on synthetic *volumes*.
+
+    Each case's label volume (with the body class from its CT) is synthesized slice by slice
+    into a CT volume in the file's geometry (:func:`medsynth.synthesis.synthesize_volume`),
+    ``scorer`` (a :class:`~medsynth.metrics.TotalSegmentatorScorer`) segments it, and Dice per
+    organ is taken against the ground-truth labels, then averaged over cases (NaN-skipping).
+
+    Args:
+        model: A synthesis method.
+        cases: ``(image, label)`` NIfTI paths of the test cases.
+        scorer: Has ``segment(nibabel image) -> AMOS label volume``.
+
+    Returns:
+        ``{"test/dice/<organ>": mean Dice, ..., "test/dice/mean": ...}``.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from medsynth.labels import CLASSES, ORGAN_IDS
+    from medsynth.metrics.dice import dice_per_class
+    from medsynth.synthesis import read_label_case, synthesize_volume
+
+    if not cases:
+        raise ValueError("no test cases to score")
+    per_case = []
+    for image, label in cases:
+        case = read_label_case(label, image)
+        hu = synthesize_volume(
+            model, case, batch_size=batch_size, sampler=sampler, num_steps=num_steps,
+            guidance_scale=guidance_scale, seed=seed, progress=progress,
+        )  # fmt: skip
+        pred = scorer.segment(nib.Nifti1Image(hu, case.geometry.affine))  # [X, Y, Z] AMOS ids
+        truth = np.where(case.labels <= max(ORGAN_IDS), case.labels, 0)
+        per_case.append(dice_per_class(pred, truth).numpy())
+    dice = np.stack(per_case)[:, list(ORGAN_IDS)]  # [cases, 15]
+    present = ~np.isnan(dice)
+    out = {}
+    for j, organ in enumerate(ORGAN_IDS):
+        if present[:, j].any():
+            out[f"test/dice/{CLASSES[organ].name}"] = float(np.nanmean(dice[:, j]))
+    organ_means = [v for k, v in out.items()]
+    out["test/dice/mean"] = float(np.mean(organ_means)) if organ_means else float("nan")
+    return out
+
+
 def figure_batch(datamodule: L.LightningDataModule, num_slices: int = 4) -> dict[str, Any]:
     """``num_slices`` test slices spread evenly over the split (different anatomical levels)."""
     datamodule.setup("test")
@@ -174,6 +231,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", default=["psnr", "ssim", "fid", "dice"])
     p.add_argument("--segmenter", type=Path, default=None, help="OrganSegmenter checkpoint (needed for dice)")
     p.add_argument("--fid_weights", type=Path, default=None, help="clean-fid's inception-2015-12-05.pt")
+    p.add_argument(
+        "--totalseg",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="WEIGHTS_DIR",
+        help="organ Dice as in the paper: TotalSegmentator on synthetic volumes of the test cases (needs an "
+        "AMOS-layout data module and the TotalSegmentator weights; WEIGHTS_DIR defaults to $TOTALSEG_HOME_DIR)",
+    )
+    p.add_argument("--totalseg_fast", action="store_true", help="TotalSegmentator's 3 mm model")
     p.add_argument("--sampler", default=None)
     p.add_argument("--num_steps", type=int, default=None)
     p.add_argument("--guidance_scale", type=float, default=None)
@@ -193,20 +260,52 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.name is not None and len(a.name) != len(a.checkpoint):
             raise ValueError(f"--name gives {len(a.name)} names for {len(a.checkpoint)} checkpoints")
-        if "dice" in a.metrics and a.segmenter is None:
-            raise ValueError("--metrics dice needs --segmenter (an OrganSegmenter checkpoint); or drop dice")
+        if "dice" in a.metrics and a.segmenter is None and a.totalseg is None:
+            raise ValueError(
+                "--metrics dice needs --segmenter (an OrganSegmenter checkpoint) or --totalseg; or drop dice"
+            )
         device = "cuda" if a.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+        scorer = None
+        if a.totalseg is not None:
+            from medsynth.metrics import TotalSegmentatorScorer
+
+            weights = None if a.totalseg == "default" else a.totalseg
+            scorer = TotalSegmentatorScorer(
+                weights_dir=weights, device="gpu" if device == "cuda" else "cpu", fast=a.totalseg_fast
+            )
         loaded = [load_model(c, map_location=device) for c in a.checkpoint]
         names = a.name or [type(m).__name__ for m in loaded]
         if len(set(names)) != len(names):
             raise ValueError(f"row names must be unique, got {names}; pass --name")
         models = dict(zip(names, loaded))
         dm = build_datamodule(a.data_config)
+        cases = None
+        if scorer is not None:
+            splits = getattr(dm, "splits", None)
+            if not splits or not splits.get("test"):
+                raise ValueError(
+                    "--totalseg needs an AMOS-layout data module with test cases (see docs/evaluation.md; "
+                    "`medsynth phantom` writes the phantom in that layout)"
+                )
+            cases = [(c.image, c.label) for c in splits["test"]]
         opts = {"sampler": a.sampler, "num_steps": a.num_steps, "guidance_scale": a.guidance_scale}
-        rows = evaluate_models(
-            models, dm, metrics=a.metrics, segmenter=a.segmenter, fid_weights=a.fid_weights, seed=a.seed,
-            accelerator=a.accelerator, log_dir=a.output / "tensorboard", **opts,
+        slice_metrics = [m for m in a.metrics if not (m == "dice" and scorer is not None)]
+        rows = (
+            evaluate_models(
+                models, dm, metrics=slice_metrics, segmenter=a.segmenter, fid_weights=a.fid_weights,
+                seed=a.seed, accelerator=a.accelerator, log_dir=a.output / "tensorboard", **opts,
+            )
+            if slice_metrics
+            else {name: {} for name in models}
         )  # fmt: skip
+        if scorer is not None:
+            for name, model in models.items():
+                allowed = set(getattr(model, "generate_options", ()))
+                rows[name].update(
+                    totalseg_dice(
+                        model, cases, scorer, seed=a.seed, **{k: v for k, v in opts.items() if k in allowed}
+                    )
+                )
         batch = figure_batch(dm, a.figure_slices) if a.figure_slices > 0 else None
         paths = write_evaluation(
             rows, a.output, models=models, batch=batch, reference=a.reference or None, seed=a.seed, **opts

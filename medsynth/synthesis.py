@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.callbacks.metrics import slice_generators
+from medsynth.data.geometry import VolumeGeometry, reassemble_volume, window_to_hu
 from medsynth.data.transforms import (
     CANONICAL_AXCODES,
     add_body_class,
@@ -84,16 +85,14 @@ class LabelCase:
         path: Source file.
         name: Case name (file name without the NIfTI suffix).
         mask: uint8 ``[H, W, D]`` in canonical orientation, values 0..16 with the body class.
-        affine: ``[4, 4]`` of the input file.
-        shape: Shape of the input array.
+        geometry: Shape and affine of the input file (to put synthetic slices back).
         labels: The input labels as stored (AMOS ids, 16 = body kept if present) ``[X, Y, Z]``.
     """
 
     path: Path
     name: str
     mask: np.ndarray
-    affine: np.ndarray
-    shape: tuple[int, int, int]
+    geometry: VolumeGeometry
     labels: np.ndarray
 
 
@@ -147,7 +146,7 @@ def read_label_case(
             f"{path}: no body label ({BODY}) in the volume and no CT image to derive it from; "
             f"pass the matching CT with --images, or add the body class to the labels"
         )
-    return LabelCase(path, _stem(path), mask, np.asarray(affine), tuple(labels.shape), labels)
+    return LabelCase(path, _stem(path), mask, VolumeGeometry(tuple(labels.shape), np.asarray(affine)), labels)
 
 
 @torch.no_grad()
@@ -183,11 +182,11 @@ def synthesize_volume(
     level, width = window
     size = model.image_size
     mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.mask, 2, 0))).long()  # [D, H, W]
-    depth, height, width_px = mask.shape
+    depth = mask.shape[0]
     small = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest-exact")[
         :, 0
     ].long()  # [D, S, S]
-    out = torch.empty(depth, height, width_px)
+    out = torch.empty(depth, size, size)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=depth, desc=f"synthesize {case.name}", unit="slice", disable=not progress)
@@ -197,26 +196,11 @@ def synthesize_volume(
         keys = [(case.name, k) for k in range(start, start + batch.shape[0])]
         opts = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
         x = model.generate(batch, generator=slice_generators(keys, seed, model.device), **opts)
-        x = x.float().cpu()  # [b, 1, S, S] in [0, 1]
-        if (height, width_px) != (size, size):
-            x = F.interpolate(
-                x, size=(height, width_px), mode="bilinear", align_corners=False, antialias=True
-            )
-        out[start : start + batch.shape[0]] = x[:, 0].clamp(0, 1)
+        out[start : start + batch.shape[0]] = x[:, 0].float().cpu()  # [b, S, S] in [0, 1]
         bar.update(batch.shape[0])
     bar.close()
-    hu_c = np.moveaxis(out.numpy(), 0, 2) * width + (level - width / 2.0)  # [H, W, D]
-    # Back to the stored orientation: reorient the canonical volume to the file's axis codes.
-    import nibabel as nib
-
-    _, aff_c = canonicalize(np.zeros(case.shape, np.uint8), case.affine, CANONICAL_AXCODES)
-    axcodes = "".join(nib.aff2axcodes(case.affine))
-    hu, aff_back = canonicalize(hu_c.astype(np.float32), aff_c, axcodes)
-    if hu.shape != case.shape or not np.allclose(aff_back, case.affine, atol=1e-3):
-        raise RuntimeError(
-            f"{case.path}: could not restore the input geometry (got {hu.shape}, want {case.shape})"
-        )
-    return hu.astype(np.float32)
+    # Back to the file's geometry (the inverse of the slice pipeline), then to HU.
+    return window_to_hu(reassemble_volume(out, case.geometry), level, width).astype(np.float32)
 
 
 def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -295,12 +279,12 @@ def synthesize_files(
             )
             hu16 = np.round(hu).astype(np.int16)
             target = output / f"{case.name}.nii.gz"
-            _save_atomic(hu16, case.affine, target)
+            _save_atomic(hu16, case.geometry.affine, target)
             written.append(target)
             if staging is not None:
-                _save_atomic(hu16, case.affine, staging / "imagesTr" / f"{case.name}_0000.nii.gz")
+                _save_atomic(hu16, case.geometry.affine, staging / "imagesTr" / f"{case.name}_0000.nii.gz")
                 organs = np.where(case.labels == BODY, 0, case.labels).astype(np.uint8)
-                _save_atomic(organs, case.affine, staging / "labelsTr" / f"{case.name}.nii.gz")
+                _save_atomic(organs, case.geometry.affine, staging / "labelsTr" / f"{case.name}.nii.gz")
         if staging is not None:
             meta = {
                 "name": nnunet,
