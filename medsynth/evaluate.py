@@ -19,6 +19,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from medsynth.models.base import SynthesisModule
+
 __all__ = ["build_datamodule", "evaluate_models", "totalseg_dice", "figure_batch", "write_evaluation", "main"]
 
 
@@ -56,7 +58,7 @@ def build_datamodule(
 
 
 def evaluate_models(
-    models: Mapping[str, L.LightningModule],
+    models: Mapping[str, SynthesisModule],
     datamodule: L.LightningDataModule,
     *,
     metrics: Sequence[str] = ("psnr", "ssim", "fid", "dice"),
@@ -79,9 +81,7 @@ def evaluate_models(
 
     rows = {}
     for name, model in models.items():
-        allowed = set(getattr(model, "generate_options", ()))
-        opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
-        opts = {k: v for k, v in opts.items() if k in allowed}
+        opts = model.generate_kwargs(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale)
         callback = SynthesisMetrics(
             metrics=tuple(metrics), segmenter=segmenter, fid_weights=fid_weights, seed=seed, **opts
         )
@@ -102,7 +102,7 @@ def evaluate_models(
 
 
 def totalseg_dice(
-    model: L.LightningModule,
+    model: SynthesisModule,
     cases: Sequence[tuple[Path, Path]],
     scorer: Any,
     *,
@@ -131,7 +131,7 @@ def totalseg_dice(
     import nibabel as nib
     import numpy as np
 
-    from medsynth.labels import CLASSES, ORGAN_IDS
+    from medsynth.labels import CLASSES, ORGAN_IDS, PAPER_DICE_ORDER
     from medsynth.metrics.dice import dice_per_class
     from medsynth.synthesis import read_label_case, synthesize_volume
 
@@ -153,7 +153,10 @@ def totalseg_dice(
     for j, organ in enumerate(ORGAN_IDS):
         if present[:, j].any():
             out[f"test/dice/{CLASSES[organ].name}"] = float(np.nanmean(dice[:, j]))
-    organ_means = [v for k, v in out.items()]
+    # The mean over the paper's 14 Dice columns (Tables 1-2; prostate/uterus is not among them).
+    organ_means = [
+        out[f"test/dice/{CLASSES[i].name}"] for i in PAPER_DICE_ORDER if f"test/dice/{CLASSES[i].name}" in out
+    ]
     out["test/dice/mean"] = float(np.mean(organ_means)) if organ_means else float("nan")
     return out
 
@@ -180,7 +183,7 @@ def write_evaluation(
     rows: Mapping[str, Mapping[str, float]],
     output: str | Path,
     *,
-    models: Mapping[str, L.LightningModule] | None = None,
+    models: Mapping[str, SynthesisModule] | None = None,
     batch: Mapping[str, Any] | None = None,
     reference: int | None = 2,
     seed: int = 0,
@@ -205,9 +208,7 @@ def write_evaluation(
     if models and batch is not None:
         outputs = {}
         for label, model in models.items():
-            allowed = set(getattr(model, "generate_options", ()))
-            opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
-            opts = {k: v for k, v in opts.items() if k in allowed}
+            opts = model.generate_kwargs(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale)
             keys = list(zip(batch["case_id"], batch["slice_index"].tolist()))
             gens = slice_generators(keys, seed, model.device)
             outputs[label] = model.generate(batch["mask"].to(model.device), generator=gens, **opts).cpu()
@@ -216,7 +217,10 @@ def write_evaluation(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsynth evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="medsynth evaluate",
+        description="The metric suite for one or more checkpoints, written as the paper's tables and figure.",
+    )
     p.add_argument(
         "--checkpoint", nargs="+", required=True, type=Path, help="one or more medsynth checkpoints"
     )
@@ -278,7 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         if len(set(names)) != len(names):
             raise ValueError(f"row names must be unique, got {names}; pass --name")
         models = dict(zip(names, loaded))
-        dm = build_datamodule(a.data_config)
+        sizes = {m.image_size for m in loaded}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"the checkpoints were trained at different image sizes {sorted(sizes)}; evaluate them apart"
+            )
+        size = sizes.pop()
+        dm = build_datamodule(a.data_config, None if a.data_config else {"image_size": size})
+        if getattr(dm, "image_size", size) != size:
+            raise ValueError(
+                f"{a.data_config}: data image_size={dm.image_size} but the checkpoints were trained at {size}"
+            )
         cases = None
         if scorer is not None:
             splits = getattr(dm, "splits", None)
@@ -300,11 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if scorer is not None:
             for name, model in models.items():
-                allowed = set(getattr(model, "generate_options", ()))
                 rows[name].update(
-                    totalseg_dice(
-                        model, cases, scorer, seed=a.seed, **{k: v for k, v in opts.items() if k in allowed}
-                    )
+                    totalseg_dice(model, cases, scorer, seed=a.seed, **model.generate_kwargs(**opts))
                 )
         batch = figure_batch(dm, a.figure_slices) if a.figure_slices > 0 else None
         paths = write_evaluation(

@@ -65,11 +65,12 @@ class _Const(SynthesisModule):
 
 
 def test_generate_contract():
-    model = _Const(image_size=32)
-    mask = torch.tensor([[[0, 4], [8, 16]]])
+    model = _Const(image_size=8)
+    mask = torch.tensor([[[0, 4], [8, 16]]]).repeat_interleave(4, 1).repeat_interleave(4, 2)  # [1, 8, 8]
     out = model.generate(mask, num_steps=3)
-    assert out.dtype == torch.float32 and out.shape == (1, 1, 2, 2)
-    assert torch.equal(out[0, 0], torch.tensor([[0.0, 0.0], [0.5, 1.0]]))
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 8, 8)
+    expected = torch.tensor([[0.0, 0.0], [0.5, 1.0]]).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    assert torch.equal(out[0, 0], expected)
     with pytest.raises(ValueError, match="sampler"):
         model.generate(mask, sampler="ddim")
     with pytest.raises(ValueError, match="0..16"):
@@ -78,9 +79,12 @@ def test_generate_contract():
         model.generate(mask[0])
     with pytest.raises(ValueError, match="num_steps"):
         model.generate(mask, num_steps=0)
+    with pytest.raises(ValueError, match="does not match image_size=8"):
+        model.generate(mask[:, :4, :4])
     with pytest.raises(ValueError, match="image_size"):
         _Const(image_size=0)
     assert model.training  # generate() restores the training flag
+    assert model.generate_kwargs(num_steps=5, sampler="ddim", guidance_scale=None) == {"num_steps": 5}
 
 
 def test_one_hot_and_check_batch():
@@ -156,3 +160,19 @@ def test_per_sample_generators_draw_like_separate_calls():
         check_generator(gens, 3)
     with pytest.raises(TypeError, match="generator"):
         check_generator([1, 2], 2)
+
+
+def test_fit_start_offsets_rng_per_ddp_rank():
+    """seed_everything seeds every rank alike; each rank must then draw its own timesteps and noise."""
+    from types import SimpleNamespace
+
+    draws = {}
+    for rank, world in ((0, 2), (1, 2), (0, 1)):
+        torch.manual_seed(1234)  # what seed_everything does in every process
+        model = _Const(image_size=8)
+        model._trainer = SimpleNamespace(world_size=world, global_rank=rank)
+        model.on_fit_start()
+        draws[(rank, world)] = torch.randint(0, 1000, (8,))
+    assert not torch.equal(draws[(0, 2)], draws[(1, 2)])
+    torch.manual_seed(1234)
+    assert torch.equal(draws[(0, 1)], torch.randint(0, 1000, (8,)))  # a single process is left alone

@@ -57,9 +57,51 @@ def test_defaults_and_errors() -> None:
         SDM(32, drop_rate=1.0, **TINY)
     with pytest.raises(ValueError, match="guidance_scale"):
         SDM(32, guidance_scale=-1.0, **TINY)
-    den = model.denoiser(None)
-    assert isinstance(den, ClassifierFreeGuidance) and den.guidance_scale == 1.5
+    # Untrained null condition (drop_rate 0 only): the default falls back to no guidance.
+    with pytest.warns(UserWarning, match="never trained"):
+        den = model.denoiser(None)
+    assert isinstance(den, ClassifierFreeGuidance) and den.guidance_scale == 1.0
     assert den.model is model.ema.shadow
+    model.training_model_kwargs(torch.zeros(2, 4, 4, dtype=torch.long))  # drop_rate 0: still untrained
+    assert not bool(model.null_trained)
+    tuned = SDM(32, drop_rate=0.2, **TINY)
+    tuned.training_model_kwargs(torch.zeros(2, 4, 4, dtype=torch.long))
+    assert bool(tuned.null_trained) and tuned.denoiser(None).guidance_scale == 1.5
+    assert "null_trained" in tuned.state_dict()  # saved with the checkpoint
+
+
+def test_finetune_starts_from_weights_with_fresh_optimiser(tmp_path) -> None:
+    """SDM's recipe: train with drop 0, then fine-tune with drop 0.2 at lr 2e-5 from those weights."""
+    import lightning as L
+
+    from medsynth.data import PhantomDataModule
+
+    dm = PhantomDataModule(
+        num_train_cases=1, num_val_cases=0, num_test_cases=0, depth=2, image_size=32, batch_size=2
+    )
+    stage1 = SDM(32, **TINY)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(stage1, dm)
+    ckpt = tmp_path / "stage1.ckpt"
+    trainer.save_checkpoint(ckpt)
+    stage2 = SDM(32, drop_rate=0.2, lr=2e-5, init_from=str(ckpt), **TINY)
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["step"] = trainer.global_step
+            seen["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+            seen["equal"] = all(
+                torch.equal(a, b)
+                for a, b in zip(pl_module.net.state_dict().values(), stage1.net.state_dict().values())
+            )
+
+    L.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[Probe()]
+    ).fit(stage2, dm)
+    assert seen == {"step": 0, "lr": 2e-5, "equal": True}
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        SDM(32, init_from=str(tmp_path / "missing.ckpt"), **TINY).setup("fit")
 
 
 def test_mask_dropout_zeroes_whole_maps() -> None:

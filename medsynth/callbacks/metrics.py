@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS
+from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS, PAPER_DICE_ORDER
 from medsynth.metrics.dice import dice_counts, dice_from_counts
 from medsynth.metrics.image import (
     InceptionFeatures,
@@ -69,7 +69,8 @@ class SynthesisMetrics(Callback):
     """Generate every validation/test slice from its mask and log the paper's metrics.
 
     Logs ``val/...`` or ``test/...``: ``psnr``, ``ssim``, ``fid``, ``dice/<organ>`` for every
-    organ present, and ``dice/mean`` (mean over present organs). Dice pools the voxel counts of
+    organ present, and ``dice/mean`` (mean over the present organs among the paper's 14 Dice
+    columns, i.e. without prostate/uterus). Dice pools the voxel counts of
     all scored slices (a split-level Dice per organ).
 
     Args:
@@ -342,7 +343,7 @@ class SynthesisMetrics(Callback):
         if "dice" in self.metrics:
             counts = np.sum([records[k]["counts"] for k in keys], axis=0)
             dice = dice_from_counts(counts).numpy()
-            organ = [dice[i] for i in ORGAN_IDS]
+            organ = [dice[i] for i in PAPER_DICE_ORDER]  # the paper's 14 organ columns
             for i in ORGAN_IDS:
                 if not math.isnan(dice[i]):
                     out[f"dice/{CLASSES[i].name}"] = float(dice[i])

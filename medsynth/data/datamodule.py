@@ -252,11 +252,19 @@ def default_cache_dir() -> Path:
 class AMOSDataModule(SliceDataModule):
     """Axial slices of the AMOS22 CT volumes (Zhuang et al., Sec. 3).
 
-    Splits: fit = the CT cases of ``training`` (200 in AMOS22); val and test = the CT cases of
-    ``validation`` in AMOS number order, the first ``max_val_cases`` / ``max_test_cases`` of
-    them (the paper tests on 50). ``prepare_data`` (rank 0 under DDP) validates every case and
-    preprocesses it once into the slice cache (:mod:`medsynth.data.cache`); ``setup`` (every
-    rank) opens the cache through memory maps.
+    Splits (deterministic): fit = the CT cases of ``training`` (200 in AMOS22), the first
+    ``max_train_cases`` of them. Val and test both come from the CT cases of ``validation`` in
+    AMOS number order (AMOS22 labels no test set):
+
+    - test = the first ``max_test_cases`` of them (the paper tests on 50; None: all);
+    - val = the ``max_val_cases`` cases that follow the test cases (None: all that follow), so
+      val and test are disjoint; when fewer than ``max_val_cases`` (or none, for None) follow,
+      val falls back to the first ``max_val_cases`` of ``validation`` (None: all of them),
+      which overlap the test cases. ``max_test_cases=None`` always takes this fallback.
+
+    Whenever val and test share cases a ``UserWarning`` names how many. ``prepare_data``
+    (rank 0 under DDP) validates every case and preprocesses it once into the slice cache
+    (:mod:`medsynth.data.cache`); ``setup`` (every rank) opens the cache through memory maps.
 
     Args:
         root: The AMOS22 folder (``dataset.json``, ``imagesTr/`` ...).
@@ -268,8 +276,10 @@ class AMOSDataModule(SliceDataModule):
         on_bad_case: ``"raise"``: stop with an error naming the file and the problem;
             ``"skip"``: warn and leave the case out.
         max_train_cases: Use only the first N training cases (None: all).
-        max_val_cases: Validation cases (None: all CT cases of ``validation``).
-        max_test_cases: Test cases (None: all; 50 for the paper's test set).
+        max_val_cases: Validation cases, taken after the test cases when enough remain (None:
+            all that remain; see Splits).
+        max_test_cases: Test cases, the first of ``validation`` (None: all; 50 for the paper's
+            test set).
         window_level: CT window centre in HU.
         window_width: CT window width in HU.
         progress: Show a progress bar while the cache is built.
@@ -316,9 +326,26 @@ class AMOSDataModule(SliceDataModule):
         """The CT cases of each split (the folder is indexed on first use)."""
         if self._splits is None:
             index = index_amos(self.root)
-            source = {"train": index["training"], "val": index["validation"], "test": index["validation"]}
-            self._splits = {s: source[s][: self.limits[s]] for s in _SPLITS}
+            self._splits = {"train": index["training"][: self.limits["train"]]}
+            self._splits["test"], self._splits["val"] = self._test_val(index["validation"])
         return self._splits
+
+    def _test_val(self, cases: list[AMOSCase]) -> tuple[list[AMOSCase], list[AMOSCase]]:
+        """``(test, val)`` from the CT cases of ``validation``: val after test when enough remain."""
+        n_test, n_val = self.limits["test"], self.limits["val"]
+        test = cases[:n_test]
+        rest = cases[len(test) :] if n_test is not None else []
+        enough = len(rest) >= n_val if n_val is not None else bool(rest)
+        val = rest[:n_val] if enough else cases[:n_val]
+        shared = {c.case_id for c in test} & {c.case_id for c in val}
+        if shared:
+            warnings.warn(
+                f"AMOS22 val and test share {len(shared)} of {len(val)} val cases: {self.root} has "
+                f"{len(cases)} CT cases in `validation`, fewer than max_test_cases={n_test} + "
+                f"max_val_cases={n_val}; val metrics then overlap the test set",
+                stacklevel=3,
+            )
+        return test, val
 
     def _all_cases(self) -> list[AMOSCase]:
         seen: dict[str, AMOSCase] = {}

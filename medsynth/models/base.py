@@ -117,6 +117,7 @@ class SynthesisModule(L.LightningModule):
         if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
             raise ValueError(f"num_steps must be a positive int or None, got {num_steps!r}")
         mask = check_mask(mask, self.num_classes).to(self.device)
+        self.check_size(mask)
         check_generator(generator, mask.shape[0])
         was_training = self.training
         self.eval()
@@ -129,6 +130,26 @@ class SynthesisModule(L.LightningModule):
 
     def _generate(self, mask: Tensor, *, generator: GeneratorLike = None, **kwargs: Any) -> Tensor:
         raise NotImplementedError
+
+    def check_size(self, mask: Tensor) -> None:
+        """Raise a ValueError unless ``mask [B, H, W]`` has the model's ``image_size`` x ``image_size``."""
+        if tuple(mask.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"mask size {tuple(mask.shape[-2:])} does not match image_size={self.image_size} of this model"
+            )
+
+    def generate_kwargs(self, **options: Any) -> dict[str, Any]:
+        """The subset of ``options`` (num_steps, sampler, guidance_scale) this method's generate() accepts.
+
+        For callers that hold one set of options for several methods (a GAN takes none of them).
+        """
+        return {k: v for k, v in options.items() if k in self.generate_options}
+
+    def on_fit_start(self) -> None:
+        # seed_everything gives every DDP process the same seed, so each would draw the same
+        # timesteps, noise and dropout for its (different) images. Offset the RNG by the rank.
+        if self.trainer.world_size > 1:
+            torch.manual_seed((torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lets medsynth.synthesis.load_model rebuild the right class from a checkpoint alone.

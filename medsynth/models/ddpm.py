@@ -14,6 +14,7 @@ logging and the samplers. A variant only says how to build its network and which
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +48,9 @@ class DiffusionModel(SynthesisModule):
         ema_decay: Decay of the EMA denoiser used for validation and generation (0.9999).
         sampler: Default sampler of ``generate`` ("ddpm": the paper's ancestral sampling).
         num_steps: Default network evaluations of ``generate`` (None: 1000 for "ddpm").
+        init_from: A medsynth checkpoint whose weights (network and EMA) start training, with a
+            fresh optimiser and step count: fine-tuning, e.g. SDM's guidance stage. Loaded when
+            fitting starts; resuming with ``ckpt_path`` then overrides it as usual.
     """
 
     generate_options: tuple[str, ...] = ("num_steps", "sampler")
@@ -66,6 +70,7 @@ class DiffusionModel(SynthesisModule):
         ema_decay: float = 0.9999,
         sampler: str = "ddpm",
         num_steps: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__(image_size, num_classes)
         if sampler not in SAMPLERS:
@@ -113,6 +118,24 @@ class DiffusionModel(SynthesisModule):
         )
 
     # ---- training --------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from and not getattr(self, "_initialised_from", False):
+            self.load_weights(self.hparams.init_from)
+            self._initialised_from = True
+
+    def load_weights(self, checkpoint: str | Path) -> None:
+        """Load network and EMA weights (the whole state dict, strictly) from a medsynth checkpoint."""
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+        try:
+            self.load_state_dict(state["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"{path}: weights do not fit this {type(self).__name__} ({err})") from err
+
     def _losses(
         self, net: nn.Module, batch: Mapping[str, Any], training: bool, generator=None
     ) -> dict[str, Tensor]:

@@ -110,12 +110,6 @@ class GANModule(SynthesisModule):
             raise KeyError(f"loss terms {unknown} have no weight in {type(self).__name__}.loss_weights")
         return sum(self.loss_weights[k] * v for k, v in terms.items())
 
-    def _check_size(self, mask: Tensor) -> None:
-        if tuple(mask.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(
-                f"mask size {tuple(mask.shape[-2:])} does not match image_size={self.image_size} of this model"
-            )
-
     def sampling_generator(self) -> nn.Module:
         """The network used by ``generate()``: the EMA copy when there is one."""
         return self.ema.shadow if self.ema is not None else self.generator
@@ -127,7 +121,7 @@ class GANModule(SynthesisModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         image, mask = check_batch(batch, self.num_classes)
-        self._check_size(mask)
+        self.check_size(mask)
         real = image * 2 - 1  # [B, 1, H, W] in [-1, 1]
         seg = one_hot(mask, self.num_classes, dtype=real.dtype)  # [B, N, H, W]
         opt_g, opt_d = self.optimizers()
@@ -226,7 +220,6 @@ class GANModule(SynthesisModule):
         return [opt_g, opt_d]
 
     def _generate(self, mask: Tensor, *, generator: GeneratorLike = None, **kwargs: Any) -> Tensor:
-        self._check_size(mask)
         seg = one_hot(mask, self.num_classes)  # [B, N, H, W]
         fake = self.sampling_generator()(seg, generator=generator)  # [B, 1, H, W] in [-1, 1]
         return (fake.float() + 1) / 2

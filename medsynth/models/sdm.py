@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from medsynth.diffusion import ClassifierFreeGuidance
@@ -56,6 +57,9 @@ class SDM(DiffusionModel):
             raise ValueError(f"spade_hidden must be positive, got {spade_hidden!r}")
         self._spade_hidden = spade_hidden
         super().__init__(image_size, num_classes, model_channels, **kwargs)
+        # Whether the null (all-zero) condition has been trained (drop_rate > 0 at some point):
+        # guidance extrapolates from it, so without it guidance means nothing. Saved in checkpoints.
+        self.register_buffer("null_trained", torch.tensor(False))
 
     def build_network(self) -> nn.Module:
         return self.unet(
@@ -68,12 +72,32 @@ class SDM(DiffusionModel):
     def training_model_kwargs(self, mask: Tensor) -> dict[str, Tensor]:
         seg = one_hot(mask, self.num_classes)  # [B, K, H, W]
         if self.hparams.drop_rate > 0:
+            self.null_trained.fill_(True)
             keep = (torch.rand(seg.shape[0], device=seg.device) >= self.hparams.drop_rate).to(seg.dtype)
             seg = seg * keep[:, None, None, None]  # the null condition is the all-zero map
         return {"seg": seg}
 
+    def effective_guidance_scale(self, guidance_scale: float | None = None) -> float:
+        """The scale ``generate()`` uses: ``guidance_scale``, else the default (1.5, SDM).
+
+        The default falls back to 1.0 (no guidance) while the null condition is untrained
+        (trained with drop_rate 0 only; the recipe fine-tunes with drop_rate 0.2 for guidance).
+        """
+        scale = float(self.hparams.guidance_scale if guidance_scale is None else guidance_scale)
+        if scale != 1.0 and not bool(self.null_trained):
+            if guidance_scale is None:
+                rank_zero_warn(
+                    "SDM: the null condition was never trained (drop_rate=0), so generate() uses "
+                    f"guidance_scale=1.0 instead of the default {scale}; fine-tune with drop_rate=0.2 "
+                    "(experiments/*/sdm_finetune.yaml) to use guidance"
+                )
+                return 1.0
+            rank_zero_warn(
+                f"SDM: guidance_scale={scale} with a null condition that was never trained (drop_rate=0)"
+            )
+        return scale
+
     def denoiser(self, guidance_scale: float | None = None) -> nn.Module:
-        scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
-        if scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {scale!r}")
-        return ClassifierFreeGuidance(self.ema.shadow, scale, cond_key="seg")
+        return ClassifierFreeGuidance(
+            self.ema.shadow, self.effective_guidance_scale(guidance_scale), cond_key="seg"
+        )
