@@ -44,9 +44,9 @@ class DemoConfig:
     num_test_cases: int = 3
     depth: int = 24
     batch_size: int = 16
-    model_channels: int = 32
-    train_steps: int = 1500
-    lr: float = 3e-4
+    model_channels: int = 16
+    train_steps: int = 1200
+    lr: float = 5e-4
     ema_decay: float = 0.995
     segmenter_steps: int = 300
     sampler: str = "ddpm"

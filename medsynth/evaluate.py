@@ -163,6 +163,7 @@ def totalseg_dice(
 
 def figure_batch(datamodule: L.LightningDataModule, num_slices: int = 4) -> dict[str, Any]:
     """``num_slices`` test slices spread evenly over the split (different anatomical levels)."""
+    datamodule.prepare_data()  # e.g. the AMOS slice cache, when no test loop has built it yet
     datamodule.setup("test")
     dataset = datamodule.test_dataloader().dataset
     n = len(dataset)

@@ -13,6 +13,9 @@ from medsynth.data.amos import index_amos
 from medsynth.data.cache import SliceCache
 from medsynth.data.transforms import PreprocessConfig, load_case
 
+# Most tests use the default limits (val and test overlap); the split tests below check the warning.
+pytestmark = pytest.mark.filterwarnings("ignore:AMOS22 val and test share:UserWarning")
+
 
 def _dm(root, cache_dir, **kw):
     kw = {"image_size": 32, "batch_size": 4, "num_workers": 0, "progress": False, **kw}
@@ -27,9 +30,61 @@ def test_index_ct_only_and_splits(amos_root, tmp_path, caplog):
     assert [c.number for c in index["validation"]] == [4, 5, 6]
     assert "2 MRI cases" in caplog.text
     dm = _dm(root, tmp_path / "cache", max_val_cases=1, max_test_cases=2)
-    assert [c.case_id for c in dm.splits["val"]] == ["amos_0004"]
     assert [c.case_id for c in dm.splits["test"]] == ["amos_0004", "amos_0005"]
+    assert [c.case_id for c in dm.splits["val"]] == ["amos_0006"]
     assert all(c.number <= 500 for s in dm.splits.values() for c in s)
+
+
+def _ids(dm, split):
+    return [c.case_id for c in dm.splits[split]]
+
+
+def test_val_follows_test_disjoint(amos_root, tmp_path):
+    """test = the first max_test_cases of `validation`, val = the next max_val_cases: disjoint."""
+    root = amos_root(num_train=1, num_val=5)  # validation: amos_0002 .. amos_0006
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        dm = _dm(root, tmp_path / "c", max_test_cases=3, max_val_cases=2)
+        assert _ids(dm, "test") == ["amos_0002", "amos_0003", "amos_0004"]
+        assert _ids(dm, "val") == ["amos_0005", "amos_0006"]
+        # max_val_cases=None: every case after the test cases.
+        dm = _dm(root, tmp_path / "c", max_test_cases=2)
+        assert _ids(dm, "test") == ["amos_0002", "amos_0003"]
+        assert _ids(dm, "val") == ["amos_0004", "amos_0005", "amos_0006"]
+        # More than enough: val takes only the next max_val_cases, deterministically.
+        dm = _dm(root, tmp_path / "c", max_test_cases=1, max_val_cases=2)
+        assert _ids(dm, "val") == ["amos_0003", "amos_0004"]
+        assert _ids(_dm(root, tmp_path / "c", max_test_cases=1, max_val_cases=2), "val") == _ids(dm, "val")
+        dm.prepare_data()
+        dm.setup("fit")
+        dm.setup("test")
+    assert dm.datasets["val"].case_names == ["amos_0003", "amos_0004"]
+    assert dm.datasets["test"].case_names == ["amos_0002"]
+    assert not set(dm.datasets["val"].case_names) & set(dm.datasets["test"].case_names)
+
+
+def test_val_falls_back_to_first_cases_with_warning(amos_root, tmp_path):
+    root = amos_root(num_train=1, num_val=4)  # validation: amos_0002 .. amos_0005
+    # Only 1 case after the 3 test cases, 2 wanted: val = the first 2 (overlapping test).
+    with pytest.warns(UserWarning, match=r"share 2 of the 2 val cases.*4 CT cases"):
+        dm = _dm(root, tmp_path / "c", max_test_cases=3, max_val_cases=2)
+        assert _ids(dm, "test") == ["amos_0002", "amos_0003", "amos_0004"]
+        assert _ids(dm, "val") == ["amos_0002", "amos_0003"]
+    # No case after the test cases, max_val_cases=None: val = all of them.
+    with pytest.warns(UserWarning, match="share 4 of the 4 val cases"):
+        dm = _dm(root, tmp_path / "c", max_test_cases=4)
+        assert _ids(dm, "val") == _ids(dm, "test")
+    # max_test_cases=None: test = all, val = the first max_val_cases (as before), with a warning.
+    with pytest.warns(UserWarning, match=r"share 1 of the 1 val cases.*max_test_cases=None"):
+        dm = _dm(root, tmp_path / "c", max_val_cases=1)
+        assert _ids(dm, "test") == ["amos_0002", "amos_0003", "amos_0004", "amos_0005"]
+        assert _ids(dm, "val") == ["amos_0002"]
+    # No val or no test case: nothing shared, no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert _ids(_dm(root, tmp_path / "c", max_val_cases=0), "val") == []
+        dm = _dm(root, tmp_path / "c", max_test_cases=0, max_val_cases=2)
+        assert _ids(dm, "test") == [] and _ids(dm, "val") == ["amos_0002", "amos_0003"]
 
 
 def test_missing_root_names_the_path(tmp_path):
@@ -186,9 +241,10 @@ def test_interrupted_build_is_not_complete(amos_root, tmp_path, monkeypatch):
 
 
 def test_setup_without_warnings_on_good_data(amos_root, tmp_path):
-    dm = _dm(amos_root(num_train=1, num_val=1), tmp_path / "c")
+    root = amos_root(num_train=1, num_val=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
+        dm = _dm(root, tmp_path / "c", max_test_cases=1, max_val_cases=1)
         dm.prepare_data()
         dm.setup("test")
     assert dm.datasets["test"].case_names == ["amos_0002"]

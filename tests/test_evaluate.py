@@ -102,7 +102,9 @@ def test_totalseg_dice_on_synthetic_volumes(lut_checkpoint, tmp_path):
     from medsynth.synthesis import load_model
 
     root = write_phantom_dataset(tmp_path / "amos", num_train=0, num_val=2, depth=6, size=32, seed=4)
-    dm = AMOSDataModule(root, image_size=32, cache_dir=tmp_path / "cache", progress=False)
+    dm = AMOSDataModule(
+        root, image_size=32, cache_dir=tmp_path / "cache", progress=False, max_test_cases=2, max_val_cases=0
+    )
     cases = [(c.image, c.label) for c in dm.splits["test"]]
     total_id = {name: i for i, name in class_map["total"].items()}
 

@@ -9,9 +9,9 @@ comparing with the input mask (Dice). Here the segmenter is the in-domain
 Exactness under DDP: Lightning's DistributedSampler pads the validation/test sets with repeated
 samples so that every process gets the same number. The callback keeps one record per slice,
 keyed by ``(case_id, slice_index)``, gathers all records at the end of the epoch and drops
-duplicates, so every slice counts exactly once. The noise of each slice is drawn from a
-generator seeded by ``(case_id, slice_index, seed)`` and slices are generated one at a time, so
-the values do not depend on the number of processes or on the batch size.
+duplicates, so every slice counts exactly once. Each batch is generated in one call with one
+``torch.Generator`` per slice, seeded by ``(case_id, slice_index, seed)``, so a slice's noise and
+the values do not depend on the number of processes, the batch a slice is in or the batch size.
 """
 
 from __future__ import annotations

@@ -339,10 +339,15 @@ class AMOSDataModule(SliceDataModule):
         val = rest[:n_val] if enough else cases[:n_val]
         shared = {c.case_id for c in test} & {c.case_id for c in val}
         if shared:
+            why = (
+                "max_test_cases=None puts every case in test"
+                if n_test is None
+                else f"{self.root} has {len(cases)} CT cases in `validation`, too few for "
+                f"max_test_cases={n_test} followed by max_val_cases={n_val}"
+            )
             warnings.warn(
-                f"AMOS22 val and test share {len(shared)} of {len(val)} val cases: {self.root} has "
-                f"{len(cases)} CT cases in `validation`, fewer than max_test_cases={n_test} + "
-                f"max_val_cases={n_val}; val metrics then overlap the test set",
+                f"AMOS22 val and test share {len(shared)} of the {len(val)} val cases ({why}); "
+                "set max_test_cases and max_val_cases to keep them apart",
                 stacklevel=3,
             )
         return test, val
