@@ -197,8 +197,8 @@ def write_evaluation(
 
     Slices in the figure are generated with the same per-slice seeds as the metrics.
     """
-    from medsynth.callbacks.metrics import slice_generators
     from medsynth.metrics.report import comparison_figure, normalize_row, write_report
+    from medsynth.random import slice_generators
 
     out = Path(output)
     paths = list(

@@ -7,12 +7,13 @@ of processes (what exact, batched evaluation under DDP needs).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["GeneratorLike", "check_generator", "randn"]
+__all__ = ["GeneratorLike", "check_generator", "randn", "slice_seed", "slice_generators"]
 
 GeneratorLike = torch.Generator | Sequence[torch.Generator] | None
 
@@ -56,3 +57,16 @@ def randn(
         for g in generator
     ]
     return torch.stack(rows).to(dtype)
+
+
+def slice_seed(case_id: str, slice_index: int, seed: int = 0) -> int:
+    """A 63-bit seed for one slice from ``(case_id, slice_index, seed)``: independent of process, batch and order."""
+    digest = hashlib.sha256(f"{case_id}\x00{int(slice_index)}\x00{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def slice_generators(
+    keys: Sequence[tuple[str, int]], seed: int, device: torch.device | str
+) -> list[torch.Generator]:
+    """One generator per ``(case_id, slice_index)``, for ``generate(..., generator=[...])``."""
+    return [torch.Generator(device=device).manual_seed(slice_seed(str(c), int(k), seed)) for c, k in keys]

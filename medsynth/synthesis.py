@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.callbacks.metrics import slice_generators
 from medsynth.data.geometry import VolumeGeometry, reassemble_volume, window_to_hu
 from medsynth.data.transforms import (
     CANONICAL_AXCODES,
@@ -35,6 +34,7 @@ from medsynth.data.transforms import (
 )
 from medsynth.labels import BODY, CLASSES, NUM_CLASSES, NUM_ORGANS
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, SynthesisModule
+from medsynth.random import slice_generators
 
 __all__ = ["load_model", "LabelCase", "read_label_case", "synthesize_volume", "synthesize_files", "main"]
 

@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from medsynth.callbacks.metrics import slice_generators
 from medsynth.labels import colorize
 from medsynth.models.base import check_batch
+from medsynth.random import slice_generators
 
 __all__ = ["overlay", "comparison_grid", "SynthesisImageGrid"]
 

@@ -40,24 +40,12 @@ from medsynth.metrics.image import (
     ssim_per_image,
 )
 from medsynth.models.base import check_batch
+from medsynth.random import slice_generators, slice_seed
 
 __all__ = ["SynthesisMetrics", "slice_seed", "slice_generators", "METRICS"]
 
 METRICS: tuple[str, ...] = ("psnr", "ssim", "fid", "dice")
 SliceKey = tuple[str, int]
-
-
-def slice_seed(case_id: str, slice_index: int, seed: int = 0) -> int:
-    """A 63-bit seed for one slice, independent of process, batch and order."""
-    digest = hashlib.sha256(f"{case_id}\x00{int(slice_index)}\x00{int(seed)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def slice_generators(
-    keys: Sequence[SliceKey], seed: int, device: torch.device | str
-) -> list[torch.Generator]:
-    """One generator per ``(case_id, slice_index)``, for ``generate(..., generator=[...])``."""
-    return [torch.Generator(device=device).manual_seed(slice_seed(str(c), int(k), seed)) for c, k in keys]
 
 
 def _unit_hash(key: SliceKey, seed: int) -> float:
