@@ -31,20 +31,24 @@ medsynth's own commands:
 
 
 def lightning_cli(args: list[str], run: bool = True):
-    """Build the LightningCLI (subclass mode for models and data modules)."""
+    """Build the LightningCLI (subclass mode for models and data modules).
+
+    Config files may build on others through a top-level ``defaults`` list and name the run with
+    ``run_name``; ``image_size`` is given under ``data`` only (see :mod:`medsynth.configs`).
+    """
     import lightning as L
-    from lightning.pytorch.cli import LightningCLI
 
     import medsynth.data  # noqa: F401 - registers the data modules for short names
     import medsynth.models  # noqa: F401 - registers the methods for short names
+    from medsynth.configs import MedsynthCLI, expand_defaults
 
-    return LightningCLI(
+    return MedsynthCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=expand_defaults(args),
         run=run,
         parser_kwargs={"prog": "medsynth"},
     )

@@ -10,7 +10,6 @@ the paper's Fig. 4 shows masks, real slices and each method's output side by sid
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,34 +26,48 @@ __all__ = ["build_datamodule", "evaluate_models", "totalseg_dice", "figure_batch
 def build_datamodule(
     config: str | Path | None, overrides: Mapping[str, Any] | None = None
 ) -> L.LightningDataModule:
-    """The ``data:`` section of an experiment config (``class_path`` + ``init_args``) as a data module.
+    """The ``data:`` section of an experiment config as a data module, parsed as ``medsynth fit`` does.
+
+    The config's ``defaults`` are followed (:mod:`medsynth.configs`), the ``data`` sections of all
+    pieces are merged in order, and jsonargparse validates and instantiates the result, so a
+    config that ``medsynth fit`` accepts gives the same data module here.
 
     Args:
-        config: A YAML file with a ``data`` section; None builds the default
-            :class:`~medsynth.data.PhantomDataModule`.
+        config: A YAML file with (or building on one with) a ``data`` section; None builds the
+            default :class:`~medsynth.data.PhantomDataModule` at ``image_size=64``.
         overrides: Extra ``init_args`` (e.g. ``{"batch_size": 8}``).
+
+    Raises:
+        FileNotFoundError: naming a missing config.
+        ValueError: naming the config when no piece has a ``data`` section or it does not parse.
     """
-    import yaml
+    import json
+
+    from jsonargparse import ArgumentParser
+
+    import medsynth.data  # noqa: F401 - short class names, as in the CLI
+    from medsynth.configs import expand_defaults, load_piece
 
     if config is None:
-        spec: dict[str, Any] = {
-            "class_path": "medsynth.data.PhantomDataModule",
-            "init_args": {"image_size": 64},
-        }
+        sections: list[Any] = [{"class_path": "medsynth.data.PhantomDataModule", "init_args": {"image_size": 64}}]
     else:
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"data config not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        spec = loaded.get("data") if isinstance(loaded, dict) else None
-        if not isinstance(spec, dict) or "class_path" not in spec:
-            raise ValueError(f"{path}: no 'data:' section with a class_path")
-    module_name, _, class_name = spec["class_path"].rpartition(".")
+        pieces = expand_defaults(["--config", str(path)])[1::2]  # paths or YAML text, in order
+        loaded = [load_piece(p) for p in pieces]
+        sections = [d["data"] for d in loaded if isinstance(d, dict) and isinstance(d.get("data"), dict)]
+        if not sections or not any("class_path" in s for s in sections):
+            raise ValueError(f"{path}: no 'data:' section with a class_path (in it or its defaults)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
+    argv = [f"--data={json.dumps(s)}" for s in sections]
+    argv += [f"--data.init_args.{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"data class {spec['class_path']!r} cannot be imported") from err
-    return cls(**{**(spec.get("init_args") or {}), **(overrides or {})})
+        cfg = parser.parse_args(argv)
+    except Exception as err:  # jsonargparse's ArgumentError names the bad key
+        raise ValueError(f"{config or 'default data'}: the data section does not parse: {err}") from err
+    return parser.instantiate_classes(cfg).data
 
 
 def evaluate_models(

@@ -1,0 +1,209 @@
+"""Composable experiment configs for the LightningCLI subcommands (``medsynth fit`` ...).
+
+Three small additions to LightningCLI keep every file in experiments/ short:
+
+- ``defaults: [a.yaml, b.yaml]`` at the top of a config names the shared pieces it builds on
+  (paths relative to that file, applied in order, each of which may have ``defaults`` of its
+  own). ``--config method.yaml`` becomes ``--config a.yaml --config b.yaml --config method.yaml``
+  before jsonargparse sees it, so later files override earlier ones exactly as repeated
+  ``--config`` arguments do (jsonargparse has no include directive of its own).
+- ``run_name: sdm`` names the run: the logger's ``name`` and, for a ``ModelCheckpoint`` without
+  a ``dirpath``, ``<logger save_dir>/<run_name>/checkpoints``, so checkpoints land at a fixed
+  path (``runs/phantom/sdm/checkpoints/last.ckpt``) that later configs and commands can name.
+- ``data.init_args.image_size`` is linked to ``model.init_args.image_size``: it is written once,
+  under ``data``, and the model follows it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+__all__ = ["expand_defaults", "load_config_file", "load_piece", "MedsynthCLI", "DEFAULTS_KEY"]
+
+#: Top-level key of a config file that lists the configs it builds on.
+DEFAULTS_KEY = "defaults"
+_CONFIG_FLAGS = ("--config", "-c")
+
+
+def load_config_file(path: str | os.PathLike) -> tuple[list[Path], str]:
+    """Read one config: the files named under ``defaults`` (resolved) and the rest as YAML text.
+
+    Raises:
+        ValueError: naming the file when ``defaults`` is not a list of strings or names a
+            missing file.
+    """
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or DEFAULTS_KEY not in data:
+        return [], path.read_text()
+    names = data.pop(DEFAULTS_KEY)
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: '{DEFAULTS_KEY}' must be a list of config paths, got {names!r}")
+    bases = [(path.parent / n).resolve() for n in names]
+    for base, name in zip(bases, names):
+        if not base.is_file():
+            raise ValueError(f"{path}: '{DEFAULTS_KEY}' names {name!r}, but {base} does not exist")
+    return bases, yaml.safe_dump(data, sort_keys=False) if data else "{}"
+
+
+def _expand_one(path: Path, seen: tuple[Path, ...]) -> list[str]:
+    """``--config`` values for ``path``: its defaults (depth first), then its own content."""
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise ValueError(f"config '{DEFAULTS_KEY}' form a cycle: {chain}")
+    bases, text = load_config_file(path)
+    if not bases:
+        return [str(path)]
+    values: list[str] = []
+    for base in bases:
+        values += _expand_one(base, (*seen, resolved))
+    # The file's own keys, without `defaults`, as YAML text (jsonargparse accepts a config as
+    # text as well as a path); values in the file are not paths relative to it, so nothing changes.
+    return [*values, text]
+
+
+def expand_defaults(args: Sequence[str]) -> list[str]:
+    """Replace each ``--config FILE`` whose FILE has ``defaults`` by one ``--config`` per piece.
+
+    Arguments that are not config files (or not readable YAML mappings) pass through unchanged,
+    so jsonargparse reports their errors as usual.
+
+    Args:
+        args: Command-line arguments after the subcommand, e.g. ``["--config", "x.yaml", ...]``.
+
+    Returns:
+        The arguments with ``defaults`` expanded in place (order kept: later overrides earlier).
+    """
+    out: list[str] = []
+    i = 0
+    args = list(args)
+    while i < len(args):
+        arg = args[i]
+        value: str | None = None
+        if arg in _CONFIG_FLAGS and i + 1 < len(args):
+            flag, value, i = arg, args[i + 1], i + 2
+        elif arg.startswith("--config="):
+            flag, value, i = "--config", arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        if Path(value).suffix in (".yaml", ".yml") and Path(value).is_file():
+            for piece in _expand_one(Path(value), ()):
+                out += [flag, piece]
+        else:
+            out += [flag, value]
+    check_image_size_link(out)
+    return out
+
+
+def load_piece(piece: str) -> Any:
+    """The content of one ``--config`` value: a YAML file's, or the value itself parsed as YAML.
+
+    Returns None when it is neither (jsonargparse will report it).
+    """
+    try:
+        is_file = "\n" not in piece and Path(piece).is_file()
+        return yaml.safe_load(Path(piece).read_text() if is_file else piece)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _piece_values(piece: str) -> dict[str, Any]:
+    """``model``/``data`` image sizes a ``--config`` value (path or YAML text) sets."""
+    data = load_piece(piece)
+    found: dict[str, Any] = {}
+    for group in ("model", "data"):
+        node = data.get(group) if isinstance(data, dict) else None
+        if isinstance(node, dict):
+            init = node.get("init_args") if isinstance(node.get("init_args"), dict) else node
+            if "image_size" in init:
+                found[group] = init["image_size"]
+    return found
+
+
+def check_image_size_link(args: Sequence[str]) -> None:
+    """Raise when the model's ``image_size`` is set and differs from the data's.
+
+    ``data.init_args.image_size`` is linked to ``model.init_args.image_size``, and jsonargparse
+    silently lets the link win, so a model size written by hand could drift from the data's
+    unnoticed. Later arguments override earlier ones, as on the command line.
+
+    Raises:
+        ValueError: naming both flags and both values.
+    """
+    last: dict[str, Any] = {}
+    for i, arg in enumerate(args):
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        key, value = arg.split("=", 1) if arg.startswith("--") and "=" in arg else (arg, nxt)
+        if key in _CONFIG_FLAGS and value is not None:
+            last.update(_piece_values(value))
+        for group in ("model", "data"):
+            if key in (f"--{group}.init_args.image_size", f"--{group}.image_size") and value is not None:
+                last[group] = yaml.safe_load(value)
+    if "model" in last and last["model"] != last.get("data", last["model"]):
+        raise ValueError(
+            f"--model.init_args.image_size={last['model']} differs from --data.init_args.image_size="
+            f"{last['data']}; image_size is linked from data to model, so set it under data only"
+        )
+
+
+def _ckpt_subclass(class_path: Any) -> bool:
+    """Whether a callback's ``class_path`` names a ModelCheckpoint (sub)class."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    import importlib
+
+    module, name = class_path.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # jsonargparse has already validated it; be permissive here
+    return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
+
+
+def apply_run_name(cfg: Any) -> None:
+    """Set the logger's ``name`` and empty ModelCheckpoint ``dirpath`` from ``cfg.run_name``.
+
+    ``cfg`` is the (sub)command's parsed jsonargparse Namespace; nothing happens without a run name.
+    """
+    run_name = cfg.get("run_name")
+    if not run_name:
+        return
+    save_dir = cfg.get("trainer.default_root_dir") or "."
+    logger = cfg.get("trainer.logger")
+    if hasattr(logger, "get") and logger.get("init_args") is not None:
+        init = logger.init_args
+        if "name" in init:
+            init.name = run_name
+        save_dir = init.get("save_dir") or save_dir
+    for cb in cfg.get("trainer.callbacks") or []:
+        if hasattr(cb, "get") and _ckpt_subclass(cb.get("class_path")) and cb.init_args.get("dirpath") is None:
+            cb.init_args.dirpath = str(Path(save_dir) / run_name / "checkpoints")
+
+
+class MedsynthCLI(LightningCLI):
+    """LightningCLI with ``run_name`` and the data -> model ``image_size`` link (module docstring)."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Names the run: the logger's name, and <logger save_dir>/<run_name>/checkpoints for a "
+            "ModelCheckpoint without dirpath.",
+        )
+        parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+
+    def before_instantiate_classes(self) -> None:
+        apply_run_name(self.config[self.subcommand] if self.subcommand else self.config)
