@@ -46,11 +46,15 @@ def duplication(root: Path = ROOT) -> tuple[float, int, int, list[str]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--root", type=Path, default=ROOT, help="folder searched for *.yaml (default: experiments/)")
+    p.add_argument(
+        "--root", type=Path, default=ROOT, help="folder searched for *.yaml (default: experiments/)"
+    )
     p.add_argument("--verbose", action="store_true", help="also list the repeated lines")
     a = p.parse_args()
     share, files, lines, repeated = duplication(a.root)
-    print(f"| files | lines | repeated in > half the files |\n|---|---|---|\n| {files} | {lines} | {share:.0%} |")
+    print(
+        f"| files | lines | repeated in > half the files |\n|---|---|---|\n| {files} | {lines} | {share:.0%} |"
+    )
     if a.verbose:
         for text in repeated:
             print(f"  {text}")

@@ -25,7 +25,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["expand_defaults", "load_config_file", "load_piece", "MedsynthCLI", "DEFAULTS_KEY"]
+__all__ = ["expand_defaults", "config_chain", "load_config_file", "load_piece", "MedsynthCLI", "DEFAULTS_KEY"]
 
 #: Top-level key of a config file that lists the configs it builds on.
 DEFAULTS_KEY = "defaults"
@@ -55,21 +55,28 @@ def load_config_file(path: str | os.PathLike) -> tuple[list[Path], str]:
     return bases, yaml.safe_dump(data, sort_keys=False) if data else "{}"
 
 
-def _expand_one(path: Path, seen: tuple[Path, ...]) -> list[str]:
-    """``--config`` values for ``path``: its defaults (depth first), then its own content."""
+def config_chain(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, str | None]]:
+    """The files a config builds on, depth first, then itself.
+
+    Returns:
+        ``(file, text)`` pairs in the order they apply: ``text`` is the file's content without
+        ``defaults`` (None for a file without ``defaults``, which is passed on as its path).
+
+    Raises:
+        ValueError: when the ``defaults`` form a cycle or name a missing file.
+    """
+    path = Path(path)
     resolved = path.resolve()
-    if resolved in seen:
-        chain = " -> ".join(str(p) for p in (*seen, resolved))
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
         raise ValueError(f"config '{DEFAULTS_KEY}' form a cycle: {chain}")
     bases, text = load_config_file(path)
     if not bases:
-        return [str(path)]
-    values: list[str] = []
+        return [(path, None)]
+    out: list[tuple[Path, str | None]] = []
     for base in bases:
-        values += _expand_one(base, (*seen, resolved))
-    # The file's own keys, without `defaults`, as YAML text (jsonargparse accepts a config as
-    # text as well as a path); values in the file are not paths relative to it, so nothing changes.
-    return [*values, text]
+        out += config_chain(base, (*_seen, resolved))
+    return [*out, (path, text)]
 
 
 def expand_defaults(args: Sequence[str]) -> list[str]:
@@ -99,8 +106,10 @@ def expand_defaults(args: Sequence[str]) -> list[str]:
             i += 1
             continue
         if Path(value).suffix in (".yaml", ".yml") and Path(value).is_file():
-            for piece in _expand_one(Path(value), ()):
-                out += [flag, piece]
+            # A file with defaults goes on as YAML text without that key (jsonargparse takes a config
+            # as text as well as a path); its values are not paths relative to it, so nothing changes.
+            for file, text in config_chain(value):
+                out += [flag, str(file) if text is None else text]
         else:
             out += [flag, value]
     check_image_size_link(out)
@@ -188,7 +197,11 @@ def apply_run_name(cfg: Any) -> None:
             init.name = run_name
         save_dir = init.get("save_dir") or save_dir
     for cb in cfg.get("trainer.callbacks") or []:
-        if hasattr(cb, "get") and _ckpt_subclass(cb.get("class_path")) and cb.init_args.get("dirpath") is None:
+        if (
+            hasattr(cb, "get")
+            and _ckpt_subclass(cb.get("class_path"))
+            and cb.init_args.get("dirpath") is None
+        ):
             cb.init_args.dirpath = str(Path(save_dir) / run_name / "checkpoints")
 
 

@@ -49,7 +49,9 @@ def build_datamodule(
     from medsynth.configs import expand_defaults, load_piece
 
     if config is None:
-        sections: list[Any] = [{"class_path": "medsynth.data.PhantomDataModule", "init_args": {"image_size": 64}}]
+        sections: list[Any] = [
+            {"class_path": "medsynth.data.PhantomDataModule", "init_args": {"image_size": 64}}
+        ]
     else:
         path = Path(config)
         if not path.is_file():

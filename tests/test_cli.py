@@ -1,15 +1,42 @@
 """The command line: help, the phantom subcommand, and every experiment config instantiates."""
 
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 
 from medsynth.cli import lightning_cli, main
+from medsynth.configs import config_chain, expand_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "experiments").glob("*/*.yaml"))
+# Method configs; files starting with "_" are shared pieces that method files name in `defaults`.
+CONFIGS = sorted(p for p in (ROOT / "experiments").glob("*/*.yaml") if not p.name.startswith("_"))
+PIECES = sorted((ROOT / "experiments").glob("*/_*.yaml"))
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def documented_config_commands() -> list[tuple[str, tuple[str, ...]]]:
+    """``(where, config paths)`` of every ``medsynth <subcommand> --config ...`` in README.md and docs/.
+
+    Continued lines (trailing backslash) are joined, so multi-line commands count once.
+    """
+    found = []
+    for doc in DOCS:
+        text = doc.read_text().replace("\\\n", " ")
+        for n, line in enumerate(text.splitlines(), 1):
+            m = re.search(r"medsynth (fit|validate|test|predict) (.*)", line)
+            if not m or "--config" not in m.group(2):
+                continue
+            words = shlex.split(m.group(2).split("#")[0].split("`")[0])
+            configs = tuple(words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--config", "-c"))
+            found.append((f"{doc.relative_to(ROOT)}:{n}", configs))
+    return found
+
+
+DOC_COMMANDS = documented_config_commands()
 
 
 def test_help_lists_commands(capsys):
@@ -45,10 +72,17 @@ def segmenter_checkpoint(tmp_path_factory):
     return path
 
 
+def _config_text(config: Path) -> str:
+    """A config and every piece it builds on, as one text (to see which weights it names)."""
+    return "\n".join(f.read_text() for f, _ in config_chain(config))
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter_checkpoint):
+    """Every method config builds model, data and trainer; its run name and checkpoint folder are its
+    file name (later configs and the docs name runs/<dataset>/<method>/checkpoints/last.ckpt)."""
     monkeypatch.chdir(tmp_path)  # configs name relative folders (logs, data, checkpoints)
-    text = config.read_text()
+    text = _config_text(config)
     if "segmenter: checkpoints/organ_segmenter.ckpt" in text:
         # The AMOS configs score Dice with a trained segmenter and FID with the Inception file:
         # each missing file is named at construction, before any training.
@@ -64,12 +98,93 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
             b""
         )  # only its presence is checked here
     args = ["--config", str(config)]
-    if "vgg_weights: weights/vgg19.pth" in config.read_text():
+    if "vgg_weights: weights/vgg19.pth" in text:
         # The paper's SPADE needs ImageNet VGG19 weights, which cannot be downloaded here: the
         # config must fail at construction with the how-to-get-it message, and work without VGG.
         with pytest.raises(Exception, match="lambda_vgg"):
             lightning_cli(args, run=False)
         args += ["--model.init_args.lambda_vgg", "0"]
     cli = lightning_cli(args, run=False)
-    assert cli.model is not None and cli.datamodule is not None
+    dataset, method = config.parent.name, config.stem
+    assert cli.trainer.logger.name == method
+    assert (
+        Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / "runs" / dataset / method / "checkpoints"
+    )
+    assert cli.model.hparams.image_size == cli.datamodule.image_size == {"amos": 256, "phantom": 64}[dataset]
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
+    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
+    assert "LearningRateMonitor" not in names  # no method configures an LR scheduler
+    for cb in cli.trainer.callbacks:
+        if type(cb).__name__ == "SynthesisMetrics" and getattr(cli.model, "generate_options", ()):
+            assert cb.val_sampler == "ddpm"  # respaced ancestral, as docs/methods recommend
+
+
+def test_every_piece_is_used_and_method_files_are_short():
+    """Each shared piece is named by some method config; method files stay short (< 20 lines of YAML).
+
+    20 is the size of the longest method file (organ_segmenter, which lists its own checkpoint
+    callback); anything longer repeats what a piece should hold.
+    """
+    used = {f.resolve() for c in CONFIGS for f, _ in config_chain(c)}
+    assert set(PIECES) <= used, sorted(set(PIECES) - used)
+    for c in CONFIGS:
+        lines = [x for x in c.read_text().splitlines() if x.strip() and not x.lstrip().startswith("#")]
+        assert len(lines) < 20, (c, len(lines))
+
+
+def test_config_duplication_below_a_quarter():
+    """benchmarks/config_duplication.py: < 25% of the config lines repeat in more than half the files."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from config_duplication import duplication
+
+    share, files, lines, repeated = duplication(ROOT / "experiments")
+    assert files == len(CONFIGS) + len(PIECES)
+    assert share < 0.25, (share, repeated)
+
+
+def test_documented_commands_name_existing_configs():
+    """Every ``medsynth fit/test --config ...`` in the docs names configs that exist, and each
+    combination of several configs instantiates (single ones are covered above)."""
+    assert len(DOC_COMMANDS) >= 5  # the parser found the commands (README, getting_started, multi_gpu)
+    for where, configs in DOC_COMMANDS:
+        assert configs, where
+        for c in configs:
+            assert (ROOT / c).is_file(), f"{where} names {c}, which does not exist"
+            assert ROOT / c in CONFIGS, f"{where} names {c}, a shared piece, not a method config"
+    combos = {configs for _, configs in DOC_COMMANDS if len(configs) > 1}
+    for configs in sorted(combos):
+        args = [a for c in configs for a in ("--config", str(ROOT / c))]
+        cli = lightning_cli(args, run=False)
+        assert cli.model.image_size == cli.datamodule.image_size
+
+
+def test_defaults_expand_in_order_and_later_overrides(tmp_path, monkeypatch):
+    """`defaults` pieces come first, in order, nested pieces depth first; the file's own keys last."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.yaml").write_text("trainer: {max_steps: 1}\n")
+    (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\ntrainer: {max_steps: 2, log_every_n_steps: 3}\n")
+    (tmp_path / "c.yaml").write_text("defaults: [b.yaml]\ntrainer: {max_steps: 4}\n")
+    out = expand_defaults(["fit", "--config", str(tmp_path / "c.yaml"), "--trainer.max_steps", "5"])
+    assert out[0] == "fit" and out[1::2][:3] == ["--config"] * 3 and out[-2:] == ["--trainer.max_steps", "5"]
+    assert out[2] == str((tmp_path / "a.yaml").resolve())
+    assert "log_every_n_steps: 3" in out[4] and "defaults" not in out[4] and "max_steps: 4" in out[6]
+    (tmp_path / "loop.yaml").write_text("defaults: [loop.yaml]\n")
+    with pytest.raises(ValueError, match="cycle"):
+        expand_defaults(["--config", str(tmp_path / "loop.yaml")])
+    (tmp_path / "missing.yaml").write_text("defaults: [nothere.yaml]\n")
+    with pytest.raises(ValueError, match="nothere.yaml"):
+        expand_defaults(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_image_size_link_and_drift_error(tmp_path, monkeypatch):
+    """`--data.init_args.image_size` sets the model's too; a different model size is an error naming both."""
+    monkeypatch.chdir(tmp_path)
+    config = str(ROOT / "experiments" / "phantom" / "conditional_ddpm.yaml")
+    cli = lightning_cli(["--config", config, "--data.init_args.image_size", "32"], run=False)
+    assert cli.model.image_size == cli.datamodule.image_size == 32
+    with pytest.raises(
+        ValueError, match=r"--model.init_args.image_size=48 differs from --data.init_args.image_size=64"
+    ):
+        lightning_cli(["--config", config, "--model.init_args.image_size", "48"], run=False)
