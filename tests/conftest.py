@@ -1,14 +1,85 @@
-"""Shared fixtures: tiny labelled CT volumes and AMOS22-layout folders written as NIfTI."""
+"""Shared fixtures: tiny configs of every method, trainers, the phantom, and NIfTI volumes/folders.
+
+Test modules import the plain helpers (``from conftest import tiny_trainer, tiny_phantom``);
+``TINY`` is the registry tests/test_contract.py runs every synthesis method with.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+# ---- every synthesis method at test size ---------------------------------------------------------
+# One entry per concrete SynthesisModule in medsynth.models (tests/test_contract.py fails for a
+# method without one): ``kwargs`` for a 32x32 model with widths 8-16, ``options`` for a cheap
+# generate() call, and whether generate() draws random numbers (``stochastic``).
+_DIFFUSION = {
+    "model_channels": 8,
+    "channel_mult": (1, 2),
+    "num_res_blocks": 1,
+    "attention_resolutions": (16,),
+}
+TINY: dict[str, dict[str, Any]] = {
+    "ConditionalDDPM": {"kwargs": _DIFFUSION, "options": {"num_steps": 2}, "stochastic": True},
+    "MaskGuidedDDPM": {"kwargs": _DIFFUSION, "options": {"num_steps": 2}, "stochastic": True},
+    "EdgeGuidedDDPM": {"kwargs": _DIFFUSION, "options": {"num_steps": 2}, "stochastic": True},
+    "SDM": {
+        "kwargs": {**_DIFFUSION, "spade_hidden": 8},
+        "options": {"num_steps": 2, "guidance_scale": 1.0},
+        "stochastic": True,
+    },
+    "Pix2Pix": {"kwargs": {"model_channels": 8, "disc_channels": 8}, "options": {}, "stochastic": False},
+    "SPADE": {
+        "kwargs": {"model_channels": 8, "disc_channels": 8, "spade_hidden": 16, "lambda_vgg": 0.0},
+        "options": {},
+        "stochastic": False,
+    },
+    "OASIS": {
+        "kwargs": {"model_channels": 8, "disc_channels": 8, "spade_hidden": 16, "z_dim": 8},
+        "options": {},
+        "stochastic": True,
+    },
+}
+TINY_SIZE = 32
+
+
+def tiny_model(cls: type, **kwargs: Any):
+    """``cls`` at test size (``TINY[cls.__name__]["kwargs"]``, overridden by ``kwargs``)."""
+    if cls.__name__ not in TINY:
+        raise KeyError(
+            f"{cls.__name__} has no entry in tests/conftest.py TINY: add tiny kwargs (widths 8-16, 32x32), "
+            "generate options and whether it is stochastic, so the contract suite covers it"
+        )
+    return cls(image_size=TINY_SIZE, **{**TINY[cls.__name__]["kwargs"], **kwargs})
+
+
+def tiny_trainer(**kwargs: Any):
+    """A quiet CPU Trainer: no logger, checkpointing, progress bar or summary (``kwargs`` override)."""
+    import lightning as L
+
+    settings = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def tiny_phantom(batch_size: int = 2, depth: int = 4, size: int = TINY_SIZE, **kwargs: Any):
+    """One phantom case per split, ``depth`` slices of ``size`` x ``size``."""
+    from medsynth.data import PhantomDataModule
+
+    settings = dict(num_train_cases=1, num_val_cases=1, num_test_cases=1, seed=0)
+    return PhantomDataModule(**{**settings, **kwargs}, depth=depth, image_size=size, batch_size=batch_size)
+
 
 # Tiny synthetic CT in RAS+ array order: axis 0 toward the patient's right, axis 1 anterior,
 # axis 2 superior. Sizes differ per axis so a wrong transpose cannot go unnoticed.

@@ -13,7 +13,7 @@ from torch import Tensor
 from medsynth.labels import NUM_CLASSES
 from medsynth.random import GeneratorLike, check_generator
 
-__all__ = ["SynthesisModule", "check_mask", "one_hot", "check_batch"]
+__all__ = ["SynthesisModule", "is_method", "check_mask", "one_hot", "check_batch"]
 
 # The optional generate() arguments and their meaning; a method lists those it supports.
 GENERATE_OPTIONS: tuple[str, ...] = ("num_steps", "sampler", "guidance_scale")
@@ -60,6 +60,18 @@ def check_batch(batch: Mapping[str, Any], num_classes: int = NUM_CLASSES) -> tup
     return image.float(), mask
 
 
+def is_method(cls: Any) -> bool:
+    """Whether ``cls`` is a concrete synthesis method: a SynthesisModule subclass not marked as a base.
+
+    A class is a base when its own body sets ``_base_class = True``; subclasses are methods again.
+    """
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, SynthesisModule)
+        and bool(not cls.__dict__.get("_base_class"))
+    )
+
+
 class SynthesisModule(L.LightningModule):
     """Base of all mask-to-CT methods.
 
@@ -73,6 +85,9 @@ class SynthesisModule(L.LightningModule):
     """
 
     generate_options: tuple[str, ...] = ()
+    #: Set to True in the body of a shared base (this class, DiffusionModel, GANModule): not a
+    #: method of its own, so the contract suite (tests/test_contract.py) skips it. Not inherited.
+    _base_class: bool = True
 
     def __init__(self, image_size: int, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()

@@ -54,6 +54,7 @@ class DiffusionModel(SynthesisModule):
     """
 
     generate_options: tuple[str, ...] = ("num_steps", "sampler")
+    _base_class = True  # the variants below are the methods
 
     def __init__(
         self,

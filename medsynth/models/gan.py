@@ -46,6 +46,7 @@ class GANModule(SynthesisModule):
     automatic_optimization = False
     generate_options: tuple[str, ...] = ()
     loss_weights: dict[str, float] = {}
+    _base_class = True  # Pix2Pix, SPADE and OASIS are the methods
 
     def __init__(
         self,
