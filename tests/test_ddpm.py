@@ -1,68 +1,44 @@
-"""The three DDPM variants: training on the phantom, generation, checkpoints, and overfitting."""
+"""What is specific to the three DDPM variants: the hybrid loss, samplers, network inputs, overfitting.
+
+The shared contract (generate errors, seeding, checkpoints, bf16, golden values) is tests/test_contract.py.
+"""
 
 from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
+from conftest import tiny_phantom, tiny_trainer
 
 from medsynth.data import PhantomDataModule, semantic_edges
 from medsynth.models import ConditionalDDPM, EdgeGuidedDDPM, MaskGuidedDDPM
 from medsynth.models.base import one_hot
 
 TINY = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,))
-VARIANTS = [ConditionalDDPM, MaskGuidedDDPM, EdgeGuidedDDPM]
-
-
-def phantom(batch_size: int = 2) -> PhantomDataModule:
-    return PhantomDataModule(
-        num_train_cases=1, num_val_cases=1, num_test_cases=1, depth=4, image_size=32, batch_size=batch_size
-    )
-
-
-def trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 @pytest.fixture(scope="module")
 def slice_batch() -> dict:
-    dm = phantom(batch_size=2)
+    dm = tiny_phantom(batch_size=2)
     dm.setup("fit")
     return next(iter(dm.train_dataloader()))
 
 
-@pytest.mark.parametrize("cls", VARIANTS)
-def test_fast_dev_run_and_every_sampler(cls, slice_batch) -> None:
-    model = cls(32, **TINY)
-    tr = trainer(fast_dev_run=True)
-    tr.fit(model, datamodule=phantom())
-    for key in ("train/loss", "train/loss_simple", "train/loss_vlb", "val/loss"):
-        assert torch.isfinite(tr.callback_metrics[key]), key
+def test_hybrid_loss_logged_and_every_sampler(slice_batch) -> None:
+    """train/loss is L_simple + L_vlb (Improved DDPM); the three samplers give different samples."""
+    model = ConditionalDDPM(32, **TINY)
+    tr = tiny_trainer(fast_dev_run=True)
+    tr.fit(model, datamodule=tiny_phantom())
     m = tr.callback_metrics
     torch.testing.assert_close(m["train/loss"], m["train/loss_simple"] + m["train/loss_vlb"])
+    assert torch.isfinite(m["val/loss"])
     mask = slice_batch["mask"]
-    for sampler in ("ddpm", "ddim", "dpm++"):
-        out = model.generate(mask, sampler=sampler, num_steps=3, generator=torch.Generator().manual_seed(0))
-        assert out.shape == (2, 1, 32, 32) and out.dtype == torch.float32
-        assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
-        assert out.std() > 0
-
-
-def test_bf16_mixed_training() -> None:
-    model = EdgeGuidedDDPM(32, **TINY)
-    tr = trainer(fast_dev_run=2, precision="bf16-mixed")
-    tr.fit(model, datamodule=phantom())
-    assert torch.isfinite(tr.callback_metrics["train/loss"])
-    assert next(model.net.parameters()).dtype == torch.float32
+    outs = {
+        s: model.generate(mask, sampler=s, num_steps=3, generator=torch.Generator().manual_seed(0))
+        for s in ("ddpm", "ddim", "dpm++")
+    }
+    assert not torch.equal(outs["ddpm"], outs["ddim"]) and not torch.equal(outs["ddim"], outs["dpm++"])
 
 
 def test_variants_differ_only_in_network_inputs(slice_batch) -> None:
@@ -78,38 +54,14 @@ def test_variants_differ_only_in_network_inputs(slice_batch) -> None:
     torch.testing.assert_close(MaskGuidedDDPM(32, **TINY).model_kwargs(mask)["cond"], oh)
 
 
-def test_generate_options_and_errors(slice_batch) -> None:
+def test_sampler_errors() -> None:
     model = ConditionalDDPM(32, **TINY)
-    mask = slice_batch["mask"]
-    with pytest.raises(ValueError, match="guidance_scale"):
-        model.generate(mask, guidance_scale=2.0)
     with pytest.raises(ValueError, match="'heun'"):
-        model.generate(mask, sampler="heun")
+        model.generate(torch.zeros(1, 32, 32, dtype=torch.long), sampler="heun")
     with pytest.raises(ValueError, match="'heun'"):
         ConditionalDDPM(32, sampler="heun", **TINY)
     with pytest.raises(ValueError, match="image_size"):
         ConditionalDDPM(4)
-
-
-def test_checkpoint_round_trip_generates_identically(tmp_path, slice_batch) -> None:
-    model = MaskGuidedDDPM(32, ema_decay=0.5, lr=1e-3, **TINY)
-    tr = trainer(max_steps=3, limit_val_batches=0)
-    tr.fit(model, datamodule=phantom())
-    # the EMA copy moved away from the live weights and is what generates
-    diff = [(a - b).abs().max() for a, b in zip(model.ema.shadow.parameters(), model.net.parameters())]
-    assert max(diff) > 0
-    path = tmp_path / "m.ckpt"
-    tr.save_checkpoint(path)
-    loaded = MaskGuidedDDPM.load_from_checkpoint(path)
-    assert loaded.hparams == model.hparams
-    for sampler in ("ddpm", "dpm++"):
-        a = model.generate(
-            slice_batch["mask"], sampler=sampler, num_steps=4, generator=torch.Generator().manual_seed(3)
-        )
-        b = loaded.generate(
-            slice_batch["mask"], sampler=sampler, num_steps=4, generator=torch.Generator().manual_seed(3)
-        )
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_overfits_one_phantom_slice() -> None:

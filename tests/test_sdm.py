@@ -1,12 +1,15 @@
-"""SDM: training on the phantom, mask dropout, classifier-free guidance at sampling, checkpoints."""
+"""What is specific to SDM: defaults, mask dropout, classifier-free guidance, the fine-tuning recipe.
+
+The shared contract (generate errors, seeding, checkpoints, bf16, golden values) is tests/test_contract.py.
+"""
 
 from __future__ import annotations
 
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_phantom, tiny_trainer
 
-from medsynth.data import PhantomDataModule
 from medsynth.diffusion import ClassifierFreeGuidance
 from medsynth.models import SDM
 from medsynth.models.base import one_hot
@@ -14,38 +17,6 @@ from medsynth.models.base import one_hot
 TINY = dict(
     model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,), spade_hidden=8
 )
-
-
-def phantom() -> PhantomDataModule:
-    return PhantomDataModule(
-        num_train_cases=1, num_val_cases=1, num_test_cases=1, depth=4, image_size=32, batch_size=2
-    )
-
-
-def trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
-def test_fast_dev_run_and_every_sampler() -> None:
-    model = SDM(32, drop_rate=0.2, **TINY)
-    tr = trainer(fast_dev_run=True)
-    dm = phantom()
-    tr.fit(model, datamodule=dm)
-    for key in ("train/loss", "train/loss_simple", "train/loss_vlb", "val/loss"):
-        assert torch.isfinite(tr.callback_metrics[key]), key
-    mask = next(iter(dm.val_dataloader()))["mask"]
-    for sampler in ("ddpm", "ddim", "dpm++"):
-        for scale in (None, 1.0, 3.0):
-            out = model.generate(mask, sampler=sampler, num_steps=3, guidance_scale=scale)
-            assert out.shape == (2, 1, 32, 32)
-            assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
 
 
 def test_defaults_and_errors() -> None:
@@ -72,15 +43,9 @@ def test_defaults_and_errors() -> None:
 
 def test_finetune_starts_from_weights_with_fresh_optimiser(tmp_path) -> None:
     """SDM's recipe: train with drop 0, then fine-tune with drop 0.2 at lr 2e-5 from those weights."""
-    import lightning as L
-
-    from medsynth.data import PhantomDataModule
-
-    dm = PhantomDataModule(
-        num_train_cases=1, num_val_cases=0, num_test_cases=0, depth=2, image_size=32, batch_size=2
-    )
+    dm = tiny_phantom(batch_size=2, depth=2, num_val_cases=0, num_test_cases=0)
     stage1 = SDM(32, **TINY)
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = tiny_trainer(max_steps=2)
     trainer.fit(stage1, dm)
     ckpt = tmp_path / "stage1.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -96,9 +61,7 @@ def test_finetune_starts_from_weights_with_fresh_optimiser(tmp_path) -> None:
                 for a, b in zip(pl_module.net.state_dict().values(), stage1.net.state_dict().values())
             )
 
-    L.Trainer(
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[Probe()]
-    ).fit(stage2, dm)
+    tiny_trainer(max_steps=1, callbacks=[Probe()]).fit(stage2, dm)
     assert seen == {"step": 0, "lr": 2e-5, "equal": True}
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         SDM(32, init_from=str(tmp_path / "missing.ckpt"), **TINY).setup("fit")
@@ -131,17 +94,3 @@ def test_guidance_scale_one_equals_conditional_sampling() -> None:
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     c = model.generate(mask, sampler="ddim", num_steps=4, guidance_scale=3.0, generator=g())
     assert not torch.allclose(a, c)
-
-
-def test_checkpoint_round_trip(tmp_path) -> None:
-    model = SDM(32, ema_decay=0.5, lr=1e-3, drop_rate=0.1, **TINY)
-    tr = trainer(max_steps=2, limit_val_batches=0)
-    dm = phantom()
-    tr.fit(model, datamodule=dm)
-    tr.save_checkpoint(tmp_path / "sdm.ckpt")
-    loaded = SDM.load_from_checkpoint(tmp_path / "sdm.ckpt")
-    assert loaded.hparams == model.hparams
-    mask = next(iter(dm.val_dataloader()))["mask"]
-    a = model.generate(mask, num_steps=4, generator=torch.Generator().manual_seed(1))
-    b = loaded.generate(mask, num_steps=4, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
