@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.data.geometry import VolumeGeometry, reassemble_volume, window_to_hu
+from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH, VolumeGeometry, reassemble_volume, window_to_hu
 from medsynth.data.transforms import (
     CANONICAL_AXCODES,
     add_body_class,
@@ -159,7 +159,7 @@ def synthesize_volume(
     sampler: str | None = None,
     guidance_scale: float | None = None,
     seed: int = 0,
-    window: tuple[float, float] = (40.0, 400.0),
+    window: tuple[float, float] = (WINDOW_LEVEL, WINDOW_WIDTH),
     progress: bool = True,
 ) -> np.ndarray:
     """Generate every axial slice of ``case`` and return a HU volume in the input's geometry.

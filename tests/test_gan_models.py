@@ -99,3 +99,41 @@ def test_oasis_ema_batch_norm_recomputed():
     torch.testing.assert_close(bn.running_mean, ref_mean)
     torch.testing.assert_close(bn.running_var, ref_var)
     assert bn.momentum == 0.1 and not shadow.training
+
+
+def test_oasis_recompute_mid_epoch_with_persistent_workers():
+    """Validation mid-epoch recomputes the EMA statistics without disturbing the training iterator.
+
+    With one persistent worker, iterating the fit loop's own loader again would reset its worker
+    mid-epoch (the old behaviour); the training loop must still see every batch of the epoch once.
+    """
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    dm = tiny_phantom(batch_size=2, depth=8)
+    dm.setup("fit")
+    dataset = dm.train_dataloader().dataset
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(dataset, batch_size=2, shuffle=True, num_workers=1, persistent_workers=True)
+
+        def val_dataloader(self):
+            return DataLoader(dataset, batch_size=2)
+
+    seen: list[int] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.extend(int(i) for i in batch["slice_index"])
+
+    model = tiny(OASIS, ema_bn_batches=2)
+    calls = []
+    original = model.recompute_ema_batch_norm
+    model.recompute_ema_batch_norm = lambda b, n: calls.append(original(b, n)) or calls[-1]
+    trainer = tiny_trainer(
+        max_epochs=1, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[Record()]
+    )
+    trainer.fit(model, datamodule=Data())  # 4 batches: validation after batch 2 (mid-epoch) and 4
+    assert len(calls) == 2 and all(c == 2 for c in calls)
+    assert sorted(seen) == sorted(int(dataset[i]["slice_index"]) for i in range(len(dataset)))

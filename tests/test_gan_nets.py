@@ -10,8 +10,8 @@ from medsynth.nn import (
     OASISDiscriminator,
     OASISGenerator,
     PatchDiscriminator,
+    SPADEGANResBlock,
     SPADEGenerator,
-    SPADEResnetBlock,
     UNetGenerator,
     VGGLoss,
 )
@@ -33,7 +33,7 @@ def _set_modulation(norm, gamma, beta):
 @pytest.mark.parametrize("fin,fout", [(6, 4), (4, 4)])
 def test_spade_resnet_block_known_modulation(fin, fout):
     torch.manual_seed(0)
-    block = SPADEResnetBlock(fin, fout, label_nc=3, hidden=4, spectral=False).double().train()
+    block = SPADEGANResBlock(fin, fout, label_nc=3, hidden=4, spectral=False).double().train()
     _set_modulation(block.norm_0, 0.5, -0.25)
     _set_modulation(block.norm_1, -0.3, 0.1)
     if fin != fout:
@@ -51,7 +51,7 @@ def test_spade_resnet_block_known_modulation(fin, fout):
 
 
 def test_spade_resnet_block_spectral_norm():
-    block = SPADEResnetBlock(4, 6, label_nc=3, hidden=4, spectral=True).train()
+    block = SPADEGANResBlock(4, 6, label_nc=3, hidden=4, spectral=True).train()
     seg = one_hot(torch.randint(0, 3, (2, 8, 8)), 3)
     for _ in range(30):  # power iterations run in train mode
         block(torch.randn(2, 4, 8, 8), seg)

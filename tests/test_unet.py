@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medsynth.nn import DiffusionUNet, SPADEDiffusionUNet, SPADEResBlock
+from medsynth.nn import DiffusionUNet, SPADEDiffusionResBlock, SPADEDiffusionUNet
 from medsynth.nn.unet import ResBlock, default_channel_mult
 
 TINY = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,))
@@ -62,8 +62,8 @@ def test_condition_branch_feeds_encoder_and_decoder() -> None:
 def test_spade_unet_reuses_the_encoder_and_swaps_the_decoder() -> None:
     net = SPADEDiffusionUNet(32, label_nc=17, spade_hidden=8, **TINY)
     assert all(isinstance(b, ResBlock) for level in net.down for b in level.blocks)
-    assert isinstance(net.mid[0], SPADEResBlock) and isinstance(net.mid[2], SPADEResBlock)
-    assert all(isinstance(b, SPADEResBlock) for level in net.up for b in level.blocks)
+    assert isinstance(net.mid[0], SPADEDiffusionResBlock) and isinstance(net.mid[2], SPADEDiffusionResBlock)
+    assert all(isinstance(b, SPADEDiffusionResBlock) for level in net.up for b in level.blocks)
     plain = DiffusionUNet(32, **TINY)
     assert [p.shape for p in net.down.parameters()] == [p.shape for p in plain.down.parameters()]
     _randomise(net)
@@ -79,7 +79,7 @@ def test_spade_unet_reuses_the_encoder_and_swaps_the_decoder() -> None:
 
 def test_spade_res_block_reduces_to_skip_at_init() -> None:
     # conv2 is zero-initialised: the block is its skip path until it learns.
-    block = SPADEResBlock(8, 16, temb_ch=12, label_nc=3, hidden=4)
+    block = SPADEDiffusionResBlock(8, 16, temb_ch=12, label_nc=3, hidden=4)
     h, temb, seg = torch.randn(2, 8, 8, 8), torch.randn(2, 12), torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(block(h, temb, seg), block.skip(h))
 

@@ -1,6 +1,6 @@
 """Lightning data modules for axial CT slices: AMOS22 and the built-in phantom.
 
-Both yield the batches of DESIGN.md: ``image`` float32 ``[B, 1, H, W]`` in [0, 1] (window level
+Both yield the same batches: ``image`` float32 ``[B, 1, H, W]`` in [0, 1] (window level
 40, width 400), ``mask`` int64 ``[B, H, W]`` in 0..16, ``case_id`` list of str, ``slice_index``
 int64 ``[B]`` (axial index in the canonical volume, 0 = most inferior). Every slice of every
 volume is used, as in Zhuang et al., Sec. 3.
@@ -20,7 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from medsynth.data.amos import AMOSCase, index_amos, load_checked
 from medsynth.data.cache import BadCaseError, CacheEntry, SliceCache, files_fingerprint
-from medsynth.data.transforms import PreprocessConfig, SliceVolume, preprocess_volume
+from medsynth.data.transforms import (
+    WINDOW_LEVEL,
+    WINDOW_WIDTH,
+    PreprocessConfig,
+    SliceVolume,
+    preprocess_volume,
+)
 
 __all__ = [
     "SliceDataset",
@@ -296,8 +302,8 @@ class AMOSDataModule(SliceDataModule):
         max_train_cases: int | None = None,
         max_val_cases: int | None = None,
         max_test_cases: int | None = None,
-        window_level: float = 40.0,
-        window_width: float = 400.0,
+        window_level: float = WINDOW_LEVEL,
+        window_width: float = WINDOW_WIDTH,
         progress: bool = True,
     ) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)

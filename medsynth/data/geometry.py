@@ -16,12 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medsynth.data.transforms import CANONICAL_AXCODES
+from medsynth.data.transforms import CANONICAL_AXCODES, WINDOW_LEVEL, WINDOW_WIDTH
 
 __all__ = ["VolumeGeometry", "window_to_hu", "reassemble_volume", "WINDOW_LEVEL", "WINDOW_WIDTH"]
-
-WINDOW_LEVEL = 40.0
-WINDOW_WIDTH = 400.0
 
 
 @dataclass(frozen=True)

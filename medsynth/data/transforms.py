@@ -31,7 +31,14 @@ from scipy import ndimage
 
 from medsynth.labels import BODY, NUM_ORGANS
 
+#: The CT window of every batch (Zhuang et al.): level 40 HU, width 400 HU, i.e. [-160, 240] HU -> [0, 1].
+#: The one home of these constants; geometry, the data modules and synthesis use them.
+WINDOW_LEVEL = 40.0
+WINDOW_WIDTH = 400.0
+
 __all__ = [
+    "WINDOW_LEVEL",
+    "WINDOW_WIDTH",
     "CANONICAL_AXCODES",
     "PREPROCESS_VERSION",
     "PreprocessConfig",
@@ -67,8 +74,8 @@ class PreprocessConfig:
     """
 
     image_size: int = 256
-    window_level: float = 40.0
-    window_width: float = 400.0
+    window_level: float = WINDOW_LEVEL
+    window_width: float = WINDOW_WIDTH
     body_threshold: float = -500.0
     axcodes: str = CANONICAL_AXCODES
 
@@ -147,7 +154,7 @@ def canonicalize(
     return np.ascontiguousarray(out.as_tensor()[0].numpy()), out.affine.numpy().astype(np.float64)
 
 
-def window(hu: np.ndarray, level: float = 40.0, width: float = 400.0) -> np.ndarray:
+def window(hu: np.ndarray, level: float = WINDOW_LEVEL, width: float = WINDOW_WIDTH) -> np.ndarray:
     """CT windowing: ``clip((hu - (level - width / 2)) / width, 0, 1)`` (MONAI ``ScaleIntensityRange``).
 
     Args:

@@ -77,7 +77,7 @@ class SynthesisModule(L.LightningModule):
 
     Subclasses implement :meth:`_generate` and declare in ``generate_options`` which of
     ``num_steps``, ``sampler`` and ``guidance_scale`` they accept; any other optional argument
-    passed as non-None is a ValueError naming it (DESIGN.md, public contract).
+    passed as non-None is a ValueError naming it.
 
     Args:
         image_size: Side of the square slices the model is trained on.

@@ -186,16 +186,33 @@ class GANModule(SynthesisModule):
         return used
 
     def _training_batches(self) -> Iterable[Mapping[str, Any]] | None:
+        """A loader of training batches with its own iterator, for the batch-norm recompute.
+
+        The fit loop's loader is never iterated here: with persistent workers a second ``iter()``
+        on it would reset the workers the loop is drawing from, mid-epoch. Instead a new
+        single-process DataLoader shares its dataset and batch sampler (so each DDP rank keeps its
+        shard), or, outside fitting, the data module builds a new training loader.
+        """
+        from torch.utils.data import DataLoader
+
         trainer = self._trainer
         if trainer is None:
             return None
-        loader = trainer.train_dataloader
-        if loader is None and trainer.datamodule is not None:
+        live = trainer.train_dataloader  # a DataLoader, a CombinedLoader of them, or None
+        flat = getattr(live, "flattened", [live])
+        source = next((d for d in flat if isinstance(d, DataLoader)), None)
+        if source is not None:
+            if source.batch_sampler is not None:
+                return DataLoader(
+                    source.dataset, batch_sampler=source.batch_sampler, collate_fn=source.collate_fn
+                )
+            return DataLoader(source.dataset, batch_size=source.batch_size, collate_fn=source.collate_fn)
+        if trainer.datamodule is not None:
             try:
-                loader = trainer.datamodule.train_dataloader()
+                return trainer.datamodule.train_dataloader()
             except Exception:  # noqa: BLE001 - a data module without a training split
-                loader = None
-        return loader
+                return None
+        return None
 
     def _refresh_ema_statistics(self) -> None:
         if self.ema is None or self.ema_bn_batches < 1:

@@ -2,22 +2,22 @@
 
 from medsynth.nn.discriminators import MultiscaleDiscriminator, OASISDiscriminator, PatchDiscriminator
 from medsynth.nn.generators import OASISGenerator, SPADEGenerator, UNetGenerator
-from medsynth.nn.spade import SPADENorm, SPADEResnetBlock
-from medsynth.nn.unet import ConditionEncoder, DiffusionUNet, SPADEDiffusionUNet, SPADEResBlock
+from medsynth.nn.spade import SPADEGANResBlock, SPADENorm
+from medsynth.nn.unet import ConditionEncoder, DiffusionUNet, SPADEDiffusionResBlock, SPADEDiffusionUNet
 from medsynth.nn.vgg import VGGLoss
 
 __all__ = [
     "ConditionEncoder",
     "DiffusionUNet",
     "SPADEDiffusionUNet",
-    "SPADEResBlock",
+    "SPADEDiffusionResBlock",
     "MultiscaleDiscriminator",
     "OASISDiscriminator",
     "OASISGenerator",
     "PatchDiscriminator",
     "SPADEGenerator",
     "SPADENorm",
-    "SPADEResnetBlock",
+    "SPADEGANResBlock",
     "UNetGenerator",
     "VGGLoss",
 ]

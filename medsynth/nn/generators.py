@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medsynth.nn.spade import SPADEResnetBlock
+from medsynth.nn.spade import SPADEGANResBlock
 from medsynth.random import GeneratorLike, randn
 
 __all__ = ["UNetGenerator", "SPADEGenerator", "OASISGenerator", "upsampling_plan", "unet_depth"]
@@ -145,7 +145,7 @@ class _SPADEDecoder(nn.Module):
         self.image_size = image_size
         self.fc = nn.Conv2d(label_nc, channels[0], 3, padding=1)
         self.blocks = nn.ModuleList(
-            SPADEResnetBlock(channels[i], channels[i + 1], label_nc, hidden=hidden, spectral=spectral)
+            SPADEGANResBlock(channels[i], channels[i + 1], label_nc, hidden=hidden, spectral=spectral)
             for i in range(len(channels) - 1)
         )
         self.conv_img = nn.Conv2d(channels[-1], out_channels, 3, padding=1)

@@ -2,7 +2,7 @@
 
 One normalisation block serves every method: the parameter-free norm is a choice
 (``"batch"`` for the SPADE/OASIS generators, ``"group"`` for SDM's SPADE group norm,
-``"instance"``), the modulation maps come from the (resized) label map. ``SPADEResnetBlock`` is the
+``"instance"``), the modulation maps come from the (resized) label map. ``SPADEGANResBlock`` is the
 generator residual block of SPADE, reused by OASIS with its label+noise map as conditioning.
 """
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["SPADENorm", "SPADEResnetBlock", "num_groups"]
+__all__ = ["SPADENorm", "SPADEGANResBlock", "num_groups"]
 
 NormKind = Literal["batch", "group", "instance"]
 
@@ -80,7 +80,7 @@ class SPADENorm(nn.Module):
         return self.norm(x) * (1.0 + gamma) + beta
 
 
-class SPADEResnetBlock(nn.Module):
+class SPADEGANResBlock(nn.Module):
     """SPADE generator residual block (Park et al. 2019, Fig. 4; OASIS reuses it).
 
     ``out = shortcut(x) + conv_1(lrelu(SPADE_1(conv_0(lrelu(SPADE_0(x, seg))), seg)))`` with

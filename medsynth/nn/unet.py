@@ -25,7 +25,13 @@ from torch import Tensor, nn
 
 from medsynth.nn.spade import SPADENorm, num_groups
 
-__all__ = ["DiffusionUNet", "SPADEDiffusionUNet", "ConditionEncoder", "SPADEResBlock", "default_channel_mult"]
+__all__ = [
+    "DiffusionUNet",
+    "SPADEDiffusionUNet",
+    "ConditionEncoder",
+    "SPADEDiffusionResBlock",
+    "default_channel_mult",
+]
 
 
 def default_channel_mult(image_size: int) -> tuple[int, ...]:
@@ -58,7 +64,7 @@ class ResBlock(nn.Module):
         return self.block(h, temb)
 
 
-class SPADEResBlock(nn.Module):
+class SPADEDiffusionResBlock(nn.Module):
     """SDM decoder res block: SPADE(GN) -> SiLU -> conv; SPADE(GN) -> time scale/shift -> SiLU ->
     dropout -> zero conv; plus a (1x1 conv) skip (Wang et al. 2022, guided_diffusion/unet.py)."""
 
@@ -79,7 +85,7 @@ class SPADEResBlock(nn.Module):
 
     def forward(self, h: Tensor, temb: Tensor | None, seg: Tensor | None = None) -> Tensor:
         if seg is None or temb is None:
-            raise ValueError("SPADEResBlock needs the time embedding and the label map seg")
+            raise ValueError("SPADEDiffusionResBlock needs the time embedding and the label map seg")
         x = self.conv1(self.act(self.norm1(h, seg)))  # [B, out, H, W]
         scale, shift = self.temb_proj(self.act(temb))[:, :, None, None].chunk(2, dim=1)
         x = self.norm2(x, seg) * (1 + scale) + shift
@@ -344,7 +350,7 @@ class SPADEDiffusionUNet(DiffusionUNet):
         super().__init__(image_size, **kwargs)
 
     def decoder_block(self, in_ch: int, out_ch: int, temb_ch: int) -> nn.Module:
-        return SPADEResBlock(in_ch, out_ch, temb_ch, self.label_nc, self.dropout, self.spade_hidden)
+        return SPADEDiffusionResBlock(in_ch, out_ch, temb_ch, self.label_nc, self.dropout, self.spade_hidden)
 
     def forward(self, x: Tensor, timesteps: Tensor, seg: Tensor | None = None, **kwargs) -> Tensor:
         if seg is None:
