@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from conftest import tiny_trainer as trainer
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 from torch.utils.data import DataLoader
@@ -80,17 +80,6 @@ def make_callback(segmenter, **kw) -> SynthesisMetrics:
         feature_extractor=TinyFeatures(),
         num_steps=2,
         seed=3,
-        **kw,
-    )
-
-
-def trainer(**kw) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         **kw,
     )
 

@@ -16,14 +16,12 @@ from skimage.metrics import structural_similarity as sk_ssim
 from medsynth.data.transforms import canonicalize
 from medsynth.labels import TOTALSEG_TO_AMOS
 from medsynth.metrics import (
-    FrechetInceptionDistance,
     InceptionFeatures,
     TotalSegmentatorScorer,
     VolumeGeometry,
     dice_per_class,
     frechet_distance,
     frechet_distance_from_statistics,
-    load_or_compute_real_statistics,
     psnr,
     reassemble_volume,
     ssim,
@@ -136,11 +134,8 @@ def test_fid_pipeline_matches_float64_reference():
     g = torch.Generator().manual_seed(0)
     real = torch.rand(6, 1, 32, 32, generator=g)
     fake = (real * 0.7 + 0.2 * torch.rand(6, 1, 32, 32, generator=g)).clamp(0, 1)
-    extractor = InceptionFeatures(network=net)
-    metric = FrechetInceptionDistance(feature_fn=extractor)
-    metric.update(real[:4], real=True)
-    metric.update(real[4:], real=True)
-    metric.update(fake, real=False)
+    extractor = InceptionFeatures(network=net)  # the path SynthesisMetrics takes: features, then FID
+    fid = frechet_distance(torch.cat([extractor(real[:4]), extractor(real[4:])]), extractor(fake))
     fr, ff = _reference_features(real, net), _reference_features(fake, net)
     c1, c2 = np.cov(fr, rowvar=False), np.cov(ff, rowvar=False)
     ref = (
@@ -148,23 +143,8 @@ def test_fid_pipeline_matches_float64_reference():
         + np.trace(c1 + c2)
         - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2).real)
     )
-    assert float(metric.compute()) == pytest.approx(ref, rel=1e-6, abs=1e-9)
+    assert fid == pytest.approx(ref, rel=1e-6, abs=1e-9)
     np.testing.assert_allclose(extractor(real).numpy(), fr, rtol=1e-6, atol=1e-9)
-
-
-def test_real_statistics_cache(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return torch.arange(12.0).reshape(4, 3) ** 2
-
-    mu, sigma = load_or_compute_real_statistics(tmp_path, "amos/test", "net-a", compute)
-    mu2, sigma2 = load_or_compute_real_statistics(tmp_path, "amos/test", "net-a", compute)
-    assert len(calls) == 1 and np.array_equal(mu, mu2) and np.array_equal(sigma, sigma2)
-    np.testing.assert_allclose(mu, (np.arange(12.0).reshape(4, 3) ** 2).mean(0))
-    load_or_compute_real_statistics(tmp_path, "amos/test", "net-b", compute)  # other extractor: new key
-    assert len(calls) == 2
 
 
 def test_inception_missing_error_names_paths_and_url(tmp_path, monkeypatch):
@@ -174,7 +154,7 @@ def test_inception_missing_error_names_paths_and_url(tmp_path, monkeypatch):
     assert str(tmp_path / "inception-2015-12-05.pt") in msg and image_mod.INCEPTION_URL in msg
     monkeypatch.setattr(image_mod, "cleanfid_cache_dirs", lambda: [tmp_path / "cache"])
     with pytest.raises(FileNotFoundError, match="cache"):
-        FrechetInceptionDistance()
+        InceptionFeatures()
 
 
 class _FakeLayers(torch.nn.Module):

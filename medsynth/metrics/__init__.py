@@ -10,14 +10,12 @@ from medsynth.metrics.dice import (
     reassemble_volume,
 )
 from medsynth.metrics.image import (
-    FrechetInceptionDistance,
     InceptionFeatures,
     clean_resize,
     find_inception_weights,
     frechet_distance,
     frechet_distance_from_statistics,
     gaussian_statistics,
-    load_or_compute_real_statistics,
     psnr,
     psnr_per_image,
     ssim,
@@ -35,8 +33,6 @@ __all__ = [
     "clean_resize",
     "find_inception_weights",
     "InceptionFeatures",
-    "FrechetInceptionDistance",
-    "load_or_compute_real_statistics",
     "dice_counts",
     "dice_from_counts",
     "dice_per_class",

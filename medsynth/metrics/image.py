@@ -13,17 +13,15 @@ own cache folder and never downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 __all__ = [
@@ -41,9 +39,6 @@ __all__ = [
     "cleanfid_cache_dirs",
     "find_inception_weights",
     "InceptionFeatures",
-    "FrechetInceptionDistance",
-    "real_statistics_path",
-    "load_or_compute_real_statistics",
 ]
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -54,8 +49,6 @@ INCEPTION_URL = (
 INCEPTION_DIM = 2048
 CLEAN_SIZE = 299
 _SSIM_PAD = 5  # half of the 11x11 Gaussian window (sigma 1.5, truncated at 3.5 sigma)
-
-FeatureFn = Callable[[Tensor], Tensor]
 
 
 def _as_images(x: Tensor | np.ndarray, name: str) -> Tensor:
@@ -271,96 +264,3 @@ class InceptionFeatures(torch.nn.Module):
         x = clean_resize(images).to(self._anchor.device)  # [B, 3, 299, 299] in [0, 255]
         feats = self.net(x)
         return feats.reshape(feats.shape[0], -1)  # [B, D]
-
-
-def _extract(feature_fn: FeatureFn, images: Tensor) -> Tensor:
-    feats = feature_fn(images)
-    if feats.dim() != 2 or feats.shape[0] != images.shape[0]:
-        raise ValueError(f"the feature network must return [B, D], got {tuple(feats.shape)}")
-    return feats.detach().double().cpu()
-
-
-class FrechetInceptionDistance(Metric):
-    """Stateful FID over slices (torchmetrics-style; features concatenated across processes).
-
-    Args:
-        feature_fn: Callable ``[B, 1, H, W]`` in [0, 1] -> ``[B, D]``; defaults to
-            :class:`InceptionFeatures` (clean-fid pipeline). Tests inject a small network here.
-        fid_weights: Inception file for the default extractor.
-        device: Device of the default extractor.
-
-    Note: with Lightning's DistributedSampler, padded duplicate samples would be counted twice;
-    :class:`medsynth.callbacks.SynthesisMetrics` de-duplicates by slice before computing FID.
-    """
-
-    full_state_update = False
-
-    def __init__(
-        self,
-        feature_fn: FeatureFn | None = None,
-        fid_weights: str | os.PathLike | None = None,
-        device: str | torch.device = "cpu",
-        **kwargs,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.feature_fn = feature_fn if feature_fn is not None else InceptionFeatures(fid_weights, device)
-        self.add_state("real_features", default=[], dist_reduce_fx="cat")
-        self.add_state("fake_features", default=[], dist_reduce_fx="cat")
-        self._real_stats: tuple[np.ndarray, np.ndarray] | None = None
-
-    def set_real_statistics(self, mu: np.ndarray, sigma: np.ndarray) -> None:
-        """Use precomputed (e.g. cached) real statistics instead of accumulated real features."""
-        self._real_stats = (np.asarray(mu, np.float64), np.asarray(sigma, np.float64))
-
-    def update(self, images: Tensor, real: bool) -> None:
-        feats = _extract(self.feature_fn, _as_images(images, "images"))
-        (self.real_features if real else self.fake_features).append(feats)
-
-    def compute(self) -> Tensor:
-        def cat(x) -> Tensor:
-            return torch.cat(x) if isinstance(x, list) else x
-
-        fake = cat(self.fake_features)
-        if self._real_stats is not None:
-            real_stats = self._real_stats
-        else:
-            real_stats = gaussian_statistics(cat(self.real_features))
-        return torch.tensor(frechet_distance_from_statistics(*real_stats, *gaussian_statistics(fake)))
-
-
-# ----------------------------------------------------------------------------- real-statistics cache
-
-
-def real_statistics_path(cache_dir: str | os.PathLike, split_id: str, feature_id: str) -> Path:
-    """Cache file of a split's real-image statistics; the key is (split identity, feature extractor)."""
-    digest = hashlib.sha256(f"{split_id}\n{feature_id}".encode()).hexdigest()[:24]
-    return Path(cache_dir) / f"fid_real_{digest}.npz"
-
-
-def load_or_compute_real_statistics(
-    cache_dir: str | os.PathLike,
-    split_id: str,
-    feature_id: str,
-    compute_features: Callable[[], Tensor | np.ndarray | Sequence[Tensor]],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Real-image statistics of a split, read from ``cache_dir`` or computed once and saved.
-
-    Args:
-        cache_dir: Folder of the cache (created when missing).
-        split_id: Identity of the split (e.g. data root + split name + slice list hash).
-        feature_id: Identity of the feature extractor (e.g. ``InceptionFeatures.feature_id``).
-        compute_features: Called on a cache miss; returns the real features ``[N, D]``.
-    """
-    path = real_statistics_path(cache_dir, split_id, feature_id)
-    if path.is_file():
-        with np.load(path) as z:
-            return z["mu"], z["sigma"]
-    feats = compute_features()
-    if isinstance(feats, (list, tuple)):
-        feats = torch.cat([torch.as_tensor(f) for f in feats])
-    mu, sigma = gaussian_statistics(feats)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, split_id=split_id, feature_id=feature_id)
-    os.replace(tmp, path)
-    return mu, sigma
