@@ -68,9 +68,13 @@ def test_generator_output_sizes(size):
         SPADEGenerator(size, 17, 2, hidden=8),
         OASISGenerator(size, 17, 2, z_dim=4, hidden=8),
     ):
+        last: list[torch.Tensor] = []  # output of the last convolution that ran
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.register_forward_hook(lambda mod, inp, out, last=last: last.append(out))
         out = net(seg)
         assert out.shape == (2, 1, size, size)
-        assert out.abs().max() <= 1  # tanh
+        torch.testing.assert_close(out, torch.tanh(last[-1]))  # tanh of the last conv, nothing after
     assert OASISDiscriminator(size, 17, 1, 4)(torch.randn(2, 1, size, size)).shape == (2, 18, size, size)
 
 
@@ -95,6 +99,43 @@ def test_unet_generator_layout_at_256():
     assert widths == [64, 128, 256, 512, 512, 512, 512, 512]
     has_dropout = [any(isinstance(m, torch.nn.Dropout) for m in up) for up in net.ups]
     assert has_dropout == [False, False, False, False, True, True, True, False]  # 3 innermost decoder blocks
+
+
+def pix2pix_counts(in_channels: int, out_channels: int, ngf: int, depth: int) -> tuple[int, int]:
+    """Closed-form parameter counts of pix2pix's unet_<2**depth> generator and 70x70 PatchGAN.
+
+    From the authors' ``networks.py`` (batch norm, so ``use_bias=False``): every down-conv
+    k4 without bias, batch norm after all but the outermost and innermost; every up-conv k4 without
+    bias plus batch norm, except the outermost (bias, tanh). The PatchGAN: conv(in, ndf) with bias,
+    three k4 convs without bias plus batch norm (widths 2, 4, 8 x ndf), conv(8 ndf, 1) with bias.
+    """
+    w = [ngf * min(2**i, 8) for i in range(depth)]
+    downs = sum((in_channels if i == 0 else w[i - 1]) * w[i] * 16 for i in range(depth))
+    downs += sum(2 * w[i] for i in range(1, depth - 1))
+    ups = w[-1] * w[-2] * 16 + 2 * w[-2]  # innermost
+    ups += sum(2 * w[i] * w[i - 1] * 16 + 2 * w[i - 1] for i in range(1, depth - 1))
+    ups += 2 * w[0] * out_channels * 16 + out_channels  # outermost
+    ndf = ngf
+    d = in_channels * ndf * 16 + ndf
+    d += sum(ndf * min(2 ** (n - 1), 8) * ndf * min(2**n, 8) * 16 + 2 * ndf * min(2**n, 8) for n in (1, 2, 3))
+    d += 8 * ndf * 16 + 1
+    return downs + ups, d
+
+
+@pytest.mark.parametrize("ngf, depth", [(8, 5), (64, 8)])
+def test_pix2pix_networks_parameter_counts(ngf, depth):
+    """Parameter counts equal the closed form of the authors' unet_256 and 70x70 PatchGAN.
+
+    At ngf 64, depth 8 on RGB the closed form gives 54,413,955 and 2,768,705, which round to what
+    the authors' code prints (54.414 M, 2.769 M). Ours differs in one deliberate place: the two down-convs without batch
+    norm after them (outermost, innermost) keep their bias, ngf + 8 ngf parameters more.
+    """
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    g_ref = pix2pix_counts(3, 3, ngf, depth)[0]
+    assert n(UNetGenerator(3, 3, ngf, depth=depth)) == g_ref + ngf + 8 * ngf
+    assert n(PatchDiscriminator(6, ngf)) == pix2pix_counts(6, 3, ngf, depth)[1]
+    if ngf == 64:  # the authors' printout for unet_256 / basic netD on RGB pairs: 54.414 M, 2.769 M
+        assert round(g_ref / 1e6, 3) == 54.414 and round(pix2pix_counts(6, 3, 64, 8)[1] / 1e6, 3) == 2.769
 
 
 def test_patch_discriminators():

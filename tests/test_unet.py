@@ -93,3 +93,38 @@ def test_bf16_autocast_forward() -> None:
     ref = net(x, t, cond=cond)
     assert torch.isfinite(out).all()
     assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max() + 1e-3
+
+
+@pytest.mark.parametrize(
+    "mc, mult, nrb, attn", [(8, (1, 2), 1, (16,)), (16, (1, 2, 2), 2, (16, 8)), (8, (1, 2, 4), 2, ())]
+)
+def test_parameter_count_matches_diffusers_unet2dmodel(mc, mult, nrb, attn) -> None:
+    """Same layers as diffusers' UNet2DModel of the same configuration (an independent assembly of
+    the Improved-DDPM layout), plus one GroupNorm: Improved DDPM's middle attention normalises its
+    input, which UNet2DModel leaves out under scale-shift conditioning (2 x deepest width)."""
+    from diffusers import UNet2DModel
+
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    ours = DiffusionUNet(
+        image_size=32,
+        in_channels=18,
+        out_channels=2,
+        model_channels=mc,
+        channel_mult=mult,
+        num_res_blocks=nrb,
+        attention_resolutions=attn,
+    )
+    res = [32 // 2**i for i in range(len(mult))]
+    ref = UNet2DModel(
+        sample_size=32,
+        in_channels=18,
+        out_channels=2,
+        block_out_channels=tuple(mc * m for m in mult),
+        layers_per_block=nrb,
+        down_block_types=tuple("AttnDownBlock2D" if r in attn else "DownBlock2D" for r in res),
+        up_block_types=tuple("AttnUpBlock2D" if r in attn else "UpBlock2D" for r in reversed(res)),
+        resnet_time_scale_shift="scale_shift",
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    assert n(ours) == n(ref) + 2 * mc * mult[-1]
