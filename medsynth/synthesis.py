@@ -187,9 +187,9 @@ def synthesize_volume(
         :, 0
     ].long()  # [D, S, S]
     out = torch.empty(depth, size, size)
-    from tqdm.auto import tqdm
+    from medsynth.callbacks.progress import progress_bar
 
-    bar = tqdm(total=depth, desc=f"synthesize {case.name}", unit="slice", disable=not progress)
+    bar = progress_bar(depth, f"synthesize {case.name}", unit="slice", disable=not progress)
     for start in range(0, depth, batch_size):
         batch = small[start : start + batch_size].to(model.device)
         # One generator per slice, keyed on (case, slice): the output does not depend on batch_size.

@@ -1,5 +1,6 @@
 """The command line: help, the phantom subcommand, and every experiment config instantiates."""
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -54,11 +55,13 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
         # each missing file is named at construction, before any training.
         with pytest.raises(Exception, match="organ_segmenter.ckpt"):
             lightning_cli(["--config", str(config)], run=False)
+        gc.collect()  # the failed attempt built a paper-sized model: free it before the next
         (tmp_path / "checkpoints").mkdir()
         shutil.copy(segmenter_checkpoint, tmp_path / "checkpoints" / "organ_segmenter.ckpt")
     if "fid_weights: weights/inception-2015-12-05.pt" in text:
         with pytest.raises(Exception, match="inception-2015-12-05.pt"):
             lightning_cli(["--config", str(config)], run=False)
+        gc.collect()
         (tmp_path / "weights").mkdir()
         (tmp_path / "weights" / "inception-2015-12-05.pt").write_bytes(
             b""
@@ -69,7 +72,15 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
         # config must fail at construction with the how-to-get-it message, and work without VGG.
         with pytest.raises(Exception, match="lambda_vgg"):
             lightning_cli(args, run=False)
+        gc.collect()
         args += ["--model.init_args.lambda_vgg", "0"]
     cli = lightning_cli(args, run=False)
     assert cli.model is not None and cli.datamodule is not None
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
+
+
+@pytest.fixture(autouse=True)
+def _free_models():
+    """The AMOS configs build paper-sized models (~1 GB each); free them before the next one."""
+    yield
+    gc.collect()
