@@ -70,14 +70,17 @@ def evaluate_models(
     seed: int = 0,
     accelerator: str = "auto",
     log_dir: str | Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, dict[str, float]]:
     """Test every model on ``datamodule``'s test split; returns ``{name: {"test/psnr": ...}}``.
 
     Options that do not apply to a method (a sampler for a GAN) are dropped for that method.
+    ``callbacks`` join the test loop (e.g. a :class:`~medsynth.callbacks.SynthesisImageGrid`).
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from medsynth.callbacks import SynthesisMetrics
+    from medsynth.callbacks.progress import default_progress_bar
 
     rows = {}
     for name, model in models.items():
@@ -92,7 +95,7 @@ def evaluate_models(
             accelerator=accelerator,
             devices=1,
             logger=logger,
-            callbacks=[callback],
+            callbacks=[callback, *callbacks, *[b for b in (default_progress_bar(),) if b is not None]],
             enable_checkpointing=False,
             enable_model_summary=False,
         )

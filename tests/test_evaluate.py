@@ -79,14 +79,41 @@ def test_evaluate_bad_input(lut_checkpoint, tmp_path, capsys):
     assert "none.ckpt" in capsys.readouterr().err
 
 
-def test_demo_quick_end_to_end(tmp_path):
+def test_demo_quick_end_to_end(tmp_path, monkeypatch):
+    import medsynth.evaluate
+    import medsynth.models
     from medsynth.demo import main as demo_main
 
-    assert demo_main(["--quick", "--output", str(tmp_path / "demo"), "--accelerator", "cpu"]) == 0
-    summary = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    out = tmp_path / "demo"
+    seen = {}
+    ddpm_cls, evaluate = medsynth.models.MaskGuidedDDPM, medsynth.evaluate.evaluate_models
+
+    def ddpm(*args, **kw):  # each stage's artefact exists as soon as the stage ends
+        seen["segmenter before DDPM"] = (out / "checkpoints" / "organ_segmenter.ckpt").is_file()
+        return ddpm_cls(*args, **kw)
+
+    def evaluate_spy(*args, **kw):
+        seen["DDPM before evaluation"] = (out / "checkpoints" / "mask_guided_ddpm.ckpt").is_file()
+        seen["no report yet"] = not (out / "report.md").exists()
+        return evaluate(*args, **kw)
+
+    monkeypatch.setattr(medsynth.models, "MaskGuidedDDPM", ddpm)
+    monkeypatch.setattr(medsynth.evaluate, "evaluate_models", evaluate_spy)
+    assert demo_main(["--quick", "--output", str(out), "--accelerator", "cpu"]) == 0
+    assert seen == {"segmenter before DDPM": True, "DDPM before evaluation": True, "no report yet": True}
+    summary = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(summary["test"]["test/psnr"]) and 0.0 <= summary["test"]["test/ssim"] <= 1.0
     for name in ("report.md", "report.csv", "report.tex", "report.png", "checkpoints/mask_guided_ddpm.ckpt"):
-        assert (tmp_path / "demo" / name).is_file(), name
+        assert (out / name).is_file(), name
+    # The README promises image grids in the demo's TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = []
+    for events in (out / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        images += acc.Tags()["images"]
+    assert "test/samples" in images
 
 
 def test_totalseg_dice_on_synthetic_volumes(lut_checkpoint, tmp_path):
