@@ -37,7 +37,14 @@ progress lines (step/total, loss, speed, ETA) at least every 30 s instead of a r
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` of medsynth's own commands: every option with its default."""
+    """``--help`` of medsynth's own commands: every option with its default (unless its help
+    already says what the default is, or the option is required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
 
 
 def lightning_cli_class():
