@@ -49,7 +49,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def lightning_cli_class():
     """medsynth's LightningCLI: adds :class:`~medsynth.callbacks.progress.LogProgressBar` when
-    stdout is not a terminal, unless the run disables the bar or brings its own."""
+    stdout is not a terminal (a :class:`~medsynth.callbacks.progress.StepProgressBar` when it is),
+    unless the run disables the bar or brings its own."""
     from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
 
@@ -62,8 +63,8 @@ def lightning_cli_class():
             callbacks = trainer.get("callbacks") or []
             callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
             has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
-            bar = default_progress_bar()
-            if bar is not None and trainer.get("enable_progress_bar") is not False and not has_bar:
+            if trainer.get("enable_progress_bar") is not False and not has_bar:
+                bar = default_progress_bar()
                 defaults = self.trainer_defaults.get("callbacks") or []
                 defaults = defaults if isinstance(defaults, list) else [defaults]
                 self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults, bar]}

@@ -183,15 +183,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     except FileNotFoundError as err:
         print(f"FID skipped: {str(err).splitlines()[0]}")
 
-    bar = default_progress_bar()  # plain progress lines when stdout is a log, not a terminal
-
     def trainer(name: str, steps: int | None = None, callbacks=()) -> L.Trainer:
         return L.Trainer(
             accelerator=cfg.accelerator,
             devices=1,
             max_steps=steps if steps is not None else -1,
             logger=TensorBoardLogger(out / "tensorboard", name=name, version=""),
-            callbacks=[*callbacks, *([bar] if bar is not None else [])],
+            callbacks=[*callbacks, default_progress_bar()],  # plain progress lines in a log
             enable_checkpointing=False,
             limit_val_batches=0,
             log_every_n_steps=10,

@@ -95,7 +95,7 @@ def evaluate_models(
             accelerator=accelerator,
             devices=1,
             logger=logger,
-            callbacks=[callback, *callbacks, *[b for b in (default_progress_bar(),) if b is not None]],
+            callbacks=[callback, *callbacks, default_progress_bar()],
             enable_checkpointing=False,
             enable_model_summary=False,
         )

@@ -9,7 +9,13 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from medsynth.callbacks.progress import LineProgress, LogProgressBar, default_progress_bar, format_duration
+from medsynth.callbacks.progress import (
+    LineProgress,
+    LogProgressBar,
+    StepProgressBar,
+    default_progress_bar,
+    format_duration,
+)
 
 
 class LoggingModel(BoringModel):
@@ -109,7 +115,7 @@ class _Stream(io.StringIO):
 
 
 def test_choice_by_tty(monkeypatch, tmp_path):
-    assert default_progress_bar(_Stream(True)) is None  # Lightning's own bar on a terminal
+    assert type(default_progress_bar(_Stream(True))) is StepProgressBar  # a tqdm bar on a terminal
     assert isinstance(default_progress_bar(_Stream(False)), LogProgressBar)
     from medsynth.cli import lightning_cli
 
@@ -121,11 +127,21 @@ def test_choice_by_tty(monkeypatch, tmp_path):
     )
     monkeypatch.chdir(tmp_path)
     for tty, args, want in (
-        (False, [], True),
-        (True, [], False),
-        (False, ["--trainer.enable_progress_bar", "false"], False),  # disabled: no bar, no error
+        (False, [], LogProgressBar),
+        (True, [], StepProgressBar),
+        (False, ["--trainer.enable_progress_bar", "false"], None),  # disabled: no bar, no error
     ):
         monkeypatch.setattr("sys.stdout", _Stream(tty))
         cli = lightning_cli(["--config", str(config), *args], run=False)
-        has = any(isinstance(c, LogProgressBar) for c in cli.trainer.callbacks)
-        assert has == want, (tty, args)
+        bars = [type(c) for c in cli.trainer.callbacks if isinstance(c, (LogProgressBar, StepProgressBar))]
+        assert bars == ([want] if want else []), (tty, args)
+
+
+def test_step_bar_counts_steps_across_epochs(capsys):
+    bar = StepProgressBar()
+    _fit(bar, max_steps=7)  # 3 batches per epoch
+    assert bar.train_progress_bar.total == 7 and bar.train_progress_bar.n == 7
+    assert "Step (epoch 2): 100%" in capsys.readouterr().out and "7/7" in bar.train_progress_bar.__str__()
+    bar = StepProgressBar()
+    _fit(bar, max_epochs=2)  # epoch-limited: Lightning's per-epoch bar
+    assert bar.train_progress_bar.total == 3

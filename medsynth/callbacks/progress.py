@@ -16,9 +16,16 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
-__all__ = ["LogProgressBar", "LineProgress", "default_progress_bar", "format_duration", "progress_bar"]
+__all__ = [
+    "LogProgressBar",
+    "StepProgressBar",
+    "LineProgress",
+    "default_progress_bar",
+    "format_duration",
+    "progress_bar",
+]
 
 
 def format_duration(seconds: float) -> str:
@@ -247,12 +254,45 @@ class LogProgressBar(ProgressBar):
         self._eval_end("predict", trainer, pl_module, "predict/")
 
 
-def default_progress_bar(stream: TextIO | None = None) -> ProgressBar | None:
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, but for step-limited runs (``max_steps`` set) one bar over all
+    optimiser steps, ``Step 120/2000``, instead of one per epoch under "Epoch 0/-2"-style headers.
+    Runs limited by epochs keep the per-epoch bar."""
+
+    def _steps(self, trainer: L.Trainer) -> bool:
+        return trainer.max_steps is not None and trainer.max_steps > 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._steps(trainer):
+            return super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        if bar.total != trainer.max_steps:  # the first epoch of this fit (also after a resume)
+            bar.reset(total=trainer.max_steps)
+            bar.initial = 0
+            bar.n = trainer.global_step
+        bar.set_description(f"Step (epoch {trainer.current_epoch})")
+        return None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._steps(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, step = self.train_progress_bar, trainer.global_step
+        if bar is not None and self._should_update(step, bar.total):
+            if not bar.disable:
+                bar.n = step
+                bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+        return None
+
+
+def default_progress_bar(stream: TextIO | None = None) -> ProgressBar:
     """The progress bar medsynth's commands use: :class:`LogProgressBar` when ``stream`` (default
-    ``sys.stdout``) is not a terminal, None (Lightning's own bar) when it is."""
+    ``sys.stdout``) is not a terminal, :class:`StepProgressBar` when it is."""
     stream = stream or sys.stdout
     isatty = getattr(stream, "isatty", None)
-    return None if callable(isatty) and isatty() else LogProgressBar()
+    return StepProgressBar() if callable(isatty) and isatty() else LogProgressBar()
 
 
 class LineProgress:
