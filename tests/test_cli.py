@@ -21,9 +21,49 @@ def test_help_lists_commands(capsys):
     assert main(["nonsense"]) == 2
 
 
+def test_version_and_help_defaults(capsys):
+    from medsynth import __version__
+
+    for argv in (["--version"], ["version"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.strip() == f"medsynth {__version__}"
+    for cmd, option, default in (
+        ("phantom", "--cases", "(default: 10)"),
+        ("synthesize", "--batch_size", "(default: 16)"),
+        ("evaluate", "--figure_slices", "(default: 4)"),
+        ("demo", "--train_steps", "(default: 1200)"),
+    ):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert option in text and default in text, (cmd, text[:400])
+        if cmd in ("synthesize", "evaluate"):
+            assert "1000-step ancestral chain" in text  # what leaving out --sampler/--num_steps costs
+
+
+def test_no_args_warning_from_the_console_script(monkeypatch, tmp_path):
+    """The console script passes no args= to LightningCLI, so it does not warn about getting both."""
+    import warnings
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {class_path: lightning.pytorch.demos.boring_classes.BoringModel}\n"
+        "data: {class_path: lightning.pytorch.demos.boring_classes.BoringDataModule}\n"
+        "trainer: {logger: false, accelerator: cpu, max_steps: 1, limit_val_batches: 0, enable_checkpointing: false}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["medsynth", "fit", "--config", str(config)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main() == 0
+    assert not [w for w in caught if "args" in str(w.message) and "command line" in str(w.message)]
+
+
 def test_phantom_command_writes_amos_layout(tmp_path, capsys):
     out = tmp_path / "ph"
     assert main(["phantom", "--output", str(out), "--cases", "2", "--depth", "4", "--size", "16"]) == 0
+    # stdout is not a terminal here: progress comes as lines, the last one complete.
+    assert "phantom: 3/3 case (100%)" in capsys.readouterr().out
     meta = json.loads((out / "dataset.json").read_text())
     assert len(meta["training"]) == 2 and len(meta["validation"]) == 1
     assert (out / "imagesVa" / "amos_0003.nii.gz").is_file()
