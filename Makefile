@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check medsynth tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 --timeout=120 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/medsynth demo --output outputs/demo $(DEMO_ARGS)

@@ -11,8 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from medsynth import __version__
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-OWN_COMMANDS = ("synthesize", "evaluate", "phantom", "demo")
+OWN_COMMANDS = ("synthesize", "evaluate", "phantom", "demo", "version")
 
 USAGE = """usage: medsynth <command> [options]
 
@@ -27,36 +29,91 @@ medsynth's own commands:
   evaluate    metric suite for one or more checkpoints -> paper-style report (Markdown, CSV, LaTeX, PNG)
   phantom     write the built-in phantom as an AMOS22-layout dataset
   demo        the main job on the phantom: train, sample, evaluate, write a report
+  version     print the version (also: medsynth --version)
+
+Progress: when stdout is not a terminal (a log file, a batch job), every command prints plain
+progress lines (step/total, loss, speed, ETA) at least every 30 s instead of a redrawn bar.
 """
 
 
-def lightning_cli(args: list[str], run: bool = True):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of medsynth's own commands: every option with its default (unless its help
+    already says what the default is, or the option is required)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.required or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def lightning_cli_class():
+    """medsynth's LightningCLI (:class:`medsynth.configs.MedsynthCLI`: ``defaults``, ``run_name``,
+    the image_size link) that also adds :class:`~medsynth.callbacks.progress.LogProgressBar` when
+    stdout is not a terminal (a :class:`~medsynth.callbacks.progress.StepProgressBar` when it is),
+    unless the run disables the bar or brings its own."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from medsynth.callbacks.progress import default_progress_bar
+    from medsynth.configs import MedsynthCLI
+
+    class CLI(MedsynthCLI):
+        def instantiate_trainer(self, **kwargs):
+            config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            trainer = config.get("trainer", {}) or {}
+            callbacks = trainer.get("callbacks") or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+            if trainer.get("enable_progress_bar") is not False and not has_bar:
+                bar = default_progress_bar()
+                defaults = self.trainer_defaults.get("callbacks") or []
+                defaults = defaults if isinstance(defaults, list) else [defaults]
+                self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults, bar]}
+            return super().instantiate_trainer(**kwargs)
+
+    return CLI
+
+
+def lightning_cli(args: list[str] | None, run: bool = True):
     """Build the LightningCLI (subclass mode for models and data modules).
 
     Config files may build on others through a top-level ``defaults`` list and name the run with
     ``run_name``; ``image_size`` is given under ``data`` only (see :mod:`medsynth.configs`).
+
+    Args:
+        args: The command line after ``medsynth`` (subcommand first); None reads ``sys.argv``.
+        run: Run the subcommand (False: only instantiate the classes).
     """
+    import warnings
+
     import lightning as L
 
     import medsynth.data  # noqa: F401 - registers the data modules for short names
     import medsynth.models  # noqa: F401 - registers the methods for short names
-    from medsynth.configs import MedsynthCLI, expand_defaults
+    from medsynth.configs import expand_defaults
 
-    return MedsynthCLI(
-        model_class=L.LightningModule,
-        datamodule_class=L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=expand_defaults(args),
-        run=run,
-        parser_kwargs={"prog": "medsynth"},
-    )
+    args = expand_defaults(sys.argv[1:] if args is None else args)
+    with warnings.catch_warnings():
+        # The expanded command line is passed as ``args`` on purpose (``defaults`` pieces become
+        # repeated --config arguments); LightningCLI's warning about args next to sys.argv is moot.
+        warnings.filterwarnings("ignore", message=".*not recommended to provide both args and command line")
+        return lightning_cli_class()(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            parser_kwargs={"prog": "medsynth"},
+        )
 
 
 def _phantom_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="medsynth phantom", description="Write the phantom as an AMOS22-layout dataset."
+        prog="medsynth phantom",
+        description="Write the phantom as an AMOS22-layout dataset.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--output", required=True, type=Path, help="folder to create (must be empty or absent)")
     p.add_argument("--cases", type=int, default=10, help="number of training cases")
@@ -65,7 +122,8 @@ def _phantom_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--depth", type=int, default=64, help="axial slices per volume")
     p.add_argument("--size", type=int, default=256, help="in-plane matrix size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the phantom anatomy")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -78,20 +136,26 @@ def _phantom(argv: list[str]) -> int:
     if a.output.exists() and any(a.output.iterdir()):
         raise SystemExit(f"medsynth phantom: output folder {a.output} is not empty; refusing to overwrite")
     val = a.val_cases if a.val_cases is not None else max(1, a.cases // 4)
-    root = write_phantom_dataset(a.output, a.cases, val, depth=a.depth, size=a.size, seed=a.seed)
+    root = write_phantom_dataset(
+        a.output, a.cases, val, depth=a.depth, size=a.size, seed=a.seed, progress=not a.no_progress
+    )
     print(f"wrote {a.cases} training and {val} validation phantom cases to {root}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and ``python -m medsynth``."""
+    from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd in ("--version", "-V", "version"):
+        print(f"medsynth {__version__}")
+        return 0
     if cmd in LIGHTNING_COMMANDS:
-        lightning_cli(argv)
+        lightning_cli(None if from_sys_argv or argv == sys.argv[1:] else argv)
         return 0
     if cmd == "phantom":
         return _phantom(rest)

@@ -5,6 +5,11 @@
 real slices to score organ correspondence, samples the test split with a fast sampler, computes
 PSNR, SSIM, organ Dice (and FID when the Inception file is present) and writes the paper-style
 report and a figure under one output folder. Sized for about 15 minutes on a 2-core CPU.
+
+Each stage's artefact is written as soon as it exists (the segmenter checkpoint, the DDPM
+checkpoint, refreshed every ``checkpoint_every`` steps while it trains, then the report), so an
+interrupted demo leaves what it had. The docs' description of the demo is generated from
+:class:`DemoConfig` and the Makefile by :func:`settings_markdown` (tests/test_docs.py checks it).
 """
 
 from __future__ import annotations
@@ -12,10 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-__all__ = ["DemoConfig", "run_demo", "main"]
+__all__ = ["DemoConfig", "run_demo", "settings_markdown", "main", "SAMPLER_NAMES", "QUICK"]
+
+#: How the docs name the samplers (``generate(sampler=...)``).
+SAMPLER_NAMES = {
+    "ddpm": "ancestral sampling",
+    "ddim": "DDIM",
+    "dpm++": "DPM-Solver++",
+}
 
 
 @dataclass
@@ -36,6 +48,8 @@ class DemoConfig:
         fid_weights: Inception file for FID (skipped when absent).
         seed: Seeds the phantom, training and sampling.
         accelerator: Lightning accelerator ("auto" uses a GPU when there is one).
+        checkpoint_every: Steps between refreshes of the DDPM checkpoint while it trains.
+        grid_images: Rows of the image grid (mask | real | synthetic) logged to TensorBoard.
     """
 
     output: str = "outputs/demo"
@@ -54,6 +68,91 @@ class DemoConfig:
     fid_weights: str | None = None
     seed: int = 0
     accelerator: str = "auto"
+    checkpoint_every: int = 200
+    grid_images: int = 4
+
+
+#: ``--quick``: tiny settings that check the pipeline in about a minute, not the quality.
+QUICK = {
+    "image_size": 32, "num_train_cases": 2, "num_test_cases": 1, "depth": 8,
+    "model_channels": 8, "train_steps": 4, "segmenter_steps": 4, "num_steps": 4,
+}  # fmt: skip
+
+_HELP = {
+    "output": "folder for checkpoints, TensorBoard logs, the report and the figure",
+    "image_size": "slice size (pixels)",
+    "num_train_cases": "phantom training volumes",
+    "num_test_cases": "phantom test volumes",
+    "depth": "slices per phantom volume",
+    "batch_size": "training batch size",
+    "model_channels": "base width of the mask-guided DDPM",
+    "train_steps": "optimiser steps of the DDPM",
+    "lr": "DDPM learning rate",
+    "ema_decay": "DDPM EMA decay",
+    "segmenter_steps": "optimiser steps of the organ segmenter",
+    "sampler": "sampler for the evaluation: ddpm (ancestral), ddim or dpm++",
+    "num_steps": "sampling steps for the evaluation (network evaluations per slice)",
+    "fid_weights": "clean-fid's inception-2015-12-05.pt (FID is skipped when absent)",
+    "seed": "seeds the phantom, training and sampling",
+    "accelerator": "Lightning accelerator (auto: a GPU when there is one)",
+    "checkpoint_every": "steps between refreshes of the DDPM checkpoint while it trains",
+    "grid_images": "rows of the image grid logged to TensorBoard",
+}
+
+
+def _make_demo_args(makefile: str | Path) -> str:
+    """The ``medsynth demo`` arguments in the Makefile's ``demo`` recipe (without ``$(DEMO_ARGS)``)."""
+    lines = Path(makefile).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("demo:"):
+            for recipe in lines[i + 1 :]:
+                if "medsynth demo" in recipe:
+                    args = recipe.split("medsynth demo", 1)[1].replace("$(DEMO_ARGS)", "")
+                    return " ".join(args.split())
+    raise ValueError(f"{makefile}: no demo recipe running `medsynth demo`")
+
+
+def settings_markdown(cfg: DemoConfig | None = None, makefile: str | Path = "Makefile") -> str:
+    """The docs' paragraph on what ``make demo`` does, from ``cfg`` (default: ``DemoConfig()``)
+    and the Makefile's demo recipe; README.md and docs/getting_started.md hold it verbatim."""
+    c = cfg or DemoConfig()
+    sampler = SAMPLER_NAMES.get(c.sampler, c.sampler)
+    fid = "FID too when clean-fid's Inception file is present" if c.fid_weights is None else "FID"
+    return (
+        f"`make demo` runs `medsynth demo {_make_demo_args(makefile)}`: it writes "
+        f"{c.num_train_cases} training and {c.num_test_cases} test phantom volumes "
+        f"({c.depth} slices, {c.image_size}x{c.image_size}), trains an organ segmenter on the real "
+        f"slices ({c.segmenter_steps:,} steps, for organ Dice) and the mask-guided DDPM "
+        f"(width {c.model_channels}, {c.train_steps:,} steps, batch {c.batch_size}, lr {c.lr:g}, "
+        f"EMA {c.ema_decay:g}), samples the test split with {sampler} (`{c.sampler}`, "
+        f"{c.num_steps:,} steps) and computes PSNR, SSIM and organ Dice ({fid}). "
+        f'`--quick` (`make demo DEMO_ARGS="--quick"`) instead sets '
+        + ", ".join(f"`{k}` {v}" for k, v in QUICK.items())
+        + ": about a minute, a check of the pipeline, not of quality. Every field of "
+        "`medsynth.demo.DemoConfig` is a flag (`medsynth demo --help`)."
+    )
+
+
+def _save_every_class():
+    from lightning.pytorch.callbacks import Callback
+
+    class SaveEvery(Callback):
+        """Write the checkpoint to ``path`` every ``every`` optimiser steps while training."""
+
+        def __init__(self, path: Path, every: int) -> None:
+            if every < 1:
+                raise ValueError(f"checkpoint_every must be >= 1, got {every}")
+            self.path, self.every = path, every
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step % self.every == 0:
+                trainer.save_checkpoint(self.path, weights_only=False)
+
+    return SaveEvery
+
+
+def _SaveEvery(path: Path, every: int):  # noqa: N802 - builds the callback without importing Lightning early
+    return _save_every_class()(path, every)
 
 
 def _stage(msg: str) -> None:
@@ -65,6 +164,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from medsynth.callbacks import SynthesisImageGrid
+    from medsynth.callbacks.progress import default_progress_bar
     from medsynth.data import PhantomDataModule
     from medsynth.evaluate import evaluate_models, figure_batch, write_evaluation
     from medsynth.metrics.image import find_inception_weights
@@ -88,7 +189,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
             devices=1,
             max_steps=steps if steps is not None else -1,
             logger=TensorBoardLogger(out / "tensorboard", name=name, version=""),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, default_progress_bar()],  # plain progress lines in a log
             enable_checkpointing=False,
             limit_val_batches=0,
             log_every_n_steps=10,
@@ -111,7 +212,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     segmenter = OrganSegmenter(image_size=cfg.image_size, model_channels=16)
     seg_trainer = trainer("organ_segmenter", cfg.segmenter_steps)
     seg_trainer.fit(segmenter, datamodule=dm)
-    seg_trainer.save_checkpoint(ckpt_dir / "organ_segmenter.ckpt")
+    seg_trainer.save_checkpoint(ckpt_dir / "organ_segmenter.ckpt", weights_only=False)
+    print(f"wrote {ckpt_dir / 'organ_segmenter.ckpt'}", flush=True)
     real = seg_trainer.test(segmenter, datamodule=dm, verbose=False)[0]
 
     _stage(f"3/4 mask-guided DDPM ({cfg.train_steps} steps, width {cfg.model_channels}, {cfg.image_size}px)")
@@ -123,18 +225,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
         lr=cfg.lr,
         ema_decay=cfg.ema_decay,
     )
-    ddpm_trainer = trainer("mask_guided_ddpm", cfg.train_steps)
+    # The checkpoint exists (and is refreshed) while the DDPM trains, not only at the end.
+    partial = _SaveEvery(ckpt_dir / "mask_guided_ddpm.ckpt", cfg.checkpoint_every)
+    ddpm_trainer = trainer("mask_guided_ddpm", cfg.train_steps, callbacks=[partial])
     ddpm_trainer.fit(model, datamodule=dm)
-    ddpm_trainer.save_checkpoint(ckpt_dir / "mask_guided_ddpm.ckpt")
+    ddpm_trainer.save_checkpoint(ckpt_dir / "mask_guided_ddpm.ckpt", weights_only=False)
+    print(f"wrote {ckpt_dir / 'mask_guided_ddpm.ckpt'}", flush=True)
 
     _stage(
         f"4/4 evaluation on the test split: {cfg.sampler}, {cfg.num_steps} steps; metrics {', '.join(metrics)}"
     )
     name = "Mask-guided DDPM (phantom demo)"
     opts = {"sampler": cfg.sampler, "num_steps": cfg.num_steps}
+    grid = SynthesisImageGrid(num_images=cfg.grid_images, seed=cfg.seed, **opts)  # -> TensorBoard
     rows = evaluate_models(
         {name: model}, dm, metrics=metrics, segmenter=segmenter, fid_weights=cfg.fid_weights, seed=cfg.seed,
-        accelerator=cfg.accelerator, log_dir=out / "tensorboard", **opts,
+        accelerator=cfg.accelerator, log_dir=out / "tensorboard", callbacks=[grid], **opts,
     )  # fmt: skip
     results = rows[name]
     # Upper bound of the Dice columns: the same segmenter on the real test slices.
@@ -157,13 +263,25 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medsynth demo", description=__doc__.splitlines()[0])
-    d = DemoConfig()
-    for name, value in asdict(d).items():
+    from medsynth.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(
+        prog="medsynth demo",
+        description=__doc__.splitlines()[0],
+        epilog="Sampling cost: every sampling step is one network evaluation per slice, so --num_steps "
+        "scales the evaluation time linearly (the methods' own default, the 1000-step chain, is 10x "
+        "the demo's 100).",
+        formatter_class=HelpFormatter,
+    )
+    for f in fields(DemoConfig):
+        value = f.default
         kind = type(value) if value is not None else str
-        p.add_argument(f"--{name}", type=kind, default=value)
+        p.add_argument(f"--{f.name}", type=kind, default=value, help=_HELP.get(f.name, f.name))
     p.add_argument(
-        "--quick", action="store_true", help="tiny settings (a minute): checks the pipeline, not quality"
+        "--quick",
+        action="store_true",
+        help="tiny settings (about a minute): checks the pipeline, not quality; sets "
+        + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
     )
     return p
 
@@ -173,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.pop("quick")
     cfg = DemoConfig(**args)
     if quick:
-        cfg.image_size, cfg.num_train_cases, cfg.num_test_cases, cfg.depth = 32, 2, 1, 8
-        cfg.model_channels, cfg.train_steps, cfg.segmenter_steps, cfg.num_steps = 8, 4, 4, 4
+        for key, value in QUICK.items():
+            setattr(cfg, key, value)
     run_demo(cfg)
     return 0

@@ -85,14 +85,17 @@ def evaluate_models(
     seed: int = 0,
     accelerator: str = "auto",
     log_dir: str | Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, dict[str, float]]:
     """Test every model on ``datamodule``'s test split; returns ``{name: {"test/psnr": ...}}``.
 
     Options that do not apply to a method (a sampler for a GAN) are dropped for that method.
+    ``callbacks`` join the test loop (e.g. a :class:`~medsynth.callbacks.SynthesisImageGrid`).
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from medsynth.callbacks import SynthesisMetrics
+    from medsynth.callbacks.progress import default_progress_bar
 
     rows = {}
     for name, model in models.items():
@@ -107,7 +110,7 @@ def evaluate_models(
             accelerator=accelerator,
             devices=1,
             logger=logger,
-            callbacks=[callback],
+            callbacks=[callback, *callbacks, default_progress_bar()],
             enable_checkpointing=False,
             enable_model_summary=False,
         )
@@ -233,9 +236,12 @@ def write_evaluation(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from medsynth.cli import HelpFormatter
+
     p = argparse.ArgumentParser(
         prog="medsynth evaluate",
         description="The metric suite for one or more checkpoints, written as the paper's tables and figure.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--checkpoint", nargs="+", required=True, type=Path, help="one or more medsynth checkpoints"
@@ -248,7 +254,14 @@ def _parser() -> argparse.ArgumentParser:
         help="experiment YAML whose data: section gives the test split",
     )
     p.add_argument("--output", type=Path, required=True, help="folder for the report and figure")
-    p.add_argument("--metrics", nargs="+", default=["psnr", "ssim", "fid", "dice"])
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        choices=["psnr", "ssim", "fid", "dice"],
+        default=None,
+        help="metrics to compute (default: psnr ssim, plus fid when the Inception weights are found and "
+        "dice when --segmenter or --totalseg is given; what is left out is said before any work)",
+    )
     p.add_argument("--segmenter", type=Path, default=None, help="OrganSegmenter checkpoint (needed for dice)")
     p.add_argument("--fid_weights", type=Path, default=None, help="clean-fid's inception-2015-12-05.pt")
     p.add_argument(
@@ -261,16 +274,63 @@ def _parser() -> argparse.ArgumentParser:
         "AMOS-layout data module and the TotalSegmentator weights; WEIGHTS_DIR defaults to $TOTALSEG_HOME_DIR)",
     )
     p.add_argument("--totalseg_fast", action="store_true", help="TotalSegmentator's 3 mm model")
-    p.add_argument("--sampler", default=None)
-    p.add_argument("--num_steps", type=int, default=None)
-    p.add_argument("--guidance_scale", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--figure_slices", type=int, default=4)
+    p.add_argument(
+        "--sampler",
+        default=None,
+        help="diffusion models: ddpm (ancestral), ddim or dpm++ (default None: the model's own, the "
+        "1000-step ancestral chain)",
+    )
+    p.add_argument(
+        "--num_steps",
+        type=int,
+        default=None,
+        help="diffusion models: sampling steps, each one network evaluation per slice, so time grows "
+        "linearly (default None: the model's 1000 steps, 10x the 100 the demo and docs use)",
+    )
+    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
+    p.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")
+    p.add_argument("--figure_slices", type=int, default=4, help="rows of report.png (0: no figure)")
     p.add_argument(
         "--reference", type=int, choices=(0, 1, 2), default=2, help="paper table for reference rows (0: none)"
     )
-    p.add_argument("--accelerator", default="auto")
+    p.add_argument(
+        "--accelerator", default="auto", help="Lightning accelerator (auto: a GPU when there is one)"
+    )
     return p
+
+
+def _choose_metrics(a: argparse.Namespace) -> list[str]:
+    """The metrics to run, checked before any work: explicit ``--metrics`` must be runnable (errors
+    name the flags to add); the default leaves out what cannot run here, with one warning."""
+    from medsynth.metrics.image import find_inception_weights
+
+    fix = "--metrics psnr ssim" + (" dice" if a.segmenter is not None or a.totalseg is not None else "")
+    try:
+        find_inception_weights(a.fid_weights)
+        fid_problem = None
+    except FileNotFoundError as err:  # say it in the CLI's words: --fid_weights, not fid_weights=
+        fid_problem = "fid: " + str(err).replace("as fid_weights=...", "with --fid_weights PATH").rstrip(".")
+    dice_problem = (
+        "dice needs --segmenter ORGAN_SEGMENTER.ckpt (e.g. outputs/demo/checkpoints/organ_segmenter.ckpt) "
+        "or --totalseg [WEIGHTS_DIR]"
+        if a.segmenter is None and a.totalseg is None
+        else None
+    )
+    if a.metrics is not None:
+        if "fid" in a.metrics and fid_problem:
+            raise ValueError(f"--metrics {fid_problem}; or leave fid out: {fix}")
+        if "dice" in a.metrics and dice_problem:
+            raise ValueError(f"--metrics {dice_problem}; or leave dice out: --metrics psnr ssim")
+        return list(dict.fromkeys(a.metrics))
+    metrics, dropped = ["psnr", "ssim"], []
+    for name, problem in (("fid", fid_problem), ("dice", dice_problem)):
+        (dropped if problem else metrics).append(problem or name)
+    if dropped:
+        print(
+            f"medsynth evaluate: warning: computing {' '.join(metrics)} only: {'; '.join(dropped)}.",
+            file=sys.stderr,
+        )
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,10 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.name is not None and len(a.name) != len(a.checkpoint):
             raise ValueError(f"--name gives {len(a.name)} names for {len(a.checkpoint)} checkpoints")
-        if "dice" in a.metrics and a.segmenter is None and a.totalseg is None:
-            raise ValueError(
-                "--metrics dice needs --segmenter (an OrganSegmenter checkpoint) or --totalseg; or drop dice"
-            )
+        a.metrics = _choose_metrics(a)  # before any work: errors and the warning name CLI flags
+        if a.segmenter is not None and not a.segmenter.is_file():
+            raise ValueError(f"--segmenter {a.segmenter}: file not found")
         device = "cuda" if a.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
         scorer = None
         if a.totalseg is not None:

@@ -49,12 +49,25 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+_SEGMENTER = "medsynth.models.segmenter.OrganSegmenter"
+
+
+def _looks_like_segmenter(ckpt: object) -> bool:
+    """An OrganSegmenter checkpoint written before segmenters recorded their class."""
+    if not isinstance(ckpt, dict):
+        return False
+    hp, state = ckpt.get("hyper_parameters") or {}, ckpt.get("state_dict") or {}
+    keys = {"image_size", "num_classes", "model_channels", "lr", "dropout"}
+    return set(hp) == keys and any(str(k).startswith("net.conv_0.") for k in state)
+
+
 def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> SynthesisModule:
     """Rebuild a medsynth synthesis model from a Lightning checkpoint written by medsynth.
 
     Raises:
         FileNotFoundError: naming the checkpoint when it does not exist.
-        ValueError: naming the file when it is not a medsynth synthesis checkpoint.
+        ValueError: naming the file when it is not a medsynth synthesis checkpoint (and saying
+            where an OrganSegmenter checkpoint goes instead).
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -64,6 +77,14 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
     class_path = ckpt.get(CHECKPOINT_CLASS_KEY) if isinstance(ckpt, dict) else None
+    if class_path == _SEGMENTER or (not class_path and _looks_like_segmenter(ckpt)):
+        raise ValueError(
+            f"{path} is an OrganSegmenter checkpoint (it scores organ Dice), not a synthesis model: "
+            "--checkpoint needs a synthesis method's checkpoint (ConditionalDDPM, MaskGuidedDDPM, "
+            "EdgeGuidedDDPM, SDM, Pix2Pix, SPADE, OASIS; e.g. outputs/demo/checkpoints/mask_guided_ddpm.ckpt "
+            "or runs/phantom/<method>/checkpoints/last.ckpt). The segmenter goes to "
+            "`medsynth evaluate --segmenter`."
+        )
     if not class_path:
         raise ValueError(f"{path}: not a medsynth model checkpoint (no {CHECKPOINT_CLASS_KEY!r} entry)")
     module_name, _, class_name = class_path.rpartition(".")
@@ -187,9 +208,9 @@ def synthesize_volume(
         :, 0
     ].long()  # [D, S, S]
     out = torch.empty(depth, size, size)
-    from tqdm.auto import tqdm
+    from medsynth.callbacks.progress import progress_bar
 
-    bar = tqdm(total=depth, desc=f"synthesize {case.name}", unit="slice", disable=not progress)
+    bar = progress_bar(depth, f"synthesize {case.name}", unit="slice", disable=not progress)
     for start in range(0, depth, batch_size):
         batch = small[start : start + batch_size].to(model.device)
         # One generator per slice, keyed on (case, slice): the output does not depend on batch_size.
@@ -303,9 +324,12 @@ def synthesize_files(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from medsynth.cli import HelpFormatter
+
     p = argparse.ArgumentParser(
         prog="medsynth synthesize",
         description="Label volumes (NIfTI, AMOS ids) -> synthetic CT volumes (NIfTI, HU).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="a medsynth model checkpoint (.ckpt)")
     p.add_argument("--input", required=True, type=Path, help="a label volume .nii.gz or a folder of them")
@@ -313,16 +337,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", type=Path, default=None, help="folder of the matching CT volumes (for the body class)"
     )
-    p.add_argument("--num_steps", type=int, default=None)
-    p.add_argument("--sampler", default=None, help="ddpm, ddim or dpm++ (diffusion models)")
+    p.add_argument(
+        "--num_steps",
+        type=int,
+        default=None,
+        help="diffusion models: sampling steps, each one network evaluation per slice, so time grows "
+        "linearly (default None: the model's 1000 steps, 10x the 100 the docs use)",
+    )
+    p.add_argument(
+        "--sampler",
+        default=None,
+        help="diffusion models: ddpm (ancestral), ddim or dpm++ (default None: the model's own, "
+        "the 1000-step ancestral chain)",
+    )
     p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=16, help="slices per generate() call")
+    p.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")
     p.add_argument(
         "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar / progress lines")
     return p
 
 

@@ -1,5 +1,6 @@
 """The command line: help, the phantom subcommand, and every experiment config instantiates."""
 
+import gc
 import json
 import re
 import shlex
@@ -47,9 +48,49 @@ def test_help_lists_commands(capsys):
     assert main(["nonsense"]) == 2
 
 
+def test_version_and_help_defaults(capsys):
+    from medsynth import __version__
+
+    for argv in (["--version"], ["version"]):
+        assert main(argv) == 0
+        assert capsys.readouterr().out.strip() == f"medsynth {__version__}"
+    for cmd, option, default in (
+        ("phantom", "--cases", "(default: 10)"),
+        ("synthesize", "--batch_size", "(default: 16)"),
+        ("evaluate", "--figure_slices", "(default: 4)"),
+        ("demo", "--train_steps", "(default: 1200)"),
+    ):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert option in text and default in text, (cmd, text[:400])
+        if cmd in ("synthesize", "evaluate"):
+            assert "1000-step ancestral chain" in text  # what leaving out --sampler/--num_steps costs
+
+
+def test_no_args_warning_from_the_console_script(monkeypatch, tmp_path):
+    """The console script passes no args= to LightningCLI, so it does not warn about getting both."""
+    import warnings
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model: {class_path: lightning.pytorch.demos.boring_classes.BoringModel}\n"
+        "data: {class_path: lightning.pytorch.demos.boring_classes.BoringDataModule}\n"
+        "trainer: {logger: false, accelerator: cpu, max_steps: 1, limit_val_batches: 0, enable_checkpointing: false}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["medsynth", "fit", "--config", str(config)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main() == 0
+    assert not [w for w in caught if "args" in str(w.message) and "command line" in str(w.message)]
+
+
 def test_phantom_command_writes_amos_layout(tmp_path, capsys):
     out = tmp_path / "ph"
     assert main(["phantom", "--output", str(out), "--cases", "2", "--depth", "4", "--size", "16"]) == 0
+    # stdout is not a terminal here: progress comes as lines, the last one complete.
+    assert "phantom: 3/3 case (100%)" in capsys.readouterr().out
     meta = json.loads((out / "dataset.json").read_text())
     assert len(meta["training"]) == 2 and len(meta["validation"]) == 1
     assert (out / "imagesVa" / "amos_0003.nii.gz").is_file()
@@ -88,11 +129,13 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
         # each missing file is named at construction, before any training.
         with pytest.raises(Exception, match="organ_segmenter.ckpt"):
             lightning_cli(["--config", str(config)], run=False)
+        gc.collect()  # the failed attempt built a paper-sized model: free it before the next
         (tmp_path / "checkpoints").mkdir()
         shutil.copy(segmenter_checkpoint, tmp_path / "checkpoints" / "organ_segmenter.ckpt")
     if "fid_weights: weights/inception-2015-12-05.pt" in text:
         with pytest.raises(Exception, match="inception-2015-12-05.pt"):
             lightning_cli(["--config", str(config)], run=False)
+        gc.collect()
         (tmp_path / "weights").mkdir()
         (tmp_path / "weights" / "inception-2015-12-05.pt").write_bytes(
             b""
@@ -103,6 +146,7 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
         # config must fail at construction with the how-to-get-it message, and work without VGG.
         with pytest.raises(Exception, match="lambda_vgg"):
             lightning_cli(args, run=False)
+        gc.collect()
         args += ["--model.init_args.lambda_vgg", "0"]
     cli = lightning_cli(args, run=False)
     dataset, method = config.parent.name, config.stem
@@ -195,3 +239,10 @@ def test_image_size_link_and_drift_error(tmp_path, monkeypatch):
         ValueError, match=r"--model.init_args.image_size=48 differs from --data.init_args.image_size=64"
     ):
         lightning_cli(["--config", config, "--model.init_args.image_size", "48"], run=False)
+
+
+@pytest.fixture(autouse=True)
+def _free_models():
+    """The AMOS configs build paper-sized models (~1 GB each); free them before the next one."""
+    yield
+    gc.collect()

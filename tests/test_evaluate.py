@@ -79,14 +79,68 @@ def test_evaluate_bad_input(lut_checkpoint, tmp_path, capsys):
     assert "none.ckpt" in capsys.readouterr().err
 
 
-def test_demo_quick_end_to_end(tmp_path):
+def test_evaluate_metric_choice_before_any_work(lut_checkpoint, tmp_path, capsys, monkeypatch):
+    """Offline (no Inception file): the default leaves fid and dice out with one warning naming the
+    flags; an explicit --metrics fid fails at once, in the CLI's words, suggesting a way out."""
+    import medsynth.evaluate
+    import medsynth.metrics.image
+
+    monkeypatch.setattr(medsynth.metrics.image, "cleanfid_cache_dirs", lambda: [tmp_path / "no_cache"])
+    work = []
+    monkeypatch.setattr(medsynth.evaluate, "build_datamodule", lambda *a, **k: work.append(a) or 1 / 0)
+    cfg, _ = _data_config(tmp_path / "data.yaml")
+    base = ["--checkpoint", str(lut_checkpoint), "--output", str(tmp_path / "o"), "--data_config", str(cfg)]
+    assert main([*base, "--metrics", "fid", "psnr"]) == 2
+    err = capsys.readouterr().err
+    assert "--fid_weights" in err and "fid_weights=" not in err and "--metrics psnr ssim" in err
+    assert main([*base, "--metrics", "fid", "--segmenter", str(lut_checkpoint)]) == 2
+    assert "--metrics psnr ssim dice" in capsys.readouterr().err
+    assert not work  # both failed before loading any data
+    monkeypatch.setattr(medsynth.evaluate, "build_datamodule", build_datamodule)
+    assert main([*base, "--figure_slices", "0", "--accelerator", "cpu"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "computing psnr ssim only" in warnings[0]
+    assert "--fid_weights" in warnings[0] and "--segmenter" in warnings[0]
+    rows = {r["Method"]: r for r in csv.DictReader((tmp_path / "o" / "report.csv").open())}
+    assert float(rows["LutModel"]["PSNR"]) > 0
+
+
+def test_demo_quick_end_to_end(tmp_path, monkeypatch):
+    import medsynth.evaluate
+    import medsynth.models
     from medsynth.demo import main as demo_main
 
-    assert demo_main(["--quick", "--output", str(tmp_path / "demo"), "--accelerator", "cpu"]) == 0
-    summary = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    out = tmp_path / "demo"
+    seen = {}
+    ddpm_cls, evaluate = medsynth.models.MaskGuidedDDPM, medsynth.evaluate.evaluate_models
+
+    def ddpm(*args, **kw):  # each stage's artefact exists as soon as the stage ends
+        seen["segmenter before DDPM"] = (out / "checkpoints" / "organ_segmenter.ckpt").is_file()
+        return ddpm_cls(*args, **kw)
+
+    def evaluate_spy(*args, **kw):
+        seen["DDPM before evaluation"] = (out / "checkpoints" / "mask_guided_ddpm.ckpt").is_file()
+        seen["no report yet"] = not (out / "report.md").exists()
+        return evaluate(*args, **kw)
+
+    monkeypatch.setattr(medsynth.models, "MaskGuidedDDPM", ddpm)
+    monkeypatch.setattr(medsynth.evaluate, "evaluate_models", evaluate_spy)
+    assert demo_main(["--quick", "--output", str(out), "--accelerator", "cpu"]) == 0
+    assert seen == {"segmenter before DDPM": True, "DDPM before evaluation": True, "no report yet": True}
+    summary = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(summary["test"]["test/psnr"]) and 0.0 <= summary["test"]["test/ssim"] <= 1.0
     for name in ("report.md", "report.csv", "report.tex", "report.png", "checkpoints/mask_guided_ddpm.ckpt"):
-        assert (tmp_path / "demo" / name).is_file(), name
+        assert (out / name).is_file(), name
+    # The README promises image grids in the demo's TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images = []
+    for events in (out / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        images += acc.Tags()["images"]
+    assert "test/samples" in images
 
 
 def test_totalseg_dice_on_synthetic_volumes(lut_checkpoint, tmp_path):

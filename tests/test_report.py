@@ -81,10 +81,41 @@ def test_comparison_figure(tmp_path):
     outputs = {"A": torch.rand(2, 1, 32, 32), "B": torch.rand(2, 32, 32)}
     path = comparison_figure(masks, outputs, tmp_path / "fig.png", real=torch.rand(2, 1, 32, 32), dpi=50)
     img = np.asarray(Image.open(path).convert("RGB"))
-    assert img.shape == (2 * 2 * 50, 4 * 2 * 50, 3)  # 2 rows x 4 columns of 2-inch panels
+    # 2 rows x 4 columns of 2-inch panels, and a band below them for the legend
+    assert img.shape[1:] == (4 * 2 * 50, 3) and 2 * 2 * 50 < img.shape[0] <= 2 * 2 * 50 + 30
     liver = np.array(CLASSES[6].color)
     assert (
         np.abs(img.reshape(-1, 3).astype(int) - liver).sum(1) < 6
     ).sum() > 100  # the mask is drawn in colour
     with pytest.raises(ValueError, match="B"):
         comparison_figure(masks, {"B": torch.rand(2, 16, 16)}, tmp_path / "bad.png")
+
+
+def test_comparison_figure_legend_and_titles_fit():
+    from medsynth.metrics.report import _comparison_fig
+
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[:, 2:30, 2:30] = 16
+    masks[0, 8:24, 8:24] = 6
+    masks[1, 4:8, 4:8] = 1
+    name = "Mask-guided DDPM (phantom demo, 1,200 steps)"
+    fig = _comparison_fig(masks, {name: torch.rand(2, 1, 32, 32)}, real=torch.rand(2, 1, 32, 32))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "spleen",
+        "liver",
+        "body",
+    ]  # classes shown, id order
+    for handle, cls in zip(legend.legend_handles, (1, 6, 16)):
+        assert np.allclose(handle.get_facecolor()[:3], np.array(CLASSES[cls].color) / 255)
+    fig_box = fig.bbox
+    for ax in fig.axes[:3]:  # the top row holds the titles
+        title, box = ax.title.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert ax.title.get_text().replace("\n", " ") in ("Mask", "Real", name)
+        # Each title fits over its own panel (a cut-off title spills past it) and inside the figure.
+        assert box.x0 - 2 <= title.x0 and title.x1 <= box.x1 + 2, (ax.title.get_text(), title, box)
+        assert title.y1 <= fig_box.y1
+    leg_box = legend.get_window_extent(renderer)
+    assert leg_box.y0 >= 0 and leg_box.y1 <= min(a.get_window_extent(renderer).y0 for a in fig.axes) + 1

@@ -65,6 +65,22 @@ def test_load_model_round_trip_and_errors(checkpoint, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="other.ckpt: not a medsynth model"):
         load_model(tmp_path / "other.ckpt")
+    # A segmenter checkpoint is recognised, with where it belongs instead (also one written before
+    # segmenters recorded their class).
+    from medsynth.models import OrganSegmenter
+
+    seg = OrganSegmenter(32, model_channels=4)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(seg)
+    trainer.save_checkpoint(tmp_path / "organ_segmenter.ckpt", weights_only=True)
+    old = torch.load(tmp_path / "organ_segmenter.ckpt", weights_only=False)
+    assert old.pop("medsynth_class") == "medsynth.models.segmenter.OrganSegmenter"
+    torch.save(old, tmp_path / "old_segmenter.ckpt")
+    for name in ("organ_segmenter.ckpt", "old_segmenter.ckpt"):
+        with pytest.raises(
+            ValueError, match=rf"{name} is an OrganSegmenter checkpoint.*evaluate --segmenter"
+        ):
+            load_model(tmp_path / name)
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="junk.ckpt"):
         load_model(tmp_path / "junk.ckpt")

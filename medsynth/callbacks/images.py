@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from medsynth.callbacks.metrics import dev_run_options
 from medsynth.labels import colorize
 from medsynth.models.base import check_batch
 from medsynth.random import slice_generators
@@ -63,6 +64,9 @@ def comparison_grid(mask: Tensor, real: Tensor, fake: Tensor, alpha: float = 0.5
 class SynthesisImageGrid(Callback):
     """Log a grid (mask overlay | real | synthetic) of the first validation/test batch to TensorBoard.
 
+    Under ``Trainer(fast_dev_run=...)`` diffusion models sample with
+    :data:`~medsynth.callbacks.metrics.FAST_DEV_RUN_STEPS` steps.
+
     Args:
         num_images: Rows of the grid.
         every_n_epochs: Validation epochs between grids.
@@ -103,7 +107,8 @@ class SynthesisImageGrid(Callback):
         case_ids = list(batch.get("case_id", [str(i) for i in range(n)]))
         slice_idx = torch.as_tensor(batch.get("slice_index", torch.arange(n))).reshape(-1).tolist()
         gens = slice_generators(list(zip(case_ids[:n], slice_idx[:n])), self.seed, pl_module.device)
-        fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **self.options).cpu()
+        options = dev_run_options(trainer, pl_module, self.options)  # a few steps under fast_dev_run
+        fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **options).cpu()
         grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), fake, self.alpha)
         self.last_grid = grid
         for logger in trainer.loggers:

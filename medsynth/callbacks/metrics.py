@@ -42,10 +42,30 @@ from medsynth.metrics.image import (
 from medsynth.models.base import check_batch
 from medsynth.random import slice_generators, slice_seed
 
-__all__ = ["SynthesisMetrics", "slice_seed", "slice_generators", "METRICS"]
+__all__ = [
+    "SynthesisMetrics",
+    "slice_seed",
+    "slice_generators",
+    "METRICS",
+    "FAST_DEV_RUN_STEPS",
+    "dev_run_options",
+]
 
 METRICS: tuple[str, ...] = ("psnr", "ssim", "fid", "dice")
 SliceKey = tuple[str, int]
+#: Sampling steps of the callbacks under ``Trainer(fast_dev_run=...)``: it checks the code path, not quality.
+FAST_DEV_RUN_STEPS = 2
+
+
+def dev_run_options(trainer: L.Trainer | None, pl_module: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for ``generate()``, with ``num_steps`` cut to :data:`FAST_DEV_RUN_STEPS` under
+    ``fast_dev_run`` for a method that takes ``num_steps`` (None there means its full chain)."""
+    if trainer is None or not getattr(trainer, "fast_dev_run", False):
+        return options
+    if "num_steps" not in getattr(pl_module, "generate_options", ()):
+        return options
+    steps = options.get("num_steps")
+    return {**options, "num_steps": FAST_DEV_RUN_STEPS if steps is None else min(steps, FAST_DEV_RUN_STEPS)}
 
 
 def _unit_hash(key: SliceKey, seed: int) -> float:
@@ -59,7 +79,8 @@ class SynthesisMetrics(Callback):
     Logs ``val/...`` or ``test/...``: ``psnr``, ``ssim``, ``fid``, ``dice/<organ>`` for every
     organ present, and ``dice/mean`` (mean over the present organs among the paper's 14 Dice
     columns, i.e. without prostate/uterus). Dice pools the voxel counts of
-    all scored slices (a split-level Dice per organ).
+    all scored slices (a split-level Dice per organ). Under ``Trainer(fast_dev_run=...)``
+    diffusion models sample with :data:`FAST_DEV_RUN_STEPS` steps (a code check, not a score).
 
     Args:
         metrics: Any of "psnr", "ssim", "fid", "dice".
@@ -240,6 +261,7 @@ class SynthesisMetrics(Callback):
             "sampler": self.val_sampler if stage == "val" else self.sampler,
             "guidance_scale": self.guidance_scale,
         }
+        options = dev_run_options(getattr(pl_module, "_trainer", None), pl_module, options)
         # One generator per slice: batched, yet each slice's noise is independent of its batch.
         gens = slice_generators(keys, self.seed, pl_module.device)
         return pl_module.generate(mask, generator=gens, **options)  # [n, 1, H, W]

@@ -426,11 +426,13 @@ def write_phantom_dataset(
     depth: int = 64,
     size: int = 256,
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Write phantom cases as an AMOS22-layout folder (``dataset.json``, ``imagesTr/`` ...).
 
     Training cases are ``amos_0001 .. amos_<num_train>``, validation cases follow. Images are
-    int16 HU, labels uint8, both with the RAS affine.
+    int16 HU, labels uint8, both with the RAS affine. ``progress`` shows a bar (a terminal) or
+    progress lines (a log) per case.
 
     Returns:
         The root folder.
@@ -443,6 +445,9 @@ def write_phantom_dataset(
     entries: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
     folders = {"training": ("imagesTr", "labelsTr"), "validation": ("imagesVa", "labelsVa")}
     number = 0
+    from medsynth.callbacks.progress import progress_bar
+
+    bar = progress_bar(num_train + num_val, "phantom", unit="case", disable=not progress)
     for split, count in (("training", num_train), ("validation", num_val)):
         img_dir, lab_dir = (root / d for d in folders[split])
         img_dir.mkdir(parents=True, exist_ok=True)
@@ -457,6 +462,8 @@ def write_phantom_dataset(
             entries[split].append(
                 {"image": f"./{img_dir.name}/{name}.nii.gz", "label": f"./{lab_dir.name}/{name}.nii.gz"}
             )
+            bar.update(1)
+    bar.close()
     meta = {
         "name": "medsynth-phantom",
         "description": "Procedural abdominal CT phantom in the AMOS22 layout (medsynth)",

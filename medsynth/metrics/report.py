@@ -198,7 +198,8 @@ def comparison_figure(
     dpi: int = 150,
 ) -> Path:
     """A PNG like the paper's Fig. 4: one row per slice; the mask in class colours, optionally
-    the real slice, then each method's synthetic slice.
+    the real slice, then each method's synthetic slice; column titles wrapped to fit their panel
+    and a colour legend of the classes shown.
 
     Args:
         masks: ``[n, H, W]`` class ids.
@@ -207,10 +208,34 @@ def comparison_figure(
         real: Optional real slices, same shape as the outputs.
         titles: Optional row labels.
     """
+    import matplotlib.pyplot as plt
+
+    fig = _comparison_fig(masks, outputs, real, titles)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+#: Characters per line of a column title (2-inch panels, 9 pt).
+TITLE_WIDTH = 20
+
+
+def _comparison_fig(
+    masks: Tensor | np.ndarray,
+    outputs: Mapping[str, Tensor | np.ndarray],
+    real: Tensor | np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+):
+    """The matplotlib figure of :func:`comparison_figure` (not saved)."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     m = np.asarray(torch.as_tensor(masks).cpu())
     if m.ndim != 3:
@@ -228,9 +253,16 @@ def comparison_figure(
         cols.append(("Real", gray(real, "real")))
     cols += [(name, gray(x, name)) for name, x in outputs.items()]
     n = m.shape[0]
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.0 * n), squeeze=False)
+    wrapped = ["\n".join(textwrap.wrap(name, TITLE_WIDTH)) or name for name, _ in cols]
+    title_lines = max(t.count("\n") + 1 for t in wrapped)
+    present = [c for c in CLASSES if c.index != 0 and (m == c.index).any()]
+    per_row = max(1, 2 * len(cols))  # legend entries per line: about one inch each
+    legend_lines = -(-len(present) // per_row)
+    legend_h = 0.22 * legend_lines + (0.1 if present else 0.0)  # inches
+    height = 2.0 * n + 0.16 * (title_lines - 1) + legend_h
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), height), squeeze=False)
     for r in range(n):
-        for c, (name, arr) in enumerate(cols):
+        for c, (_, arr) in enumerate(cols):
             ax = axes[r][c]
             ax.imshow(
                 arr[r], cmap=None if arr.ndim == 4 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest"
@@ -238,12 +270,14 @@ def comparison_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(name, fontsize=9)
+                ax.set_title(wrapped[c], fontsize=9)
             if c == 0 and titles is not None:
                 ax.set_ylabel(titles[r], fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
-    return out
+    if present:
+        handles = [
+            Patch(facecolor=np.array(k.color) / 255.0, edgecolor="0.4", label=k.name.replace("_", " "))
+            for k in present
+        ]
+        fig.legend(handles=handles, loc="lower center", ncol=per_row, fontsize=6.5, frameon=False)
+    fig.tight_layout(rect=(0.0, legend_h / height, 1.0, 1.0))
+    return fig

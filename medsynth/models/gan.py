@@ -1,7 +1,13 @@
 """One LightningModule base for the GAN baselines (Pix2Pix, SPADE, OASIS).
 
 Manual optimisation: each training step generates once, updates the discriminator on the
-detached fake, then the generator through the updated discriminator (Pix2Pix's order). The
+detached fake, then the generator through the updated discriminator (Pix2Pix's order).
+
+Steps count iterations: Lightning counts every optimiser step of a manually optimised module in
+``trainer.global_step``, so a G/D pair would count twice (``max_steps=60`` giving 30 iterations).
+Here only the generator's step counts; the discriminator's step is not counted. So
+``max_steps``, ``val_check_interval``, ``every_n_train_steps``, checkpoint names
+(``step=N``) and the logged step all count generator/discriminator iterations, one per batch. The
 methods differ only in the networks they build and in two hooks returning dicts of named loss
 terms; the base weights the terms with ``loss_weights``, sums them and logs every term under
 ``train/<name>`` and the totals under ``train/d_loss`` and ``train/g_loss``.
@@ -27,6 +33,29 @@ from medsynth.nn.ema import EMA
 from medsynth.random import GeneratorLike
 
 __all__ = ["GANModule"]
+
+
+def _step_uncounted(optimizer: Any) -> None:
+    """``optimizer.step()`` without advancing Lightning's optimiser-step counter (``global_step``).
+
+    Under manual optimisation Lightning wraps each optimiser in a ``LightningOptimizer`` whose
+    ``_on_before_step``/``_on_after_step`` hooks count the step (and time it for the profiler);
+    they are swapped for no-ops around this one call. The step itself still goes through the
+    strategy and precision plugin (gradient scaling, DDP).
+    """
+    before, after = getattr(optimizer, "_on_before_step", None), getattr(optimizer, "_on_after_step", None)
+    if before is None or after is None:  # a plain torch optimiser (no trainer): nothing counts
+        optimizer.step()
+        return
+    optimizer._on_before_step = optimizer._on_after_step = _no_op
+    try:
+        optimizer.step()
+    finally:
+        optimizer._on_before_step, optimizer._on_after_step = before, after
+
+
+def _no_op() -> None:
+    return None
 
 
 class GANModule(SynthesisModule):
@@ -133,7 +162,7 @@ class GANModule(SynthesisModule):
         d_loss = self.weighted_sum(d_terms)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
-        opt_d.step()
+        _step_uncounted(opt_d)  # global_step counts one per G/D iteration (the G step)
         self.untoggle_optimizer(opt_d)
 
         self.toggle_optimizer(opt_g)

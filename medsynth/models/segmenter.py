@@ -21,7 +21,7 @@ from torch import Tensor
 
 from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS
 from medsynth.metrics.dice import dice_counts, dice_from_counts
-from medsynth.models.base import check_batch
+from medsynth.models.base import CHECKPOINT_CLASS_KEY, check_batch
 
 __all__ = ["OrganSegmenter"]
 
@@ -129,6 +129,10 @@ class OrganSegmenter(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lets medsynth's commands recognise a segmenter checkpoint (and say where it belongs).
+        checkpoint[CHECKPOINT_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
