@@ -108,7 +108,7 @@ def test_ema_matches_closed_form():
         ema.update(net)
     expected = 1.0 * 0.9**3 + 0.1 * (0.9**2 * 2 + 0.9 * 3 + 4)
     assert torch.allclose(ema.shadow.weight, torch.full((1, 2), expected))
-    assert not any(p.requires_grad for p in ema.parameters())
+    assert not any(p.requires_grad for p in ema.shadow.parameters())
     with pytest.raises(ValueError, match="decay"):
         EMA(net, decay=1.0)
 

@@ -1,10 +1,13 @@
 """Gaussian diffusion (Improved DDPM) and its samplers, shared by the DDPM variants and SDM."""
 
 from medsynth.diffusion.gaussian import (
+    NOISE_SCHEDULES,
     GaussianDiffusion,
     TimestepMap,
+    cosine_betas,
     discretized_gaussian_log_likelihood,
     linear_betas,
+    named_betas,
     normal_kl,
     space_timesteps,
 )
@@ -21,6 +24,9 @@ __all__ = [
     "TimestepMap",
     "discretized_gaussian_log_likelihood",
     "linear_betas",
+    "cosine_betas",
+    "named_betas",
+    "NOISE_SCHEDULES",
     "normal_kl",
     "space_timesteps",
     "DEFAULT_NUM_STEPS",

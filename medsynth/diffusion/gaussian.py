@@ -25,6 +25,9 @@ from medsynth.random import GeneratorLike, randn
 __all__ = [
     "GaussianDiffusion",
     "linear_betas",
+    "cosine_betas",
+    "named_betas",
+    "NOISE_SCHEDULES",
     "space_timesteps",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
@@ -40,6 +43,42 @@ def linear_betas(num_timesteps: int = 1000) -> np.ndarray:
         raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}")
     scale = 1000.0 / num_timesteps
     return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+
+
+def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """Cosine schedule of Improved DDPM (Nichol & Dhariwal 2021, Eq. 17), float64.
+
+    abar(t) = f(t) / f(0) with f(t) = cos(((t / T + s) / (1 + s)) * pi / 2)^2, and
+    beta_t = 1 - abar(t + 1) / abar(t) for t = 0..T-1, clipped at ``max_beta`` (0.999) so that
+    the last steps near t = T do not become singular.
+
+    Args:
+        num_timesteps: T.
+        s: Offset that keeps beta_0 from being tiny (0.008).
+        max_beta: Upper clip of every beta (0.999).
+    """
+    if not isinstance(num_timesteps, int) or num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be a positive int, got {num_timesteps!r}")
+    if not s > 0:
+        raise ValueError(f"s must be positive, got {s!r}")
+    if not 0 < max_beta < 1:
+        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta!r}")
+    t = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
+    f = np.cos((t + s) / (1.0 + s) * math.pi / 2.0) ** 2
+    abar = f / f[0]
+    return np.minimum(1.0 - abar[1:] / abar[:-1], max_beta)
+
+
+NOISE_SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+
+
+def named_betas(noise_schedule: str, num_timesteps: int = 1000) -> np.ndarray:
+    """Betas of a named schedule: "linear" (Ho et al.; the paper's) or "cosine" (Improved DDPM)."""
+    if noise_schedule == "linear":
+        return linear_betas(num_timesteps)
+    if noise_schedule == "cosine":
+        return cosine_betas(num_timesteps)
+    raise ValueError(f"unknown noise_schedule {noise_schedule!r}; choose one of {', '.join(NOISE_SCHEDULES)}")
 
 
 def space_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
@@ -94,11 +133,13 @@ class GaussianDiffusion:
     """Diffusion process, learned-range variance, hybrid loss and the ancestral/DDIM steps.
 
     Args:
-        betas: float64 noise schedule; default the linear schedule for ``num_timesteps``.
+        betas: float64 noise schedule; default the ``noise_schedule`` for ``num_timesteps``.
         num_timesteps: T when ``betas`` is not given (1000 in the paper).
         timestep_map: Original timestep index of every step (respaced chains); default identity.
         vlb_scale: Weight of L_vlb; default T/1000 (Improved DDPM: lambda = 0.001 with the 1/T
             weighting equals a weight of 1 when T = 1000).
+        noise_schedule: "linear" (the paper's) or "cosine" (Improved DDPM, Eq. 17) when ``betas``
+            is not given. A respaced chain always gets explicit betas (from abar).
     """
 
     def __init__(
@@ -107,8 +148,16 @@ class GaussianDiffusion:
         num_timesteps: int = 1000,
         timestep_map: Sequence[int] | None = None,
         vlb_scale: float | None = None,
+        noise_schedule: str = "linear",
     ) -> None:
-        betas = linear_betas(num_timesteps) if betas is None else np.asarray(betas, dtype=np.float64)
+        if noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(
+                f"unknown noise_schedule {noise_schedule!r}; choose one of {', '.join(NOISE_SCHEDULES)}"
+            )
+        if betas is None:
+            betas = named_betas(noise_schedule, num_timesteps)
+        else:
+            betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) < 1 or (betas <= 0).any() or (betas > 1).any():
             raise ValueError(f"betas must be a 1-D array in (0, 1], got shape {betas.shape}")
         self.betas = betas

@@ -21,6 +21,13 @@ from medsynth.metrics.image import (
     ssim,
     ssim_per_image,
 )
+from medsynth.metrics.intensity import (
+    background_mean,
+    class_mean_painting,
+    organ_intensity_error,
+    region_means,
+    region_sums,
+)
 
 __all__ = [
     "psnr",
@@ -39,4 +46,9 @@ __all__ = [
     "VolumeGeometry",
     "reassemble_volume",
     "TotalSegmentatorScorer",
+    "region_sums",
+    "region_means",
+    "background_mean",
+    "organ_intensity_error",
+    "class_mean_painting",
 ]

@@ -46,6 +46,13 @@ class DiffusionModel(SynthesisModule):
         timesteps: T (1000).
         lr: Adam learning rate (1e-4; weight decay 0).
         ema_decay: Decay of the EMA denoiser used for validation and generation (0.9999).
+        noise_schedule: "linear" (the paper's, Ho et al.) or "cosine" (Improved DDPM, Eq. 17:
+            less of the chain spent on near-pure noise, proposed for small images).
+        ema_warmup: Ramp the EMA decay as min(ema_decay, (1 + n) / (10 + n)) over optimiser steps n
+            (False, the paper's setting; short runs need it, or the EMA is still the
+            initialisation: 0.9999^2000 = 0.82).
+        lr_warmup_steps: Linear learning-rate warm-up from lr / lr_warmup_steps to lr over this
+            many optimiser steps (0: none, the paper's setting).
         sampler: Default sampler of ``generate`` ("ddpm": the paper's ancestral sampling).
         num_steps: Default network evaluations of ``generate`` (None: 1000 for "ddpm").
         init_from: A medsynth checkpoint whose weights (network and EMA) start training, with a
@@ -72,6 +79,9 @@ class DiffusionModel(SynthesisModule):
         sampler: str = "ddpm",
         num_steps: int | None = None,
         init_from: str | None = None,
+        noise_schedule: str = "linear",
+        ema_warmup: bool = False,
+        lr_warmup_steps: int = 0,
     ) -> None:
         super().__init__(image_size, num_classes)
         if sampler not in SAMPLERS:
@@ -80,10 +90,12 @@ class DiffusionModel(SynthesisModule):
             raise ValueError(f"lr must be positive, got {lr!r}")
         if num_steps is not None and (not isinstance(num_steps, int) or not 1 <= num_steps <= timesteps):
             raise ValueError(f"num_steps must be None or an int in 1..{timesteps}, got {num_steps!r}")
+        if not isinstance(lr_warmup_steps, int) or lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be an int >= 0, got {lr_warmup_steps!r}")
         self.save_hyperparameters()
-        self.diffusion = GaussianDiffusion(num_timesteps=timesteps)
+        self.diffusion = GaussianDiffusion(num_timesteps=timesteps, noise_schedule=noise_schedule)
         self.net = self.build_network()
-        self.ema = EMA(self.net, ema_decay)
+        self.ema = EMA(self.net, ema_decay, warmup=ema_warmup)
 
     # ---- what a variant defines ------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -158,7 +170,10 @@ class DiffusionModel(SynthesisModule):
             self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=b)
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # Lightning calls this once per optimiser step (after accumulate_grad_batches batches),
+        # so the EMA and its warm-up count optimiser steps, not batches.
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.net)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -167,8 +182,13 @@ class DiffusionModel(SynthesisModule):
         losses = self._losses(self.ema.shadow, batch, training=False, generator=g)
         self.log("val/loss", losses["loss"], batch_size=batch["image"].shape[0], sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+        steps = self.hparams.lr_warmup_steps
+        if not steps:
+            return opt
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, LinearWarmup(steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- generation ------------------------------------------------------------------------
     def _generate(
@@ -192,6 +212,21 @@ class DiffusionModel(SynthesisModule):
             device=self.device,
         )  # [B, 1, H, W] in [-1, 1]
         return (x + 1.0) / 2.0
+
+
+class LinearWarmup:
+    """LambdaLR factor ``min(1, (step + 1) / steps)``: lr/steps at the first step, lr from step ``steps - 1``.
+
+    A class rather than a lambda so that the scheduler's state dict records ``steps``.
+    """
+
+    def __init__(self, steps: int) -> None:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        self.steps = steps
+
+    def __call__(self, step: int) -> float:
+        return min(1.0, (step + 1) / self.steps)
 
 
 class ConditionalDDPM(DiffusionModel):

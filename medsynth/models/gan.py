@@ -104,6 +104,7 @@ class GANModule(SynthesisModule):
         discriminator: nn.Module,
         ema_decay: float | None = None,
         ema_bn_batches: int = 0,
+        ema_warmup: bool = False,
     ) -> None:
         """Register the networks.
 
@@ -113,12 +114,13 @@ class GANModule(SynthesisModule):
             ema_decay: Keep an EMA copy of the generator (used by ``generate()``); None: none.
             ema_bn_batches: Before each validation/test, recompute the EMA generator's batch-norm
                 statistics over this many training batches (OASIS); 0: keep them as copied.
+            ema_warmup: Ramp the EMA decay as min(decay, (1 + n) / (10 + n)) over generator steps n.
         """
         if ema_bn_batches < 0:
             raise ValueError(f"ema_bn_batches must be >= 0, got {ema_bn_batches}")
         self.generator = generator
         self.discriminator = discriminator
-        self.ema = EMA(generator, ema_decay) if ema_decay is not None else None
+        self.ema = EMA(generator, ema_decay, warmup=ema_warmup) if ema_decay is not None else None
         self.ema_bn_batches = ema_bn_batches
 
     # --- hooks -----------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class OASIS(GANModule):
         betas: Adam betas of G and D ((0, 0.999)).
         ema_decay: EMA decay of the generator (0.9999); None disables the EMA.
         ema_bn_batches: Training batches for the EMA batch-norm statistics (50, as OASIS).
+        ema_warmup: Ramp the EMA decay as min(ema_decay, (1 + n) / (10 + n)) over steps n (False,
+            OASIS's setting; short runs need it, see :class:`medsynth.nn.ema.EMA`).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class OASIS(GANModule):
         betas: tuple[float, float] = (0.0, 0.999),
         ema_decay: float | None = 0.9999,
         ema_bn_batches: int = 50,
+        ema_warmup: bool = False,
     ) -> None:
         super().__init__(image_size, num_classes, lr_g=lr_g, lr_d=lr_d, betas_g=betas, betas_d=betas)
         for name, value in (("lambda_labelmix", lambda_labelmix), ("lambda_vgg", lambda_vgg)):
@@ -71,6 +74,7 @@ class OASIS(GANModule):
             OASISDiscriminator(image_size, num_classes, 1, disc_channels),
             ema_decay=ema_decay,
             ema_bn_batches=ema_bn_batches,
+            ema_warmup=ema_warmup,
         )
         self.loss_weights = {
             "d_real": 1.0,
