@@ -14,6 +14,7 @@ from torch import Tensor
 
 from medsynth.labels import colorize
 from medsynth.models.base import check_batch
+from medsynth.precision import trainer_precision
 from medsynth.random import slice_generators
 
 __all__ = ["overlay", "comparison_grid", "SynthesisImageGrid"]
@@ -103,7 +104,8 @@ class SynthesisImageGrid(Callback):
         case_ids = list(batch.get("case_id", [str(i) for i in range(n)]))
         slice_idx = torch.as_tensor(batch.get("slice_index", torch.arange(n))).reshape(-1).tolist()
         gens = slice_generators(list(zip(case_ids[:n], slice_idx[:n])), self.seed, pl_module.device)
-        fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **self.options).cpu()
+        with trainer_precision(trainer):  # the trainer's autocast: Lightning's skips callback hooks
+            fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **self.options).cpu()
         grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), fake, self.alpha)
         self.last_grid = grid
         for logger in trainer.loggers:

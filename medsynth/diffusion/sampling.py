@@ -76,7 +76,9 @@ class ClassifierFreeGuidance(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, guided: dict[str, Any] | None = None, **kwargs: Any) -> Tensor:
         if guided is not None and kwargs:
-            raise ValueError(f"give guided (from encode_condition) or the raw keywords, not both: {sorted(kwargs)}")
+            raise ValueError(
+                f"give guided (from encode_condition) or the raw keywords, not both: {sorted(kwargs)}"
+            )
         both = guided if guided is not None else self._network_kwargs(kwargs)
         if self.guidance_scale == 1.0:
             return self.model(x, t, **both)

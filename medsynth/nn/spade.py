@@ -82,7 +82,9 @@ class SPADENorm(nn.Module):
         gamma, beta = self.modulation(seg, size)
         return 1.0 + gamma, beta
 
-    def forward(self, x: Tensor, seg: Tensor | None = None, *, modulation: Modulation | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, seg: Tensor | None = None, *, modulation: Modulation | None = None
+    ) -> Tensor:
         """``norm(x) * (1 + gamma) + beta`` from ``seg`` or a precomputed ``modulation`` (:meth:`encode`).
 
         Args:
