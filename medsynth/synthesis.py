@@ -34,6 +34,7 @@ from medsynth.data.transforms import (
 )
 from medsynth.labels import BODY, CLASSES, NUM_CLASSES, NUM_ORGANS
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, SynthesisModule
+from medsynth.precision import PRECISIONS
 from medsynth.random import slice_generators
 
 __all__ = ["load_model", "LabelCase", "read_label_case", "synthesize_volume", "synthesize_files", "main"]
@@ -182,6 +183,7 @@ def synthesize_volume(
     seed: int = 0,
     window: tuple[float, float] = (WINDOW_LEVEL, WINDOW_WIDTH),
     progress: bool = True,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Generate every axial slice of ``case`` and return a HU volume in the input's geometry.
 
@@ -194,6 +196,8 @@ def synthesize_volume(
             depend on ``batch_size``.
         window: (level, width) of the training window, to map [0, 1] back to HU.
         progress: Show a progress bar.
+        precision: ``generate()`` precision: None/"32" (fp32) or "bf16" (autocast; see
+            :meth:`SynthesisModule.autocast`).
 
     Returns:
         float32 ``[X, Y, Z]`` in HU, same shape and orientation as the input file.
@@ -216,7 +220,8 @@ def synthesize_volume(
         # One generator per slice, keyed on (case, slice): the output does not depend on batch_size.
         keys = [(case.name, k) for k in range(start, start + batch.shape[0])]
         opts = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
-        x = model.generate(batch, generator=slice_generators(keys, seed, model.device), **opts)
+        with model.autocast(precision):
+            x = model.generate(batch, generator=slice_generators(keys, seed, model.device), **opts)
         out[start : start + batch.shape[0]] = x[:, 0].float().cpu()  # [b, S, S] in [0, 1]
         bar.update(batch.shape[0])
     bar.close()
@@ -250,11 +255,14 @@ def synthesize_files(
     guidance_scale: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    precision: str | None = None,
 ) -> list[Path]:
     """Synthesize a CT volume for each label file; optionally also write an nnU-Net v2 raw dataset.
 
     All inputs are read and validated first; nothing is written when any is bad. Each output file
     appears atomically; the nnU-Net folder appears only once complete.
+
+    ``precision`` is that of ``generate()`` (see :func:`synthesize_volume`).
 
     Returns:
         The written CT volumes (``<output>/<case>.nii.gz``).
@@ -297,6 +305,7 @@ def synthesize_files(
                 guidance_scale=guidance_scale,
                 seed=seed,
                 progress=progress,
+                precision=precision,
             )
             hu16 = np.round(hu).astype(np.int16)
             target = output / f"{case.name}.nii.gz"
@@ -357,6 +366,12 @@ def _parser() -> argparse.ArgumentParser:
         "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32",
+        help="sampling precision: 32 (fp32) or bf16 (autocast; fast on CUDA, also allowed on CPU)",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar / progress lines")
     return p
 
@@ -385,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             guidance_scale=a.guidance_scale,
             seed=a.seed,
             progress=not a.no_progress,
+            precision=a.precision,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"medsynth synthesize: error: {err}", file=sys.stderr)

@@ -15,6 +15,7 @@ from torch import Tensor
 from medsynth.callbacks.metrics import dev_run_options
 from medsynth.labels import colorize
 from medsynth.models.base import check_batch
+from medsynth.precision import trainer_precision
 from medsynth.random import slice_generators
 
 __all__ = ["overlay", "comparison_grid", "SynthesisImageGrid"]
@@ -108,7 +109,8 @@ class SynthesisImageGrid(Callback):
         slice_idx = torch.as_tensor(batch.get("slice_index", torch.arange(n))).reshape(-1).tolist()
         gens = slice_generators(list(zip(case_ids[:n], slice_idx[:n])), self.seed, pl_module.device)
         options = dev_run_options(trainer, pl_module, self.options)  # a few steps under fast_dev_run
-        fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **options).cpu()
+        with trainer_precision(trainer):  # the trainer's autocast: Lightning's skips callback hooks
+            fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **options).cpu()
         grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), fake, self.alpha)
         self.last_grid = grid
         for logger in trainer.loggers:

@@ -40,6 +40,7 @@ from medsynth.metrics.image import (
     ssim_per_image,
 )
 from medsynth.models.base import check_batch
+from medsynth.precision import trainer_precision
 from medsynth.random import slice_generators, slice_seed
 
 __all__ = [
@@ -264,7 +265,8 @@ class SynthesisMetrics(Callback):
         options = dev_run_options(getattr(pl_module, "_trainer", None), pl_module, options)
         # One generator per slice: batched, yet each slice's noise is independent of its batch.
         gens = slice_generators(keys, self.seed, pl_module.device)
-        return pl_module.generate(mask, generator=gens, **options)  # [n, 1, H, W]
+        with trainer_precision(pl_module.trainer):  # the trainer's autocast: Lightning's skips callbacks
+            return pl_module.generate(mask, generator=gens, **options)  # [n, 1, H, W]
 
     @torch.no_grad()
     def _score_batch(

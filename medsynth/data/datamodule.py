@@ -135,6 +135,7 @@ class SliceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous copies to the GPU
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -126,7 +126,9 @@ class TimestepMap(nn.Module):
         self.register_buffer("timestep_map", torch.as_tensor(list(timestep_map), dtype=torch.long), False)
 
     def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
-        return self.model(x, self.timestep_map.to(t.device)[t], **kwargs)
+        if self.timestep_map.device != t.device:  # moved once, then kept on t's device
+            self.timestep_map = self.timestep_map.to(t.device)
+        return self.model(x, self.timestep_map[t], **kwargs)
 
 
 class GaussianDiffusion:
@@ -184,6 +186,14 @@ class GaussianDiffusion:
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
         self.log_betas = np.log(betas)
+        self._device_tables: dict[torch.device, dict[int, tuple[np.ndarray, Tensor]]] = {}
+        self._wrapped: TimestepMap | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The device copies of the tables and the wrapped network are caches: not pickled.
+        state = self.__dict__.copy()
+        state["_device_tables"], state["_wrapped"] = {}, None
+        return state
 
     # ------------------------------------------------------------------ respacing
     def respace(self, num_steps: int | Sequence[int]) -> GaussianDiffusion:
@@ -209,14 +219,29 @@ class GaussianDiffusion:
         """The network as this chain must call it: with the original timestep indices."""
         if self.timestep_map == list(range(self.num_timesteps)):
             return model
-        return TimestepMap(model, self.timestep_map)
+        if self._wrapped is None or self._wrapped.model is not model:  # one wrapper per network
+            self._wrapped = TimestepMap(model, self.timestep_map)
+        return self._wrapped
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _extract(arr: np.ndarray, t: Tensor, ndim: int) -> Tensor:
-        """``arr[t]`` as float32 ``[B, 1, ..., 1]`` on ``t``'s device (gathered in float64)."""
-        out = torch.from_numpy(arr).to(t.device)[t].float()
-        return out.reshape(-1, *([1] * (ndim - 1)))
+    def _extract(self, arr: np.ndarray, t: Tensor, ndim: int) -> Tensor:
+        """``arr[t]`` as float32 ``[B, 1, ..., 1]`` on ``t``'s device (gathered in float64).
+
+        The schedule tables (this instance's arrays) are copied to a device once and kept there, so
+        a sampling or training step copies nothing from the host; other arrays are copied per call.
+        """
+        tables = self._device_tables.get(t.device)
+        if tables is None:
+            tables = {
+                id(v): (v, torch.from_numpy(v).to(t.device))
+                for v in vars(self).values()
+                if isinstance(v, np.ndarray)
+            }
+            self._device_tables[t.device] = tables
+        entry = tables.get(id(arr))
+        # The entry holds the array itself, so its id cannot be reused by another array meanwhile.
+        table = entry[1] if entry is not None and entry[0] is arr else torch.from_numpy(arr).to(t.device)
+        return table[t].float().reshape(-1, *([1] * (ndim - 1)))
 
     def _check_t(self, t: Tensor, batch: int) -> Tensor:
         if t.dim() != 1 or t.shape[0] != batch:

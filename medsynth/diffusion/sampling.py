@@ -38,6 +38,8 @@ class ClassifierFreeGuidance(nn.Module):
     """Wraps a conditional network; the unconditional pass gets ``model_kwargs[cond_key]`` zeroed.
 
     Both passes run as one batch of 2B. With ``guidance_scale == 1`` only the conditional pass runs.
+    :meth:`encode_condition` builds the 2B conditioning (condition and null condition) once, through
+    the network's own ``encode_condition`` where it has one; ``forward(x, t, guided=...)`` takes it.
 
     Args:
         model: ``model(x, t, **kwargs) -> [B, 2C, H, W]``.
@@ -53,16 +55,33 @@ class ClassifierFreeGuidance(nn.Module):
         self.guidance_scale = float(guidance_scale)
         self.cond_key = cond_key
 
-    def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+    def _network_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keywords of the network call: the condition, then (when guiding) the null one, as 2B."""
         if self.cond_key not in kwargs:
             raise ValueError(
                 f"classifier-free guidance needs the keyword {self.cond_key!r}, got {sorted(kwargs)}"
             )
         if self.guidance_scale == 1.0:
-            return self.model(x, t, **kwargs)
+            return kwargs
         cond = kwargs[self.cond_key]
         both = {k: torch.cat([v, v]) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
-        both[self.cond_key] = torch.cat([cond, torch.zeros_like(cond)])
+        both[self.cond_key] = torch.cat([cond, torch.zeros_like(cond)])  # [2B, ...]
+        return both
+
+    def encode_condition(self, **kwargs: Any) -> dict[str, Any]:
+        """``{"guided": ...}``: the network's keywords for both passes, encoded once per chain."""
+        both = self._network_kwargs(kwargs)
+        encode = getattr(self.model, "encode_condition", None)
+        return {"guided": encode(**both) if encode is not None else both}
+
+    def forward(self, x: Tensor, t: Tensor, guided: dict[str, Any] | None = None, **kwargs: Any) -> Tensor:
+        if guided is not None and kwargs:
+            raise ValueError(
+                f"give guided (from encode_condition) or the raw keywords, not both: {sorted(kwargs)}"
+            )
+        both = guided if guided is not None else self._network_kwargs(kwargs)
+        if self.guidance_scale == 1.0:
+            return self.model(x, t, **both)
         out = self.model(torch.cat([x, x]), torch.cat([t, t]), **both).float()  # [2B, 2C, H, W]
         out_c, out_u = out.chunk(2, dim=0)
         return guided_output(out_c, out_u, self.guidance_scale)
@@ -113,6 +132,8 @@ def sample(
         return _dpm_solver(diffusion, model, x, num_steps, model_kwargs, clip_denoised)
 
     chain = diffusion if num_steps == diffusion.num_timesteps else diffusion.respace(num_steps)
+    # The chain keeps its schedule tables and timestep map on x's device after the first step: the
+    # loop below makes no host round trip (no table copies, no .item()).
     for i in reversed(range(chain.num_timesteps)):
         t = torch.full((batch,), i, device=x.device, dtype=torch.long)
         if sampler == "ddpm":
@@ -147,9 +168,10 @@ def _dpm_solver(
         sample_max_value=1.0,
     )
     scheduler.set_timesteps(num_steps, device=x.device)
+    scheduler.set_begin_index(0)  # no search of the (device) timesteps at the first step
     channels = x.shape[1]
-    for step in scheduler.timesteps:
-        t = torch.full((x.shape[0],), int(step), device=x.device, dtype=torch.long)
+    for step in scheduler.timesteps.tolist():  # host ints, read once: no device sync per step
+        t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
         eps = model(x, t, **model_kwargs).float()[:, :channels]  # only eps; the variance is unused
         x = scheduler.step(eps, step, x).prev_sample  # DPM-Solver++ (2M) is deterministic
     return x

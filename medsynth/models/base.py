@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medsynth.labels import NUM_CLASSES
+from medsynth.precision import sampling_autocast
 from medsynth.random import GeneratorLike, check_generator
 
 __all__ = ["SynthesisModule", "is_method", "check_mask", "one_hot", "check_batch"]
@@ -21,8 +23,14 @@ GENERATE_OPTIONS: tuple[str, ...] = ("num_steps", "sampler", "guidance_scale")
 CHECKPOINT_CLASS_KEY = "medsynth_class"
 
 
-def check_mask(mask: Tensor, num_classes: int = NUM_CLASSES, name: str = "mask") -> Tensor:
+def check_mask(
+    mask: Tensor, num_classes: int = NUM_CLASSES, name: str = "mask", check_values: bool = True
+) -> Tensor:
     """Validate an integer label map ``[B, H, W]`` and return it as int64.
+
+    Args:
+        check_values: Also check the range of the values (one device sync for a CUDA tensor);
+            False where they were checked on the host already.
 
     Raises:
         ValueError: naming ``name`` when the tensor has the wrong rank, dtype or values.
@@ -33,8 +41,8 @@ def check_mask(mask: Tensor, num_classes: int = NUM_CLASSES, name: str = "mask")
         raise ValueError(f"{name} must have shape [B, H, W], got {tuple(mask.shape)}")
     if mask.dtype.is_floating_point or mask.dtype == torch.bool:
         raise ValueError(f"{name} must be an integer tensor of class ids, got dtype {mask.dtype}")
-    if mask.numel():
-        lo, hi = int(mask.min()), int(mask.max())
+    if check_values and mask.numel():
+        lo, hi = torch.stack(torch.aminmax(mask)).tolist()  # one transfer for both
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} values must lie in 0..{num_classes - 1}, got {lo}..{hi}")
     return mask.long()
@@ -45,12 +53,17 @@ def one_hot(mask: Tensor, num_classes: int = NUM_CLASSES, dtype: torch.dtype = t
     return F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).to(dtype)
 
 
-def check_batch(batch: Mapping[str, Any], num_classes: int = NUM_CLASSES) -> tuple[Tensor, Tensor]:
-    """Return ``(image [B,1,H,W] float, mask [B,H,W] int64)`` from a batch dict, validating both."""
+def check_batch(
+    batch: Mapping[str, Any], num_classes: int = NUM_CLASSES, check_values: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Return ``(image [B,1,H,W] float, mask [B,H,W] int64)`` from a batch dict, validating both.
+
+    ``check_values=False`` skips the mask's value range (checked on the host before the transfer).
+    """
     for key in ("image", "mask"):
         if key not in batch:
             raise KeyError(f"batch has no {key!r} entry (keys: {sorted(batch)})")
-    image, mask = batch["image"], check_mask(batch["mask"], num_classes, "batch['mask']")
+    image, mask = batch["image"], check_mask(batch["mask"], num_classes, "batch['mask']", check_values)
     if image.dim() != 4 or image.shape[1] != 1:
         raise ValueError(f"batch['image'] must have shape [B, 1, H, W], got {tuple(image.shape)}")
     if image.shape[0] != mask.shape[0] or image.shape[-2:] != mask.shape[-2:]:
@@ -97,6 +110,7 @@ class SynthesisModule(L.LightningModule):
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         self.image_size = image_size
         self.num_classes = num_classes
+        self._host_checked = False  # set by on_before_batch_transfer, consumed by the step
 
     @torch.no_grad()
     def generate(
@@ -145,6 +159,27 @@ class SynthesisModule(L.LightningModule):
 
     def _generate(self, mask: Tensor, *, generator: GeneratorLike = None, **kwargs: Any) -> Tensor:
         raise NotImplementedError
+
+    def autocast(self, precision: str | int | None = None) -> AbstractContextManager:
+        """Context for ``generate()`` at ``precision`` on this model's device.
+
+        ``"bf16"`` (or Lightning's ``"bf16-mixed"``) autocasts to bfloat16; ``None``/``"32"`` is fp32
+        (and turns an enclosing autocast off): ``with model.autocast("bf16"): model.generate(mask)``.
+        """
+        return sampling_autocast(precision, self.device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Check the mask values on the host, before the batch reaches the device, so that the step
+        # needs no device sync for it (check_batch(..., check_values=False) after consume_host_check).
+        if isinstance(batch, Mapping) and isinstance(batch.get("mask"), Tensor):
+            check_mask(batch["mask"], self.num_classes, "batch['mask']")
+            self._host_checked = True
+        return batch
+
+    def consume_host_check(self) -> bool:
+        """Whether the current batch's mask values were checked on the host (once per batch)."""
+        checked, self._host_checked = self._host_checked, False
+        return checked
 
     def check_size(self, mask: Tensor) -> None:
         """Raise a ValueError unless ``mask [B, H, W]`` has the model's ``image_size`` x ``image_size``."""

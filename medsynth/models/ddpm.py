@@ -58,10 +58,18 @@ class DiffusionModel(SynthesisModule):
         init_from: A medsynth checkpoint whose weights (network and EMA) start training, with a
             fresh optimiser and step count: fine-tuning, e.g. SDM's guidance stage. Loaded when
             fitting starts; resuming with ``ckpt_path`` then overrides it as usual.
+        channels_last: Keep the denoiser's (and its EMA copy's) conv weights channels-last, the
+            faster layout for convolutions on recent GPUs (False).
+        compile: ``torch.compile`` the denoiser and its EMA copy, in place (state dict keys stay) (False).
+
+    Attributes:
+        condition_cache: Whether ``generate()`` encodes the condition once per call instead of at
+            every step (True; same outputs to float rounding; False is for benchmarks and tests).
     """
 
     generate_options: tuple[str, ...] = ("num_steps", "sampler")
     _base_class = True  # the variants below are the methods
+    condition_cache: bool = True
 
     def __init__(
         self,
@@ -82,6 +90,8 @@ class DiffusionModel(SynthesisModule):
         noise_schedule: str = "linear",
         ema_warmup: bool = False,
         lr_warmup_steps: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__(image_size, num_classes)
         if sampler not in SAMPLERS:
@@ -96,6 +106,11 @@ class DiffusionModel(SynthesisModule):
         self.diffusion = GaussianDiffusion(num_timesteps=timesteps, noise_schedule=noise_schedule)
         self.net = self.build_network()
         self.ema = EMA(self.net, ema_decay, warmup=ema_warmup)
+        for net in (self.net, self.ema.shadow):
+            if channels_last:
+                net.to(memory_format=torch.channels_last)
+            if compile:
+                net.compile()  # nn.Module.compile: torch.compile of forward, parameters unchanged
 
     # ---- what a variant defines ------------------------------------------------------------
     def build_network(self) -> nn.Module:
@@ -113,6 +128,15 @@ class DiffusionModel(SynthesisModule):
     def denoiser(self, guidance_scale: float | None = None) -> nn.Module:
         """The network used for sampling: the EMA copy (SDM wraps it with guidance)."""
         return self.ema.shadow
+
+    def sampling_model_kwargs(self, denoiser: nn.Module, mask: Tensor) -> dict[str, Any]:
+        """The keywords of every sampling step: :meth:`model_kwargs`, with the time-independent part
+        encoded once by the denoiser's ``encode_condition`` (the condition cache) where it has one."""
+        kwargs = self.model_kwargs(mask)
+        encode = getattr(denoiser, "encode_condition", None)
+        if self.condition_cache and encode is not None:
+            kwargs = encode(**kwargs)
+        return kwargs
 
     def unet(self, **overrides: Any) -> DiffusionUNet:
         """A :class:`DiffusionUNet` with this module's hyperparameters, plus variant overrides."""
@@ -152,10 +176,13 @@ class DiffusionModel(SynthesisModule):
     def _losses(
         self, net: nn.Module, batch: Mapping[str, Any], training: bool, generator=None
     ) -> dict[str, Tensor]:
-        image, mask = check_batch(batch, self.num_classes)
+        image, mask = check_batch(batch, self.num_classes, check_values=not self.consume_host_check())
         x0 = image * 2.0 - 1.0  # [B, 1, H, W] in [-1, 1]
         b = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator).to(self.device)
+        if generator is None:  # drawn on the device: no host-to-device copy (a stream sync) per step
+            t = torch.randint(0, self.diffusion.num_timesteps, (b,), device=self.device)
+        else:
+            t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator).to(self.device)
         noise = None
         if generator is not None:
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -183,7 +210,9 @@ class DiffusionModel(SynthesisModule):
         self.log("val/loss", losses["loss"], batch_size=batch["image"].shape[0], sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+        params = list(self.net.parameters())
+        fused = all(p.is_cuda for p in params) or None  # the fused kernel: one launch per step on CUDA
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0, fused=fused)
         steps = self.hparams.lr_warmup_steps
         if not steps:
             return opt
@@ -201,13 +230,14 @@ class DiffusionModel(SynthesisModule):
         guidance_scale: float | None = None,
     ) -> Tensor:
         b, h, w = mask.shape
+        denoiser = self.denoiser(guidance_scale)
         x = sample(
             self.diffusion,
-            self.denoiser(guidance_scale),
+            denoiser,
             (b, 1, h, w),
             sampler=sampler or self.hparams.sampler,
             num_steps=num_steps if num_steps is not None else self.hparams.num_steps,
-            model_kwargs=self.model_kwargs(mask),
+            model_kwargs=self.sampling_model_kwargs(denoiser, mask),
             generator=generator,
             device=self.device,
         )  # [B, 1, H, W] in [-1, 1]

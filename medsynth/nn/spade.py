@@ -17,6 +17,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 __all__ = ["SPADENorm", "SPADEGANResBlock", "num_groups"]
 
 NormKind = Literal["batch", "group", "instance"]
+#: ``(1 + gamma, beta)`` of one SPADENorm, precomputed from the label map (see SPADENorm.encode).
+Modulation = tuple[Tensor, Tensor]
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -74,10 +76,33 @@ class SPADENorm(nn.Module):
         actv = self.shared(seg)
         return self.gamma(actv), self.beta(actv)
 
-    def forward(self, x: Tensor, seg: Tensor) -> Tensor:
-        # x: [B, C, h, w]; seg: [B, label_nc, H, W]
-        gamma, beta = self.modulation(seg, tuple(x.shape[-2:]))
-        return self.norm(x) * (1.0 + gamma) + beta
+    def encode(self, seg: Tensor, size: tuple[int, int]) -> Modulation:
+        """``(1 + gamma, beta)`` for activations of spatial ``size``: what :meth:`forward` takes as
+        ``modulation`` to skip the convs over the label map (it does not change with the input)."""
+        gamma, beta = self.modulation(seg, size)
+        return 1.0 + gamma, beta
+
+    def forward(
+        self, x: Tensor, seg: Tensor | None = None, *, modulation: Modulation | None = None
+    ) -> Tensor:
+        """``norm(x) * (1 + gamma) + beta`` from ``seg`` or a precomputed ``modulation`` (:meth:`encode`).
+
+        Args:
+            x: ``[B, C, h, w]``.
+            seg: ``[B, label_nc, H, W]``, resized to ``(h, w)``.
+            modulation: ``(1 + gamma, beta)``, each ``[B, C, h, w]``, instead of ``seg``.
+        """
+        if modulation is None:
+            if seg is None:
+                raise ValueError("SPADENorm needs seg (the label map) or a precomputed modulation")
+            gamma, beta = self.modulation(seg, tuple(x.shape[-2:]))
+            return self.norm(x) * (1.0 + gamma) + beta
+        scale, beta = modulation
+        if scale.shape[0] != x.shape[0] or scale.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"precomputed SPADE modulation {tuple(scale.shape)} does not fit the activation {tuple(x.shape)}"
+            )
+        return self.norm(x) * scale + beta
 
 
 class SPADEGANResBlock(nn.Module):

@@ -9,11 +9,18 @@
   the mask. Only the decoder block factory differs (MONAI's SPADEDiffusionModelUNet layout).
 
 Every block is called as ``block(h, temb, seg)``; blocks that do not use ``seg`` ignore it.
+
+Condition cache: what depends only on the condition (the encoder branch's features; SPADE's
+modulation maps) is the same at every sampling step. :meth:`DiffusionUNet.encode_condition`
+computes it once and returns keyword arguments for ``forward`` (``cond_features``,
+``seg_features``) that give the same output as the raw condition at every timestep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+from typing import Any
 
 import torch
 from diffusers.models.attention_processor import Attention
@@ -23,7 +30,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import Tensor, nn
 
-from medsynth.nn.spade import SPADENorm, num_groups
+from medsynth.nn.spade import Modulation, SPADENorm, num_groups
 
 __all__ = [
     "DiffusionUNet",
@@ -60,8 +67,12 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.block.conv2.weight)
         nn.init.zeros_(self.block.conv2.bias)
 
-    def forward(self, h: Tensor, temb: Tensor | None, seg: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, temb: Tensor | None, seg: Any = None) -> Tensor:
         return self.block(h, temb)
+
+    def encode_seg(self, seg: Tensor, size: tuple[int, int]) -> None:
+        """Nothing to precompute: the block ignores ``seg``."""
+        return None
 
 
 class SPADEDiffusionResBlock(nn.Module):
@@ -83,12 +94,20 @@ class SPADEDiffusionResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
         self.act = nn.SiLU()
 
-    def forward(self, h: Tensor, temb: Tensor | None, seg: Tensor | None = None) -> Tensor:
+    def encode_seg(self, seg: Tensor, size: tuple[int, int]) -> tuple[Modulation, Modulation]:
+        """Both SPADE modulations for activations of spatial ``size`` (``seg`` for :meth:`forward`)."""
+        return self.norm1.encode(seg, size), self.norm2.encode(seg, size)
+
+    def forward(
+        self, h: Tensor, temb: Tensor | None, seg: Tensor | tuple[Modulation, Modulation] | None = None
+    ) -> Tensor:
+        """``seg``: the label map ``[B, label_nc, H, W]``, or its :meth:`encode_seg` at ``h``'s size."""
         if seg is None or temb is None:
             raise ValueError("SPADEDiffusionResBlock needs the time embedding and the label map seg")
-        x = self.conv1(self.act(self.norm1(h, seg)))  # [B, out, H, W]
+        label, (mod1, mod2) = (seg, (None, None)) if isinstance(seg, Tensor) else (None, seg)
+        x = self.conv1(self.act(self.norm1(h, label, modulation=mod1)))  # [B, out, H, W]
         scale, shift = self.temb_proj(self.act(temb))[:, :, None, None].chunk(2, dim=1)
-        x = self.norm2(x, seg) * (1 + scale) + shift
+        x = self.norm2(x, label, modulation=mod2) * (1 + scale) + shift
         x = self.conv2(self.dropout(self.act(x)))
         return self.skip(h) + x
 
@@ -113,8 +132,11 @@ class AttnBlock(nn.Module):
         nn.init.zeros_(self.attn.to_out[0].weight)
         nn.init.zeros_(self.attn.to_out[0].bias)
 
-    def forward(self, h: Tensor, temb: Tensor | None = None, seg: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, temb: Tensor | None = None, seg: Any = None) -> Tensor:
         return self.attn(h)
+
+    def encode_seg(self, seg: Tensor, size: tuple[int, int]) -> None:
+        return None
 
 
 class Level(nn.Module):
@@ -275,6 +297,46 @@ class DiffusionUNet(nn.Module):
         """Res block of the middle and the decoder (SDM overrides this with SPADE)."""
         return ResBlock(in_ch, out_ch, temb_ch, self.dropout)
 
+    def encode_condition(
+        self, concat: Tensor | None = None, cond: Tensor | None = None, seg: Tensor | None = None
+    ) -> dict[str, Any]:
+        """The time-independent part of the conditioning, computed once for a whole sampling chain.
+
+        Takes the keywords of :meth:`forward` and returns keywords for it that give the same output
+        at every timestep: ``cond`` becomes ``cond_features`` (the encoder branch's feature maps),
+        ``seg`` becomes ``seg_features`` (each decoder block's SPADE modulation); ``concat`` passes.
+        """
+        dtype = self.conv_in.weight.dtype  # forward casts the condition to x_t's dtype, the same
+        out: dict[str, Any] = {}
+        if concat is not None:
+            out["concat"] = concat
+        if cond is not None:
+            if self.cond_encoder is None:
+                raise ValueError("cond given, but the network has no conditioning encoder branch")
+            out["cond_features"] = self.cond_encoder(cond.to(dtype))  # per level [B, w_l, H/2^l, W/2^l]
+        if seg is not None:
+            out["seg_features"] = self.encode_seg(seg.to(dtype))
+        return out
+
+    def encode_seg(self, seg: Tensor) -> list[Any]:
+        """Each middle and decoder block's precomputed ``seg`` (``encode_seg``), in call order.
+
+        Args:
+            seg: Label map ``[B, K, H, W]`` at the input's size.
+        """
+        sizes = [tuple(seg.shape[-2:])]  # spatial size per level: Downsample2D (stride 2, pad 1) halves up
+        for _ in self.down[1:]:
+            sizes.append(tuple((s + 1) // 2 for s in sizes[-1]))
+        out = [layer.encode_seg(seg, sizes[-1]) for layer in self.mid]
+        for k, level in enumerate(self.up):
+            out.extend(block.encode_seg(seg, sizes[len(self.down) - 1 - k]) for block in level.blocks)
+        return out
+
+    @property
+    def num_decoder_blocks(self) -> int:
+        """Blocks that take ``seg``: the middle layers and the decoder res blocks."""
+        return len(self.mid) + sum(len(level.blocks) for level in self.up)
+
     def forward(
         self,
         x: Tensor,
@@ -282,6 +344,8 @@ class DiffusionUNet(nn.Module):
         concat: Tensor | None = None,
         cond: Tensor | None = None,
         seg: Tensor | None = None,
+        cond_features: Sequence[Tensor] | None = None,
+        seg_features: Sequence[Any] | None = None,
     ) -> Tensor:
         """Predict (eps, v).
 
@@ -291,6 +355,8 @@ class DiffusionUNet(nn.Module):
             concat: Map concatenated to x_t along channels (conditional DDPM's one-hot mask).
             cond: Input of the conditioning encoder branch (mask-guided: one-hot; edge-guided: edges).
             seg: Label map for SPADE blocks (SDM).
+            cond_features: ``cond`` encoded by :meth:`encode_condition` (instead of ``cond``).
+            seg_features: ``seg`` encoded by :meth:`encode_condition` (instead of ``seg``).
 
         Returns:
             ``[B, out_channels, H, W]``.
@@ -299,10 +365,20 @@ class DiffusionUNet(nn.Module):
             x = torch.cat([x, concat.to(x.dtype)], dim=1)  # [B, C + K, H, W]
         if x.shape[1] != self.in_channels:
             raise ValueError(f"the network expects {self.in_channels} input channels, got {x.shape[1]}")
-        if (cond is None) != (self.cond_encoder is None):
+        if cond is not None and cond_features is not None:
+            raise ValueError("give cond or its encoded cond_features, not both")
+        if (cond is None and cond_features is None) != (self.cond_encoder is None):
             raise ValueError("cond must be given exactly when the network has a conditioning encoder branch")
         temb = self.time_embedding(self.time_proj(timesteps.reshape(-1)).to(x.dtype))  # [B, 4 mc]
-        feats = self.cond_encoder(cond.to(x.dtype)) if self.cond_encoder is not None else None
+        feats = cond_features
+        if cond is not None and self.cond_encoder is not None:
+            feats = self.cond_encoder(cond.to(x.dtype))
+        if feats is not None and (len(feats) != len(self.down) or feats[0].shape[0] != x.shape[0]):
+            raise ValueError(
+                f"cond_features must hold {len(self.down)} maps of batch {x.shape[0]}, got "
+                f"{[tuple(f.shape) for f in feats]}"
+            )
+        segs = self._decoder_segs(seg, seg_features)
 
         h = self.conv_in(x)
         hs = [h]
@@ -317,7 +393,7 @@ class DiffusionUNet(nn.Module):
                 hs.append(h)
 
         for layer in self.mid:
-            h = layer(h, temb, seg)
+            h = layer(h, temb, next(segs))
 
         n = len(self.down)
         for k, level in enumerate(self.up):
@@ -326,10 +402,22 @@ class DiffusionUNet(nn.Module):
                 h = torch.cat([h, hs.pop()], dim=1)
                 if j == 0 and feats is not None:
                     h = torch.cat([h, feats[i]], dim=1)
-                h = attn(block(h, temb, seg))
+                h = attn(block(h, temb, next(segs)))
             if level.resample is not None:
                 h = level.resample(h)
         return self.out(h)
+
+    def _decoder_segs(self, seg: Tensor | None, seg_features: Sequence[Any] | None) -> Iterator[Any]:
+        """What each middle/decoder block gets as ``seg``: the label map, or its precomputed part."""
+        if seg_features is None:
+            return repeat(seg)
+        if seg is not None:
+            raise ValueError("give seg or its encoded seg_features, not both")
+        if len(seg_features) != self.num_decoder_blocks:
+            raise ValueError(
+                f"seg_features has {len(seg_features)} entries for {self.num_decoder_blocks} decoder blocks"
+            )
+        return iter(seg_features)
 
 
 class SPADEDiffusionUNet(DiffusionUNet):
@@ -352,7 +440,11 @@ class SPADEDiffusionUNet(DiffusionUNet):
     def decoder_block(self, in_ch: int, out_ch: int, temb_ch: int) -> nn.Module:
         return SPADEDiffusionResBlock(in_ch, out_ch, temb_ch, self.label_nc, self.dropout, self.spade_hidden)
 
-    def forward(self, x: Tensor, timesteps: Tensor, seg: Tensor | None = None, **kwargs) -> Tensor:
-        if seg is None:
+    def forward(
+        self, x: Tensor, timesteps: Tensor, seg: Tensor | None = None, seg_features: Any = None, **kwargs
+    ) -> Tensor:
+        if seg is None and seg_features is None:
             raise ValueError("SPADEDiffusionUNet needs seg, the one-hot label map [B, label_nc, H, W]")
-        return super().forward(x, timesteps, seg=seg.to(x.dtype), **kwargs)
+        if seg is not None:
+            seg = seg.to(x.dtype)
+        return super().forward(x, timesteps, seg=seg, seg_features=seg_features, **kwargs)

@@ -1,0 +1,125 @@
+"""Seconds per sampling step of SDM and the mask-/edge-guided DDPMs over the conditional DDPM's.
+
+One run, same widths for every method, with and without the condition cache (the encoder
+branch's features and SPADE's modulation computed once per ``generate()`` call instead of at
+every step). Runs are interleaved (every method once per repeat) and the median is reported; on
+the CPU the time is the process's CPU time (one thread), which a busy machine inflates far less
+than wall-clock time, so the ratios hold there even when absolute times do not. The last column is the
+largest difference between the cached and uncached outputs on the same seeds (randomly
+perturbed weights, so the outputs are not the zero-initialised network's constant).
+
+    python benchmarks/sampling_speed.py                  # CPU, 64x64, width 32, batch 4, DDIM 20 steps, 1 thread
+    python benchmarks/sampling_speed.py --device cuda --size 256 --width 128 --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from medsynth.models import SDM, ConditionalDDPM, EdgeGuidedDDPM, MaskGuidedDDPM
+from medsynth.models.ddpm import DiffusionModel
+
+
+def build(
+    cls: type[DiffusionModel], size: int, width: int, device: torch.device, guided: bool
+) -> DiffusionModel:
+    """A model at ``width`` with perturbed EMA weights (zero-initialised convs would give constants)."""
+    torch.manual_seed(0)
+    model = cls(size, model_channels=width).to(device).eval()
+    with torch.no_grad():
+        for p in model.ema.shadow.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    if guided:
+        model.null_trained.fill_(True)  # guidance needs a trained null condition
+    return model
+
+
+def test_mask(batch: int, size: int, device: torch.device) -> torch.Tensor:
+    """Blocky random label maps ``[B, H, W]`` (the cost does not depend on the content)."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randint(0, 17, (batch, size // 8, size // 8), generator=g)
+    return coarse.repeat_interleave(8, 1).repeat_interleave(8, 2).to(device)
+
+
+def run(model: DiffusionModel, mask: torch.Tensor, steps: int, cache: bool, guidance: float | None) -> tuple:
+    """``(seconds per step, output)`` of one DDIM ``generate()`` call: CPU time on the CPU (one
+    thread: descheduling on a busy machine does not count), wall-clock time on CUDA."""
+    model.condition_cache = cache
+    kwargs = {"guidance_scale": guidance} if guidance is not None else {}
+    cuda = mask.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = clock()
+    out = model.generate(
+        mask, sampler="ddim", num_steps=steps, generator=torch.Generator(mask.device).manual_seed(0), **kwargs
+    )
+    if cuda:
+        torch.cuda.synchronize()
+    return (clock() - t0) / steps, out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (network evaluations)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--guided", action="store_true", help="add SDM with guidance 1.5 (a 2B batch per step)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    rows = [
+        ("ConditionalDDPM", ConditionalDDPM, None),
+        ("MaskGuidedDDPM", MaskGuidedDDPM, None),
+        ("EdgeGuidedDDPM", EdgeGuidedDDPM, None),
+        ("SDM", SDM, 1.0),
+    ]
+    if a.guided:
+        rows.append(("SDM, guidance 1.5 (2B)", SDM, 1.5))
+    models = {name: build(cls, a.size, a.width, device, g not in (None, 1.0)) for name, cls, g in rows}
+    mask = test_mask(a.batch, a.size, device)
+    print(
+        f"sampling speed: {a.size}x{a.size}, width {a.width}, batch {a.batch}, DDIM {a.steps} steps, "
+        f"{a.threads} thread(s), device {device}, median of {a.repeats} interleaved repeats"
+    )
+    for name, _, g in rows:  # warm-up (allocator, kernels)
+        run(models[name], mask, 2, True, g)
+    times: dict[tuple[str, bool], list[float]] = {(name, c): [] for name, _, _ in rows for c in (False, True)}
+    diffs: dict[str, float] = {}
+    for rep in range(a.repeats):
+        print(f"  repeat {rep + 1}/{a.repeats}", file=sys.stderr, flush=True)
+        for name, _, g in rows:
+            outs = {}
+            for cache in (False, True):
+                dt, outs[cache] = run(models[name], mask, a.steps, cache, g)
+                times[name, cache].append(dt)
+            diffs[name] = max(diffs.get(name, 0.0), float((outs[True] - outs[False]).abs().max()))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = {c: med["ConditionalDDPM", c] for c in (False, True)}
+    print(
+        f"{'method':24s} {'s/step no cache':>16s} {'s/step cache':>13s} {'ratio no cache':>15s} "
+        f"{'ratio cache':>12s} {'cache speed-up':>15s} {'max |diff|':>11s}"
+    )
+    for name, _, _ in rows:
+        off, on = med[name, False], med[name, True]
+        print(
+            f"{name:24s} {off:16.4f} {on:13.4f} {off / base[False]:14.2f}x {on / base[True]:11.2f}x "
+            f"{off / on:14.2f}x {diffs[name]:11.1e}"
+        )
+    what = "wall-clock" if device.type == "cuda" else "CPU time of the process"
+    print(
+        f"s/step: {what}; ratio = s/step over ConditionalDDPM's in the same column (target, cache: <= 1.2x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
