@@ -36,7 +36,15 @@ from medsynth.labels import BODY, CLASSES, NUM_CLASSES, NUM_ORGANS
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, SynthesisModule
 from medsynth.random import slice_generators
 
-__all__ = ["load_model", "LabelCase", "read_label_case", "synthesize_volume", "synthesize_files", "main"]
+__all__ = [
+    "load_model",
+    "find_image",
+    "LabelCase",
+    "read_label_case",
+    "synthesize_volume",
+    "synthesize_files",
+    "main",
+]
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -75,6 +83,24 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
         raise ValueError(f"{path}: {class_path} is not a medsynth synthesis method")
     model = cls.load_from_checkpoint(path, map_location=map_location)
     return model.eval()
+
+
+def find_image(label_path: Path, images: Path) -> Path:
+    """The CT volume matching a label volume in folder ``images``.
+
+    Looks for the same file name (AMOS layout: ``imagesTr/amos_0001.nii.gz``) and for nnU-Net's
+    first-channel name (``imagesTr/<case>_0000.nii.gz`` beside ``labelsTr/<case>.nii.gz``).
+
+    Raises:
+        ValueError: naming both candidates when neither exists.
+    """
+    label_path, images = Path(label_path), Path(images)
+    suffix = ".nii.gz" if label_path.name.endswith(".nii.gz") else label_path.suffix
+    candidates = [images / label_path.name, images / f"{_stem(label_path)}_0000{suffix}"]
+    for image in candidates:
+        if image.is_file():
+            return image
+    raise ValueError(f"{label_path}: no matching CT image ({candidates[0]} or {candidates[1].name})")
 
 
 @dataclass
@@ -246,11 +272,7 @@ def synthesize_files(
         raise ValueError("no label volumes given")
     cases = []
     for path in inputs:
-        image = None
-        if images is not None:
-            image = images / path.name
-            if not image.is_file():
-                raise ValueError(f"{path}: no matching CT image {image}")
+        image = find_image(path, images) if images is not None else None
         cases.append(read_label_case(path, image))
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
