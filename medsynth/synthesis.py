@@ -187,6 +187,7 @@ def synthesize_volume(
     seed: int = 0,
     window: tuple[float, float] = (40.0, 400.0),
     progress: bool = True,
+    coherent: bool = False,
 ) -> np.ndarray:
     """Generate every axial slice of ``case`` and return a HU volume in the input's geometry.
 
@@ -199,6 +200,11 @@ def synthesize_volume(
             depend on ``batch_size``.
         window: (level, width) of the training window, to map [0, 1] back to HU.
         progress: Show a progress bar.
+        coherent: Draw every slice from the same noise (seeded from ``(seed, case name)``), so
+            neighbouring slices, whose masks differ little, get consistent texture and brightness
+            (slices drawn independently jump from one to the next along z, which a 3D segmenter
+            sees). With a deterministic sampler (``ddim``) the whole chain is then a fixed
+            function of the mask; with ancestral sampling every step's noise is shared.
 
     Returns:
         float32 ``[X, Y, Z]`` in HU, same shape and orientation as the input file.
@@ -219,7 +225,8 @@ def synthesize_volume(
     for start in range(0, depth, batch_size):
         batch = small[start : start + batch_size].to(model.device)
         # One generator per slice, keyed on (case, slice): the output does not depend on batch_size.
-        keys = [(case.name, k) for k in range(start, start + batch.shape[0])]
+        # Coherent volumes key every slice on the case alone: the same noise for all of them.
+        keys = [(case.name, -1 if coherent else k) for k in range(start, start + batch.shape[0])]
         opts = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
         x = model.generate(batch, generator=slice_generators(keys, seed, model.device), **opts)
         out[start : start + batch.shape[0]] = x[:, 0].float().cpu()  # [b, S, S] in [0, 1]
@@ -255,6 +262,7 @@ def synthesize_files(
     guidance_scale: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    coherent: bool = False,
 ) -> list[Path]:
     """Synthesize a CT volume for each label file; optionally also write an nnU-Net v2 raw dataset.
 
@@ -298,6 +306,7 @@ def synthesize_files(
                 guidance_scale=guidance_scale,
                 seed=seed,
                 progress=progress,
+                coherent=coherent,
             )
             hu16 = np.round(hu).astype(np.int16)
             target = output / f"{case.name}.nii.gz"
@@ -341,6 +350,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--coherent",
+        action="store_true",
+        help="the same noise for every slice of a volume: consistent texture along z (see docs/synthesis.md)",
+    )
+    p.add_argument(
         "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -372,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             guidance_scale=a.guidance_scale,
             seed=a.seed,
             progress=not a.no_progress,
+            coherent=a.coherent,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"medsynth synthesize: error: {err}", file=sys.stderr)

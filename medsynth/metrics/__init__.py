@@ -23,6 +23,7 @@ from medsynth.metrics.image import (
     ssim,
     ssim_per_image,
 )
+from medsynth.metrics.volume import adjacent_slice_difference
 
 __all__ = [
     "psnr",
@@ -43,4 +44,5 @@ __all__ = [
     "VolumeGeometry",
     "reassemble_volume",
     "TotalSegmentatorScorer",
+    "adjacent_slice_difference",
 ]
