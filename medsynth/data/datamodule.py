@@ -184,6 +184,9 @@ class PhantomDataModule(SliceDataModule):
         num_workers: DataLoader workers.
         seed: Seeds every case.
         phantom_size: In-plane matrix of the generated volumes (None: ``image_size``).
+        label_set: ``"amos"`` (default) or ``"totalseg"``: the same images labelled with
+            TotalSegmentator ids for every structure drawn (bones, muscles, bowel, lungs, ...),
+            body id 118 (:func:`medsynth.data.phantom.make_phantom_case`).
     """
 
     def __init__(
@@ -197,8 +200,11 @@ class PhantomDataModule(SliceDataModule):
         num_workers: int = 0,
         seed: int = 0,
         phantom_size: int | None = None,
+        label_set: str = "amos",
     ) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        if label_set not in ("amos", "totalseg"):
+            raise ValueError(f"label_set must be 'amos' or 'totalseg' for the phantom, got {label_set!r}")
         for name, value in (
             ("num_train_cases", num_train_cases),
             ("num_val_cases", num_val_cases),
@@ -215,6 +221,12 @@ class PhantomDataModule(SliceDataModule):
         self.depth = depth
         self.seed = seed
         self.phantom_size = phantom_size or image_size
+        self.label_set_name = label_set
+        if label_set == "totalseg":
+            from medsynth.labels import get_label_set
+
+            ts = get_label_set("totalseg")
+            self.config = PreprocessConfig(image_size=image_size, body_label=ts.body, max_label=ts.body - 1)
 
     def make_volume(self, split: str, index: int) -> SliceVolume:
         """Generate and preprocess one phantom case."""
@@ -225,6 +237,7 @@ class PhantomDataModule(SliceDataModule):
             depth=self.depth,
             size=self.phantom_size,
             case_id=f"phantom_{split}_{index:04d}",
+            label_set=self.label_set_name,
         )
         return preprocess_volume(case.image, case.label, case.affine, self.config, case.case_id)
 
