@@ -14,7 +14,7 @@ from pathlib import Path
 from medsynth import __version__
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-OWN_COMMANDS = ("synthesize", "evaluate", "phantom", "demo", "version")
+OWN_COMMANDS = ("synthesize", "evaluate", "phantom", "demo", "masks", "label", "version")
 
 USAGE = """usage: medsynth <command> [options]
 
@@ -27,6 +27,8 @@ Training and inference (LightningCLI; `medsynth <command> --help` for all option
 medsynth's own commands:
   synthesize  label volumes (NIfTI) -> synthetic CT volumes, optionally as an nnU-Net dataset
   evaluate    metric suite for one or more checkpoints -> paper-style report (Markdown, CSV, LaTeX, PNG)
+  label       unlabelled CT -> TotalSegmentator masks -> an nnU-Net raw dataset
+  masks       varied label volumes from existing ones (organ scaling, elastic deformation)
   phantom     write the built-in phantom as an AMOS22-layout dataset
   demo        the main job on the phantom: train, sample, evaluate, write a report
   version     print the version (also: medsynth --version)
@@ -167,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         from medsynth.evaluate import main as evaluate_main
 
         return evaluate_main(rest)
+    if cmd == "label":
+        from medsynth.autolabel import main as label_main
+
+        return label_main(rest)
+    if cmd == "masks":
+        from medsynth.masks import main as masks_main
+
+        return masks_main(rest)
     if cmd == "demo":
         from medsynth.demo import main as demo_main
 

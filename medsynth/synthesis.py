@@ -37,7 +37,15 @@ from medsynth.models.base import CHECKPOINT_CLASS_KEY, SynthesisModule
 from medsynth.precision import PRECISIONS
 from medsynth.random import slice_generators
 
-__all__ = ["load_model", "LabelCase", "read_label_case", "synthesize_volume", "synthesize_files", "main"]
+__all__ = [
+    "load_model",
+    "find_image",
+    "LabelCase",
+    "read_label_case",
+    "synthesize_volume",
+    "synthesize_files",
+    "main",
+]
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -97,6 +105,24 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
         raise ValueError(f"{path}: {class_path} is not a medsynth synthesis method")
     model = cls.load_from_checkpoint(path, map_location=map_location)
     return model.eval()
+
+
+def find_image(label_path: Path, images: Path) -> Path:
+    """The CT volume matching a label volume in folder ``images``.
+
+    Looks for the same file name (AMOS layout: ``imagesTr/amos_0001.nii.gz``) and for nnU-Net's
+    first-channel name (``imagesTr/<case>_0000.nii.gz`` beside ``labelsTr/<case>.nii.gz``).
+
+    Raises:
+        ValueError: naming both candidates when neither exists.
+    """
+    label_path, images = Path(label_path), Path(images)
+    suffix = ".nii.gz" if label_path.name.endswith(".nii.gz") else label_path.suffix
+    candidates = [images / label_path.name, images / f"{_stem(label_path)}_0000{suffix}"]
+    for image in candidates:
+        if image.is_file():
+            return image
+    raise ValueError(f"{label_path}: no matching CT image ({candidates[0]} or {candidates[1].name})")
 
 
 @dataclass
@@ -184,6 +210,7 @@ def synthesize_volume(
     window: tuple[float, float] = (WINDOW_LEVEL, WINDOW_WIDTH),
     progress: bool = True,
     precision: str | None = None,
+    coherent: bool = False,
 ) -> np.ndarray:
     """Generate every axial slice of ``case`` and return a HU volume in the input's geometry.
 
@@ -198,6 +225,11 @@ def synthesize_volume(
         progress: Show a progress bar.
         precision: ``generate()`` precision: None/"32" (fp32) or "bf16" (autocast; see
             :meth:`SynthesisModule.autocast`).
+        coherent: Draw every slice from the same noise (seeded from ``(seed, case name)``), so
+            neighbouring slices, whose masks differ little, get consistent texture and brightness
+            (slices drawn independently jump from one to the next along z, which a 3D segmenter
+            sees). With a deterministic sampler (``ddim``) the whole chain is then a fixed
+            function of the mask; with ancestral sampling every step's noise is shared.
 
     Returns:
         float32 ``[X, Y, Z]`` in HU, same shape and orientation as the input file.
@@ -218,7 +250,8 @@ def synthesize_volume(
     for start in range(0, depth, batch_size):
         batch = small[start : start + batch_size].to(model.device)
         # One generator per slice, keyed on (case, slice): the output does not depend on batch_size.
-        keys = [(case.name, k) for k in range(start, start + batch.shape[0])]
+        # Coherent volumes key every slice on the case alone: the same noise for all of them.
+        keys = [(case.name, -1 if coherent else k) for k in range(start, start + batch.shape[0])]
         opts = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
         with model.autocast(precision):
             x = model.generate(batch, generator=slice_generators(keys, seed, model.device), **opts)
@@ -256,6 +289,7 @@ def synthesize_files(
     seed: int = 0,
     progress: bool = True,
     precision: str | None = None,
+    coherent: bool = False,
 ) -> list[Path]:
     """Synthesize a CT volume for each label file; optionally also write an nnU-Net v2 raw dataset.
 
@@ -275,11 +309,7 @@ def synthesize_files(
         raise ValueError("no label volumes given")
     cases = []
     for path in inputs:
-        image = None
-        if images is not None:
-            image = images / path.name
-            if not image.is_file():
-                raise ValueError(f"{path}: no matching CT image {image}")
+        image = find_image(path, images) if images is not None else None
         cases.append(read_label_case(path, image))
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
@@ -306,6 +336,7 @@ def synthesize_files(
                 seed=seed,
                 progress=progress,
                 precision=precision,
+                coherent=coherent,
             )
             hu16 = np.round(hu).astype(np.int16)
             target = output / f"{case.name}.nii.gz"
@@ -363,6 +394,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16, help="slices per generate() call")
     p.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")
     p.add_argument(
+        "--coherent",
+        action="store_true",
+        help="the same noise for every slice of a volume: consistent texture along z (see docs/synthesis.md)",
+    )
+    p.add_argument(
         "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -401,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             progress=not a.no_progress,
             precision=a.precision,
+            coherent=a.coherent,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"medsynth synthesize: error: {err}", file=sys.stderr)

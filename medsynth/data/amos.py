@@ -99,12 +99,12 @@ def index_amos(root: str | Path) -> dict[str, list[AMOSCase]]:
 
 
 def check_case(
-    case: AMOSCase,
+    case: AMOSCase, max_label: int = NUM_ORGANS
 ) -> tuple[str | None, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
-    """Read and validate a case.
+    """Read and validate a case (any object with ``image`` and ``label`` paths).
 
     Checks: both files readable, 3D, same shape and geometry (affine), label values integers
-    within 0..15, finite intensities.
+    within ``0..max_label`` (15 for AMOS), finite intensities.
 
     Returns:
         ``(problem, None)`` for a bad case, the problem naming the file; otherwise
@@ -135,15 +135,15 @@ def check_case(
     if not finite.all():
         return f"{case.image}: {int((~finite).sum())} non-finite intensities (NaN/inf)", None
     values = np.unique(label)
-    bad = values[(values < 0) | (values > NUM_ORGANS) | (values != np.round(values))]
+    bad = values[(values < 0) | (values > max_label) | (values != np.round(values))]
     if bad.size:
-        return f"{case.label}: label values outside 0..{NUM_ORGANS}: {bad[:10].tolist()}", None
+        return f"{case.label}: label values outside 0..{max_label}: {bad[:10].tolist()}", None
     return None, (hu, label, affine)
 
 
-def load_checked(case: AMOSCase, config: PreprocessConfig) -> SliceVolume | str:
-    """Validate and preprocess a case: the preprocessed volume, or the problem string."""
-    problem, data = check_case(case)
+def load_checked(case: AMOSCase, config: PreprocessConfig, max_label: int = NUM_ORGANS) -> SliceVolume | str:
+    """Validate (labels within ``0..max_label`` as stored) and preprocess a case: the volume, or the problem."""
+    problem, data = check_case(case, max_label)
     if problem is not None:
         return problem
     hu, label, affine = data

@@ -33,6 +33,7 @@ __all__ = [
     "SliceDataModule",
     "PhantomDataModule",
     "AMOSDataModule",
+    "NNUNetDataModule",
     "phantom_case_seed",
     "default_cache_dir",
 ]
@@ -190,6 +191,9 @@ class PhantomDataModule(SliceDataModule):
         num_workers: DataLoader workers.
         seed: Seeds every case.
         phantom_size: In-plane matrix of the generated volumes (None: ``image_size``).
+        label_set: ``"amos"`` (default) or ``"totalseg"``: the same images labelled with
+            TotalSegmentator ids for every structure drawn (bones, muscles, bowel, lungs, ...),
+            body id 118 (:func:`medsynth.data.phantom.make_phantom_case`).
     """
 
     def __init__(
@@ -203,8 +207,11 @@ class PhantomDataModule(SliceDataModule):
         num_workers: int = 0,
         seed: int = 0,
         phantom_size: int | None = None,
+        label_set: str = "amos",
     ) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        if label_set not in ("amos", "totalseg"):
+            raise ValueError(f"label_set must be 'amos' or 'totalseg' for the phantom, got {label_set!r}")
         for name, value in (
             ("num_train_cases", num_train_cases),
             ("num_val_cases", num_val_cases),
@@ -221,6 +228,12 @@ class PhantomDataModule(SliceDataModule):
         self.depth = depth
         self.seed = seed
         self.phantom_size = phantom_size or image_size
+        self.label_set_name = label_set
+        if label_set == "totalseg":
+            from medsynth.labels import get_label_set
+
+            ts = get_label_set("totalseg")
+            self.config = PreprocessConfig(image_size=image_size, body_label=ts.body, max_label=ts.body - 1)
 
     def make_volume(self, split: str, index: int) -> SliceVolume:
         """Generate and preprocess one phantom case."""
@@ -231,6 +244,7 @@ class PhantomDataModule(SliceDataModule):
             depth=self.depth,
             size=self.phantom_size,
             case_id=f"phantom_{split}_{index:04d}",
+            label_set=self.label_set_name,
         )
         return preprocess_volume(case.image, case.label, case.affine, self.config, case.case_id)
 
@@ -256,7 +270,80 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDSYNTH_CACHE_DIR", "~/.cache/medsynth")).expanduser()
 
 
-class AMOSDataModule(SliceDataModule):
+class _CachedDataModule(SliceDataModule):
+    """Shared by the data modules of NIfTI folders: validation, the slice cache, bad cases.
+
+    A subclass provides ``splits`` (``{"train"|"val"|"test": [case]}``, each case with
+    ``case_id``, ``image`` and ``label``), ``_load(case)`` (a :class:`SliceVolume` or a problem
+    string) and sets ``self.kind`` (the dataset's name in messages), ``self.cache``,
+    ``self.on_bad_case``, ``self.progress`` and ``self.root``.
+    """
+
+    kind = "dataset"
+
+    @property
+    def splits(self) -> dict[str, list]:
+        raise NotImplementedError
+
+    def _load(self, case) -> SliceVolume | str:
+        raise NotImplementedError
+
+    def _all_cases(self) -> list:
+        seen: dict[str, object] = {}
+        for split in _SPLITS:
+            for c in self.splits[split]:
+                seen.setdefault(c.case_id, c)
+        return list(seen.values())
+
+    def _bad(self, entry: CacheEntry) -> None:
+        if self.on_bad_case == "raise":
+            raise BadCaseError(f"bad {self.kind} case {entry.case_id}: {entry.problem}")
+        warnings.warn(f"skipping bad {self.kind} case {entry.case_id}: {entry.problem}", stacklevel=2)
+
+    def prepare_data(self) -> None:
+        """Validate every case and build the missing slice-cache entries (rank 0 only)."""
+        cases = self._all_cases()
+        by_id = {c.case_id: c for c in cases}
+        keys = [(c.case_id, files_fingerprint(c.image, c.label)) for c in cases]
+        fresh: set[str] = set()
+
+        def on_built(case_id: str, entry: CacheEntry) -> None:
+            fresh.add(case_id)
+            if entry.problem is not None:
+                self._bad(entry)
+
+        self.cache.build(
+            keys,
+            lambda cid: self._load(by_id[cid]),
+            progress=self.progress,
+            on_built=on_built,
+            info=lambda cid: {"image_file": str(by_id[cid].image), "label_file": str(by_id[cid].label)},
+        )
+        for case_id, fp in keys:  # cases validated by an earlier run
+            if case_id not in fresh:
+                entry = self.cache.load(case_id, fp)
+                if entry.problem is not None:
+                    self._bad(entry)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self._splits_for(stage):
+            if split in self.datasets or not self.splits[split]:
+                continue
+            entries = []
+            for c in self.splits[split]:
+                entry = self.cache.load(c.case_id, files_fingerprint(c.image, c.label))
+                if entry.problem is None:
+                    entries.append(entry)
+                elif self.on_bad_case == "raise":
+                    raise BadCaseError(f"bad {self.kind} case {entry.case_id}: {entry.problem}")
+            if not entries:
+                raise ValueError(f"{self.kind} {split} split at {self.root} has no usable case")
+            self.datasets[split] = SliceDataset(
+                [e.image for e in entries], [e.mask for e in entries], [e.case_id for e in entries]
+            )
+
+
+class AMOSDataModule(_CachedDataModule):
     """Axial slices of the AMOS22 CT volumes (Zhuang et al., Sec. 3).
 
     Splits (deterministic): fit = the CT cases of ``training`` (200 in AMOS22), the first
@@ -359,56 +446,133 @@ class AMOSDataModule(SliceDataModule):
             )
         return test, val
 
-    def _all_cases(self) -> list[AMOSCase]:
-        seen: dict[str, AMOSCase] = {}
-        for split in _SPLITS:
-            for c in self.splits[split]:
-                seen.setdefault(c.case_id, c)
-        return list(seen.values())
+    kind = "AMOS22"
 
-    def _bad(self, entry: CacheEntry) -> None:
-        if self.on_bad_case == "raise":
-            raise BadCaseError(f"bad AMOS22 case {entry.case_id}: {entry.problem}")
-        warnings.warn(f"skipping bad AMOS22 case {entry.case_id}: {entry.problem}", stacklevel=2)
+    def _load(self, case: AMOSCase) -> SliceVolume | str:
+        return load_checked(case, self.config)
 
-    def prepare_data(self) -> None:
-        """Validate every case and build the missing slice-cache entries (rank 0 only)."""
-        cases = self._all_cases()
-        by_id = {c.case_id: c for c in cases}
-        keys = [(c.case_id, files_fingerprint(c.image, c.label)) for c in cases]
-        fresh: set[str] = set()
 
-        def on_built(case_id: str, entry: CacheEntry) -> None:
-            fresh.add(case_id)
-            if entry.problem is not None:
-                self._bad(entry)
+class NNUNetDataModule(_CachedDataModule):
+    """Axial slices of any nnU-Net v2 raw dataset, in any label set.
 
-        self.cache.build(
-            keys,
-            lambda cid: load_checked(by_id[cid], self.config),
-            progress=self.progress,
-            on_built=on_built,
-            info=lambda cid: {"image_file": str(by_id[cid].image), "label_file": str(by_id[cid].label)},
+    Splits (deterministic): train = the ``imagesTr`` cases minus the validation ones; val =
+    ``num_val_cases`` cases of ``imagesTr`` chosen by hash (:func:`medsynth.data.nnunet.validation_cases`;
+    default 10%, at least 1 when there are two or more cases); test = ``imagesTs/labelsTs`` when
+    present, else the validation cases (a UserWarning says so). Preprocessing, the slice cache,
+    validation and bad-case handling are the AMOS module's; the body class is derived exactly
+    as there and gets the label set's body id.
+
+    Args:
+        root: The dataset folder (``dataset.json``, ``imagesTr/``, ``labelsTr/`` ...).
+        label_set: The training label set (``"amos"``, ``"totalseg"``, a dataset.json path); None:
+            the dataset's own (its dataset.json ``labels``, body appended).
+        image_size: Slice size.
+        batch_size: Slices per batch.
+        num_workers: DataLoader workers.
+        cache_dir: Slice cache location (None: ``$MEDSYNTH_CACHE_DIR`` or ``~/.cache/medsynth``).
+        on_bad_case: ``"raise"`` or ``"skip"`` (warn and leave the case out).
+        remap: How the dataset's labels become ``label_set``'s when the two differ: ``"by_name"``
+            (classes matched by name or TotalSegmentator name, unmatched ones become body) or a
+            ``{dataset name: label_set name}`` dict of extra pairs on top of that.
+        num_val_cases: Validation cases taken from imagesTr (None: 10%, at least 1).
+        max_train_cases: Use only the first N training cases (None: all).
+        progress: Show a progress bar while the cache is built.
+    """
+
+    kind = "nnU-Net"
+
+    def __init__(
+        self,
+        root: str | Path,
+        label_set: str | None = None,
+        image_size: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 4,
+        cache_dir: str | Path | None = None,
+        on_bad_case: str = "raise",
+        remap: str | dict[str, str] | None = None,
+        num_val_cases: int | None = None,
+        max_train_cases: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        from medsynth.data.nnunet import read_dataset_json
+        from medsynth.labels import get_label_set
+
+        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        if on_bad_case not in ("raise", "skip"):
+            raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
+        for name, value in (("num_val_cases", num_val_cases), ("max_train_cases", max_train_cases)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"nnU-Net dataset {str(self.root)!r} does not exist or is not a folder")
+        declared = read_dataset_json(self.root)["labels"]
+        # Largest id the label files may hold: what dataset.json declares (the body only if declared).
+        self.file_max_label = max(
+            int(k if isinstance(v, str) and not v.isdigit() else v) for k, v in declared.items()
         )
-        for case_id, fp in keys:  # cases validated by an earlier run
-            if case_id not in fresh:
-                entry = self.cache.load(case_id, fp)
-                if entry.problem is not None:
-                    self._bad(entry)
+        self.source_set = get_label_set(self.root / "dataset.json")
+        self.label_set = get_label_set(label_set) if label_set is not None else self.source_set
+        lut = None
+        if self.label_set.names() != self.source_set.names():
+            if remap is None:
+                raise ValueError(
+                    f"the labels of {self.root / 'dataset.json'} ({len(self.source_set.classes)} classes) "
+                    f"differ from label_set {self.label_set.name!r}; pass remap='by_name' (or a "
+                    f"{{dataset name: label_set name}} dict) to map them by name"
+                )
+            extra = None if remap == "by_name" else remap
+            if extra is not None and not isinstance(extra, dict):
+                raise ValueError(f"remap must be None, 'by_name' or a dict, got {remap!r}")
+            lut = tuple(int(v) for v in self.source_set.lookup_to(self.label_set, extra))
+        elif remap not in (None, "by_name"):
+            raise ValueError("remap is given but the dataset's labels already are label_set's")
+        self.config = PreprocessConfig(
+            image_size=image_size,
+            body_label=self.label_set.body,
+            max_label=self.label_set.num_classes - 1,
+            label_lut=lut,
+        )
+        self.cache = SliceCache(cache_dir if cache_dir is not None else default_cache_dir(), self.config)
+        self.on_bad_case = on_bad_case
+        self.num_val_cases = num_val_cases
+        self.max_train_cases = max_train_cases
+        self.progress = progress
+        self._splits: dict | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        for split in self._splits_for(stage):
-            if split in self.datasets or not self.splits[split]:
-                continue
-            entries = []
-            for c in self.splits[split]:
-                entry = self.cache.load(c.case_id, files_fingerprint(c.image, c.label))
-                if entry.problem is None:
-                    entries.append(entry)
-                elif self.on_bad_case == "raise":
-                    raise BadCaseError(f"bad AMOS22 case {entry.case_id}: {entry.problem}")
-            if not entries:
-                raise ValueError(f"AMOS22 {split} split at {self.root} has no usable case")
-            self.datasets[split] = SliceDataset(
-                [e.image for e in entries], [e.mask for e in entries], [e.case_id for e in entries]
+    @property
+    def num_classes(self) -> int:
+        return self.label_set.num_classes
+
+    @property
+    def splits(self) -> dict[str, list]:
+        from medsynth.data.nnunet import index_nnunet, validation_cases
+
+        if self._splits is None:
+            index = index_nnunet(self.root)
+            cases = index["training"]
+            n = len(cases)
+            n_val = (
+                self.num_val_cases
+                if self.num_val_cases is not None
+                else (max(1, round(0.1 * n)) if n > 1 else 0)
             )
+            if n_val >= n:
+                raise ValueError(f"num_val_cases={n_val} leaves no training case of the {n} in {self.root}")
+            val_ids = validation_cases([c.case_id for c in cases], n_val)
+            train = [c for c in cases if c.case_id not in val_ids][: self.max_train_cases]
+            val = [c for c in cases if c.case_id in val_ids]
+            test = index["test"]
+            if not test and val:
+                warnings.warn(
+                    f"{self.root} has no imagesTs/labelsTs: the test split is the {len(val)} validation case(s)",
+                    stacklevel=3,
+                )
+                test = val
+            self._splits = {"train": train, "val": val, "test": test}
+        return self._splits
+
+    def _load(self, case) -> SliceVolume | str:
+        return load_checked(case, self.config, self.file_max_label)

@@ -15,6 +15,7 @@ rotation, organ shapes and contrast timing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from medsynth.labels import CLASSES
 
 __all__ = ["PhantomCase", "make_phantom_case", "write_phantom_dataset", "FOV_MM", "EXTENT_MM"]
 
@@ -59,6 +62,27 @@ HU = {
 }
 # Texture amplitude (HU) of the smooth parenchymal variation per organ.
 TEXTURE = {1: 8.0, 2: 12.0, 3: 12.0, 6: 8.0, 7: 10.0, 10: 12.0, 13: 10.0, 15: 8.0}
+
+# Vertebral levels by height u (0 = pelvic floor, 1 = lung bases), for the "totalseg" labels.
+_VERTEBRA_LEVELS = (
+    (-1.0, 0.2, "sacrum"),
+    (0.2, 0.3, "vertebrae_L5"),
+    (0.3, 0.4, "vertebrae_L4"),
+    (0.4, 0.5, "vertebrae_L3"),
+    (0.5, 0.6, "vertebrae_L2"),
+    (0.6, 0.7, "vertebrae_L1"),
+    (0.7, 0.8, "vertebrae_T12"),
+    (0.8, 0.9, "vertebrae_T11"),
+    (0.9, 2.0, "vertebrae_T10"),
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _totalseg_ids() -> dict[str, int]:
+    """TotalSegmentator ``total`` name -> id, from the installed package's table."""
+    from totalsegmentator.map_to_binary import class_map
+
+    return {name: int(i) for i, name in class_map["total"].items()}
 
 
 @dataclass
@@ -204,6 +228,7 @@ def make_phantom_case(
     size: int = 256,
     spacing: tuple[float, float, float] | None = None,
     case_id: str | None = None,
+    label_set: str = "amos",
 ) -> PhantomCase:
     """Build one procedural abdominal CT case.
 
@@ -213,6 +238,11 @@ def make_phantom_case(
         size: In-plane matrix size (the 400 mm field of view is sampled at ``size`` pixels).
         spacing: Voxel size in mm; default ``(400/size, 400/size, 380/depth)``.
         case_id: Name of the case; default ``phantom_<seed>``.
+        label_set: ``"amos"`` (the 15 organs; the default, unchanged) or ``"totalseg"``: the same
+            image, labelled with TotalSegmentator ``total`` ids for everything drawn (the 15
+            organs, vertebrae by level, sacrum, spinal cord, ribs, hips, autochthon and iliopsoas
+            muscles, lung lower lobes, small bowel, iliac arteries). The random draws are the
+            same for both, so the image does not depend on the label set.
 
     Returns:
         A :class:`PhantomCase` in RAS orientation.
@@ -225,6 +255,8 @@ def make_phantom_case(
         spacing = (FOV_MM / size, FOV_MM / size, EXTENT_MM / depth)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
+    if label_set not in ("amos", "totalseg"):
+        raise ValueError(f"label_set must be 'amos' or 'totalseg' for the phantom, got {label_set!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
     scale = rng.uniform(0.85, 1.12)  # patient size
     angle = np.deg2rad(rng.uniform(-7.0, 7.0))
@@ -252,6 +284,12 @@ def make_phantom_case(
     img[skin] = HU["skin"]
     img[inner_wall & ~cavity] = HU["muscle"]
     img[cavity] = HU["fat"] + 10.0  # visceral fat
+    rich = np.zeros(f.shape, dtype=np.uint8) if label_set == "totalseg" else None
+
+    def mark(name: str, region: np.ndarray) -> None:
+        """Record a drawn structure in the TotalSegmentator label map (no random draws)."""
+        if rich is not None:
+            rich[np.broadcast_to(region, f.shape)] = _totalseg_ids()[name]
 
     # ---- lungs at the top, posterior --------------------------------------------------------
     for side in (-1.0, 1.0):
@@ -259,6 +297,7 @@ def make_phantom_case(
             f, (side * 75 * scale, -25 * scale, Z(1.12)), (60 * scale, 65 * scale, 110.0), _waves(rng)
         )
         img[lung & cavity] = HU["lung"]
+        mark("lung_lower_lobe_left" if side > 0 else "lung_lower_lobe_right", lung & cavity)
 
     # ---- spine, paraspinal muscles, ribs, pelvis (bone is unlabelled: body class) ---------
     vy = -b * 0.52  # vertebral body centre (y), [1,1,Z]
@@ -270,29 +309,39 @@ def make_phantom_case(
             (f.py - (vy - 30 * scale)) / (22 * scale)
         ) ** 2
         img[(para < 1.0) & body] = HU["muscle"]
+        lr = "left" if side > 0 else "right"  # the patient frame's x runs to the patient's left
+        mark(f"autochthon_{lr}", (para < 1.0) & body)
         psoas_r = 6.0 + 14.0 * np.clip((0.75 - u) / 0.4, 0.0, 1.0)
         psoas = ((f.px - side * 40 * scale) ** 2 + (f.py - vy) ** 2) < (psoas_r * scale) ** 2
         img[psoas & (u > 0.25) & (u < 0.72)] = HU["muscle"]
+        mark(f"iliopsoas_{lr}", psoas & (u > 0.25) & (u < 0.72))
     img[vert] = HU["marrow"]
     ring = vert & ((f.px**2 + (f.py - vy) ** 2) > (14.0 * scale) ** 2)
     img[ring | post] = HU["bone"]
     img[canal] = HU["canal"]
+    if rich is not None:
+        for lo, hi, name in _VERTEBRA_LEVELS:
+            mark(name, (vert | post) & (u >= lo) & (u < hi))
+        mark("spinal_cord", canal)
     # Ribs: small bony cross-sections inside the wall above the iliac crests.
     rib_angles = np.deg2rad(
         np.array([-160, -135, -110, -70, -45, -20, 20, 45, 70, 110, 135, 160]) + rng.normal(0, 4, 12)
     )
-    for th in rib_angles:
+    for k, th in enumerate(rib_angles):
         th_z = th + 0.15 * np.sin(f.z / 40.0)
         rx = np.cos(th_z) * (a - (fat_mm + 5.0 * scale))
         ry = np.sin(th_z) * (b - (fat_mm + 5.0 * scale))
         rib = ((f.px - rx) ** 2 + (f.py - ry) ** 2) < (5.0 * scale) ** 2
         img[rib & (u > 0.55) & body] = HU["bone"]
+        # Angles run from the patient's right (-160 deg) to the left: ribs 7..12 on each side.
+        mark(f"rib_{'left' if k >= 6 else 'right'}_{7 + (k if k < 6 else 11 - k)}", rib & (u > 0.55) & body)
     # Iliac wings and sacrum in the pelvis.
     for side in (-1.0, 1.0):
         wing = _ellipsoid(
             f, (side * 95 * scale, -45 * scale, Z(0.2)), (45 * scale, 20 * scale, 70.0), _waves(rng)
         )
         img[wing & body] = HU["bone"]
+        mark("hip_left" if side > 0 else "hip_right", wing & body)
         img[
             wing
             & body
@@ -314,6 +363,7 @@ def make_phantom_case(
         )
         loop = _capsule(f, p0, p1, rng.uniform(9, 14) * scale, wob) & cavity
         img[loop] = HU["bowel"]
+        mark("small_bowel", loop)
         gas = _capsule(f, p0, p1, rng.uniform(3, 7) * scale) & loop & (f.py > cy)
         img[gas] = HU["gas"]
 
@@ -325,6 +375,7 @@ def make_phantom_case(
         region = region & cavity
         lab[region] = organ
         img[region] = HU[organ]
+        mark(CLASSES[organ].totalseg, region)
 
     w = {k: _waves(rng) for k in range(1, 16)}
     put(
@@ -377,6 +428,7 @@ def make_phantom_case(
     for side in (-1.0, 1.0):  # common iliac arteries (body class, but bright)
         iliac = _capsule(f, (14 * s, -20 * s, Z(0.34)), (side * 55 * s, -25 * s, Z(0.12)), 6 * s) & cavity
         img[iliac & (lab == 0)] = HU[8]
+        mark("iliac_artery_left" if side > 0 else "iliac_artery_right", iliac & (lab == 0))
     put(5, _capsule(f, (8 * s, -28 * s, Z(0.86)), (18 * s, -22 * s, Z(1.1)), 8 * s, w[5]))  # esophagus
     put(14, _ellipsoid(f, (0.0, 35 * s, Z(0.1)), (38 * s, 30 * s, 34.0), w[14]))  # bladder
     put(15, _ellipsoid(f, (0.0, 2 * s, Z(0.05)), (18 * s, 15 * s, 20.0), w[15]))  # prostate / uterus
@@ -412,6 +464,8 @@ def make_phantom_case(
 
     # The patient frame's x runs to the patient's LEFT; NIfTI RAS+ x runs to the RIGHT: flip axis 0
     # so the arrays really are RAS (axis 0 toward the right, e.g. the liver at high indices).
+    if rich is not None:
+        lab = rich
     img, lab = np.ascontiguousarray(img[::-1]), np.ascontiguousarray(lab[::-1])
     sx, sy, sz = f.spacing
     affine = np.diag([sx, sy, sz, 1.0])

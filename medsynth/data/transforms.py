@@ -71,6 +71,11 @@ class PreprocessConfig:
         window_width: CT window width in HU (400, paper).
         body_threshold: HU above which a voxel may belong to the body outline.
         axcodes: Canonical orientation of the volume axes ``[H, W, D]``.
+        body_label: Id given to body voxels without a label (the label set's body, 16 for AMOS).
+        max_label: Largest id kept from the label files after ``label_lut`` (15 for AMOS: the
+            files carry no body class); larger values are clipped (validation rejects them first).
+        label_lut: Optional lookup table from the files' ids to the training label set's
+            (a remap by name, :meth:`medsynth.labels.LabelSet.lookup_to`).
     """
 
     image_size: int = 256
@@ -78,6 +83,9 @@ class PreprocessConfig:
     window_width: float = WINDOW_WIDTH
     body_threshold: float = -500.0
     axcodes: str = CANONICAL_AXCODES
+    body_label: int = BODY
+    max_label: int = NUM_ORGANS
+    label_lut: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or self.image_size < 8:
@@ -86,10 +94,22 @@ class PreprocessConfig:
             raise ValueError(f"window_width must be > 0, got {self.window_width!r}")
         if len(self.axcodes) != 3:
             raise ValueError(f"axcodes must have 3 letters, got {self.axcodes!r}")
+        if not 0 < self.body_label <= 255 or not 0 < self.max_label <= 255:
+            raise ValueError(
+                f"body_label and max_label must lie in 1..255, got {self.body_label}, {self.max_label}"
+            )
 
     def key(self) -> dict:
-        """The parameters plus :data:`PREPROCESS_VERSION`, for cache keys."""
-        return {**asdict(self), "version": PREPROCESS_VERSION}
+        """The parameters plus :data:`PREPROCESS_VERSION`, for cache keys.
+
+        The label-set fields enter only when they differ from AMOS's, so caches built before
+        label sets existed stay valid.
+        """
+        key = {**asdict(self), "version": PREPROCESS_VERSION}
+        if (self.body_label, self.max_label, self.label_lut) == (BODY, NUM_ORGANS, None):
+            for k in ("body_label", "max_label", "label_lut"):
+                key.pop(k)
+        return key
 
 
 @dataclass
@@ -217,11 +237,11 @@ def body_mask(hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
     return out
 
 
-def add_body_class(label: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """Organ labels 1..15 stay; body voxels without an organ get :data:`BODY` (16); the rest 0."""
+def add_body_class(label: np.ndarray, body: np.ndarray, body_label: int = BODY) -> np.ndarray:
+    """Labels stay; body voxels without a label get ``body_label`` (:data:`BODY`, 16, for AMOS); the rest 0."""
     label = np.asarray(label)
     out = label.astype(np.uint8, copy=True)
-    out[(label == 0) & body] = BODY
+    out[(label == 0) & body] = body_label
     return out
 
 
@@ -274,9 +294,13 @@ def preprocess_volume(
     if hu.shape != label.shape:
         raise ValueError(f"image and label shapes differ: {hu.shape} vs {label.shape}")
     hu_c, _ = canonicalize(np.asarray(hu, dtype=np.float32), affine, config.axcodes)  # [H, W, D]
-    lab = np.rint(np.asarray(label, dtype=np.float32)).clip(0, NUM_ORGANS).astype(np.uint8)
+    lab = np.rint(np.asarray(label, dtype=np.float32))
+    if config.label_lut is not None:
+        lut = np.asarray(config.label_lut, dtype=np.int64)
+        lab = lut[lab.clip(0, len(lut) - 1).astype(np.int64)]
+    lab = lab.clip(0, config.max_label).astype(np.uint8)
     lab_c, _ = canonicalize(lab, affine, config.axcodes)
-    mask = add_body_class(lab_c, body_mask(hu_c, config.body_threshold))
+    mask = add_body_class(lab_c, body_mask(hu_c, config.body_threshold), config.body_label)
     image = window(hu_c, config.window_level, config.window_width)
     image, mask = resize_slices(image, mask, config.image_size)
     return SliceVolume(case_id, image, mask)

@@ -28,6 +28,7 @@ from medsynth.metrics.intensity import (
     region_means,
     region_sums,
 )
+from medsynth.metrics.volume import adjacent_slice_difference
 
 __all__ = [
     "psnr",
@@ -51,4 +52,5 @@ __all__ = [
     "background_mean",
     "organ_intensity_error",
     "class_mean_painting",
+    "adjacent_slice_difference",
 ]

@@ -168,6 +168,43 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def run_totalsegmentator(
+    ct,
+    roi_subset: Sequence[str] | None = None,
+    fast: bool = False,
+    device: str = "cpu",
+    weights_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """TotalSegmentator's ``total`` task on a nibabel CT image -> label ids (its own), usage statistics off.
+
+    Args:
+        ct: nibabel image in HU.
+        roi_subset: Structures to segment (TotalSegmentator names); None: all 117.
+        fast: The 3 mm model.
+        device: "cpu", "gpu" or "gpu:N".
+        weights_dir: TotalSegmentator home folder (None: its own default).
+    """
+    from totalsegmentator.config import set_config_key, setup_totalseg
+
+    home = None if weights_dir is None else str(weights_dir)
+    with _env(TOTALSEG_HOME_DIR=home):
+        setup_totalseg()  # creates config.json if needed, then switch usage statistics off
+        set_config_key("send_usage_stats", False)
+        set_config_key("statistics_disclaimer_shown", True)
+        from totalsegmentator.python_api import totalsegmentator
+
+        seg = totalsegmentator(
+            ct,
+            None,
+            ml=True,
+            roi_subset=list(roi_subset) if roi_subset else None,
+            fast=fast,
+            device=device,
+            quiet=True,
+        )
+    return np.asanyarray(seg.dataobj)
+
+
 class TotalSegmentatorScorer:
     """Organ Dice of synthetic CT volumes by TotalSegmentator (Zhuang et al., Sec. 4).
 
@@ -203,19 +240,7 @@ class TotalSegmentatorScorer:
             check_totalseg_weights(self.weights_dir, self.fast)
 
     def _run_totalsegmentator(self, ct) -> np.ndarray:
-        from totalsegmentator.config import set_config_key, setup_totalseg
-
-        home = None if self.weights_dir is None else str(self.weights_dir)
-        with _env(TOTALSEG_HOME_DIR=home):
-            setup_totalseg()  # creates config.json if needed, then switch usage statistics off
-            set_config_key("send_usage_stats", False)
-            set_config_key("statistics_disclaimer_shown", True)
-            from totalsegmentator.python_api import totalsegmentator
-
-            seg = totalsegmentator(
-                ct, None, ml=True, roi_subset=self.roi_subset, fast=self.fast, device=self.device, quiet=True
-            )
-        return np.asanyarray(seg.dataobj)
+        return run_totalsegmentator(ct, self.roi_subset, self.fast, self.device, self.weights_dir)
 
     def segment(self, ct) -> np.ndarray:
         """CT volume (nibabel image, HU) -> AMOS label volume in the same geometry."""

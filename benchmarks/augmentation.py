@@ -1,0 +1,198 @@
+"""Downstream study: do synthetic volumes from varied masks help a segmenter trained on few real ones?
+
+The paper's stated purpose for its models is data augmentation (Zhuang et al., Sec. 4, future
+work); MAISI (Guo et al., 2024) reports segmentation gains from synthetic image/mask pairs with
+controlled organ sizes. Here, on the built-in phantom at 64x64:
+
+1. For each seed, N real training volumes (phantom cases drawn with that seed) and 4 held-out
+   real test volumes (the same for every seed).
+2. M = ``--ratio`` x N synthetic volumes: each real training mask varied with
+   :func:`medsynth.masks.deform` and :func:`medsynth.masks.scale_organ` (liver, spleen, kidneys,
+   stomach by log-uniform factors), then generated slice by slice by a trained synthesis model
+   (``--checkpoint``; coherent volumes unless ``--independent``).
+3. The in-domain 2-D segmenter (:class:`medsynth.models.OrganSegmenter`) is trained for the same
+   number of steps on the real slices alone and on real + synthetic slices, and scored on the
+   test volumes (Dice per organ over all test pixels).
+
+Prints a Markdown table (mean +- SD over seeds), writes it with a JSON file and a bar plot.
+
+    python benchmarks/augmentation.py --checkpoint runs/phantom/mask_guided_ddpm/checkpoints/last.ckpt
+    python benchmarks/augmentation.py --checkpoint M.ckpt --num-real 2 --seeds 0 1 --seg-steps 100  # quick
+
+The same study through nnU-Net v2 (not needed here, not run by CI): write the real cases with
+``medsynth phantom``, the varied masks with ``medsynth masks``, their CT with ``medsynth
+synthesize --coherent --nnunet Dataset501_Synth``, merge imagesTr/labelsTr with the real cases
+and run ``nnUNetv2_plan_and_preprocess`` / ``nnUNetv2_train`` as usual (docs/synthesis.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medsynth.data import PhantomDataModule
+from medsynth.data.datamodule import SliceDataset
+from medsynth.data.phantom import EXTENT_MM, FOV_MM
+from medsynth.data.transforms import SliceVolume
+from medsynth.labels import CLASSES, ORGAN_IDS
+from medsynth.masks import deform, scale_organ
+from medsynth.metrics import dice_counts, dice_from_counts
+from medsynth.models import OrganSegmenter
+from medsynth.random import slice_generators
+from medsynth.synthesis import load_model
+
+VARIED_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach")
+REPORT_ORGANS = (6, 1, 2, 3, 7, 8, 14)  # liver, spleen, kidneys, stomach, aorta, bladder
+
+
+def phantom_volumes(split: str, count: int, seed: int, depth: int, size: int) -> list[SliceVolume]:
+    dm = PhantomDataModule(num_train_cases=0, depth=depth, image_size=size, seed=seed)
+    return [dm.make_volume(split, i) for i in range(count)]
+
+
+def varied_mask(volume: SliceVolume, rng: np.random.Generator, deform_mm: float) -> np.ndarray:
+    """``[D, S, S]`` -> a varied ``[D, S, S]`` label map of the same case (mm from the phantom's FOV)."""
+    d, s, _ = volume.mask.shape
+    affine = np.diag([FOV_MM / s, FOV_MM / s, EXTENT_MM / d, 1.0])
+    lab = np.moveaxis(volume.mask, 0, 2)  # [S, S, D]
+    for organ in VARIED_ORGANS:
+        idx = next(c.index for c in CLASSES if c.name == organ)
+        if (lab == idx).sum() >= 20:
+            factor = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
+            try:
+                lab = scale_organ(lab, affine, organ, factor)
+            except ValueError:
+                pass  # no room to grow there: keep the organ as it is
+    lab = deform(lab, affine, deform_mm, smoothness_mm=60.0, seed=int(rng.integers(2**31)))
+    return np.ascontiguousarray(np.moveaxis(lab, 2, 0))
+
+
+@torch.no_grad()
+def synthesize(
+    model, mask: np.ndarray, name: str, seed: int, coherent: bool, batch: int, opts: dict
+) -> np.ndarray:
+    """Generate every slice of ``mask [D, S, S]`` -> float32 ``[D, S, S]`` in [0, 1]."""
+    m = torch.from_numpy(mask.astype(np.int64))
+    out = []
+    for start in range(0, len(m), batch):
+        part = m[start : start + batch].to(model.device)
+        keys = [(name, -1 if coherent else k) for k in range(start, start + len(part))]
+        out.append(model.generate(part, generator=slice_generators(keys, seed, model.device), **opts)[:, 0])
+    return torch.cat(out).cpu().numpy().astype(np.float32)
+
+
+def train_and_score(
+    train: list[SliceVolume], test: SliceDataset, seed: int, steps: int, width: int, size: int
+) -> dict[int, float]:
+    L.seed_everything(seed, verbose=False)
+    seg = OrganSegmenter(size, model_channels=width)
+    data = SliceDataset.from_volumes(train)
+    loader = DataLoader(data, batch_size=min(16, len(data)), shuffle=True, drop_last=True)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(seg, loader)
+    counts = None
+    for b in DataLoader(test, batch_size=32):
+        c = dice_counts(seg.segment(b["image"]), b["mask"], seg.num_classes)
+        counts = c if counts is None else counts + c
+    dice = dice_from_counts(counts)
+    return {i: float(dice[i]) for i in ORGAN_IDS if not torch.isnan(dice[i])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path, help="trained synthesis model (64x64 phantom)")
+    p.add_argument("--num-real", type=int, nargs="+", default=[2, 8], help="N real training volumes")
+    p.add_argument("--ratio", type=int, default=4, help="synthetic volumes per real one (M = ratio x N)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--depth", type=int, default=32)
+    p.add_argument("--seg-steps", type=int, default=600, help="segmenter optimiser steps (both arms)")
+    p.add_argument("--seg-width", type=int, default=16)
+    p.add_argument("--deform-mm", type=float, default=8.0)
+    p.add_argument("--independent", action="store_true", help="slices drawn independently (not coherent)")
+    p.add_argument("--sampler", default=None, help="generate() sampler (default: the model's)")
+    p.add_argument("--num-steps", type=int, default=None, help="generate() steps (default: the model's)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--output", type=Path, default=Path("outputs/augmentation"))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    model = load_model(a.checkpoint)
+    size = model.image_size
+    opts = model.generate_kwargs(num_steps=a.num_steps, sampler=a.sampler)
+    test_vols = phantom_volumes("test", 4, 10_000, a.depth, size)
+    test = SliceDataset.from_volumes(test_vols)
+    rows: dict[str, list[dict[int, float]]] = {}
+    t0 = time.perf_counter()
+    for n in a.num_real:
+        for seed in a.seeds:
+            real = phantom_volumes("train", n, seed, a.depth, size)
+            rng = np.random.default_rng([seed, n])
+            synth = []
+            for k in range(a.ratio * n):
+                src = real[k % n]
+                mask = varied_mask(src, rng, a.deform_mm)
+                name = f"{src.case_id}_var{k:03d}"
+                image = synthesize(model, mask, name, seed, not a.independent, a.batch, opts)
+                synth.append(SliceVolume(name, image, mask.astype(np.uint8)))
+            print(f"N={n} seed={seed}: {len(synth)} synthetic volumes ({time.perf_counter() - t0:.0f} s)")
+            for arm, vols in (("real", real), ("real+synthetic", real + synth)):
+                dice = train_and_score(vols, test, seed, a.seg_steps, a.seg_width, size)
+                rows.setdefault(f"N={n} {arm}", []).append(dice)
+                mean = np.nanmean([dice.get(i, np.nan) for i in REPORT_ORGANS])
+                print(f"  {arm:15s} mean Dice {mean:.3f} ({time.perf_counter() - t0:.0f} s)")
+    write_report(rows, a)
+
+
+def write_report(rows: dict[str, list[dict[int, float]]], a: argparse.Namespace) -> None:
+    a.output.mkdir(parents=True, exist_ok=True)
+    names = [CLASSES[i].name for i in REPORT_ORGANS]
+    head = "| setting | mean Dice | " + " | ".join(names) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    summary = {}
+    for key, runs in rows.items():
+        per = np.array([[r.get(i, np.nan) for i in REPORT_ORGANS] for r in runs])  # [seeds, organs]
+        means = np.nanmean(per, axis=1)  # per seed
+        summary[key] = {
+            "mean_dice": [float(m) for m in means],
+            "per_organ": {n: [float(v) for v in per[:, j]] for j, n in enumerate(names)},
+        }
+        cells = [f"{np.nanmean(per[:, j]):.3f} ± {np.nanstd(per[:, j]):.3f}" for j in range(len(names))]
+        lines.append(f"| {key} | {means.mean():.3f} ± {means.std():.3f} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    (a.output / "augmentation.md").write_text(table + "\n")
+    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    (a.output / "augmentation.json").write_text(json.dumps({"args": meta, "results": summary}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    keys = list(summary)
+    means = [np.mean(summary[k]["mean_dice"]) for k in keys]
+    sds = [np.std(summary[k]["mean_dice"]) for k in keys]
+    ax.bar(range(len(keys)), means, yerr=sds, capsize=4, color=["#999", "#38c"] * (len(keys) // 2 + 1))
+    ax.set_xticks(range(len(keys)), keys, rotation=20, ha="right")
+    ax.set_ylabel("mean organ Dice (test)")
+    fig.tight_layout()
+    fig.savefig(a.output / "augmentation.png", dpi=120)
+    print(f"wrote {a.output}/augmentation.md, .json, .png")
+
+
+if __name__ == "__main__":
+    main()

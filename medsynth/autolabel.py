@@ -1,0 +1,200 @@
+"""Training pairs from unlabelled CT: TotalSegmentator masks -> an nnU-Net v2 raw dataset.
+
+``medsynth label --input CT_DIR --output DATASET_DIR`` runs TotalSegmentator (Wasserthal et al.,
+2023; task ``total``, usage statistics off) on every CT volume of a folder and writes
+``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz`` (TotalSegmentator's own ids) and a
+``dataset.json`` whose labels are the ``totalseg`` label set, ready for
+:class:`medsynth.data.NNUNetDataModule` (``label_set=None`` for all 117 structures, or
+``label_set="amos", remap="by_name"`` for AMOS's 15 organs).
+
+Resumable: a case is done when its label file exists; each file is written under a temporary
+name and renamed, the label last, so an interrupted run leaves no half-written case, and a rerun
+skips the finished cases. ``dataset.json`` is rewritten after every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["label_folder", "main"]
+
+_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _case_name(path: Path) -> str:
+    for suffix in _SUFFIXES:
+        if path.name.endswith(suffix):
+            name = path.name[: -len(suffix)]
+            return name[:-5] if name.endswith("_0000") else name
+    return path.stem
+
+
+def _write_json(meta: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path)
+
+
+def label_folder(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    roi_subset: Sequence[str] | None = None,
+    fast: bool = False,
+    device: str = "cpu",
+    weights_dir: str | Path | None = None,
+    segment_fn: Callable[[object], object] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Segment every CT volume of ``input_dir`` and write an nnU-Net raw dataset to ``output_dir``.
+
+    Args:
+        input_dir: Folder of CT volumes (``*.nii.gz`` / ``*.nii``; a ``_0000`` suffix is dropped
+            from the case name).
+        output_dir: The dataset folder (created; finished cases in it are kept and skipped).
+        roi_subset: TotalSegmentator structures to segment (None: all).
+        fast: TotalSegmentator's 3 mm model.
+        device: "cpu", "gpu" or "gpu:N".
+        weights_dir: TotalSegmentator home folder (None: its default); missing weights are an
+            error naming the folder and the download command, before any work.
+        segment_fn: Replaces the TotalSegmentator call (nibabel CT -> label ids); tests use it.
+        progress: Show a progress bar.
+
+    Returns:
+        The case names segmented in this call (finished ones from earlier runs excluded).
+
+    Raises:
+        ValueError / FileNotFoundError: naming the folder, file or structure at fault.
+    """
+    import nibabel as nib
+
+    from medsynth.callbacks.progress import progress_bar
+    from medsynth.labels import totalseg_label_set
+    from medsynth.metrics.dice import check_totalseg_weights, run_totalsegmentator
+
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"--input {input_dir} is not a folder")
+    files = sorted(p for p in input_dir.iterdir() if p.name.endswith(_SUFFIXES))
+    if not files:
+        raise ValueError(f"--input {input_dir}: no .nii or .nii.gz files")
+    names = [_case_name(p) for p in files]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"--input {input_dir}: several files give the case name(s) {dup}")
+    ts = totalseg_label_set()
+    if roi_subset:
+        known = {c.name for c in ts.classes}
+        bad = [r for r in roi_subset if r not in known]
+        if bad:
+            raise ValueError(
+                f"--roi {bad} not TotalSegmentator 'total' structures; e.g. liver, spleen, colon"
+            )
+    if segment_fn is None:
+        check_totalseg_weights(weights_dir, fast)
+    for path in files:  # headers only: cheap, and a bad file stops us before any segmentation
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"{path}: cannot read CT volume ({err})") from err
+        if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+            raise ValueError(f"{path}: expected a 3D CT volume, got shape {shape}")
+    images, labels = output_dir / "imagesTr", output_dir / "labelsTr"
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for stale in [*images.glob(".*.partial*"), *labels.glob(".*.partial*")]:
+        stale.unlink()  # left by an interrupted run
+    meta = {
+        "name": output_dir.name,
+        "description": "CT labelled by TotalSegmentator (task total) with medsynth label",
+        "channel_names": {"0": "CT"},
+        "labels": {c.name: c.index for c in ts.classes if c.index != ts.body},
+        "numTraining": 0,
+        "file_ending": ".nii.gz",
+    }
+    done = []
+    todo = [(p, n) for p, n in zip(files, names) if not (labels / f"{n}.nii.gz").is_file()]
+    bar = progress_bar(len(todo), "label", unit="case", disable=not progress)
+    try:
+        for path, name in todo:
+            ct = nib.load(str(path))
+            if len(ct.shape) == 4:
+                ct = nib.Nifti1Image(np.asanyarray(ct.dataobj)[..., 0], ct.affine, ct.header)
+            if segment_fn is not None:
+                seg = segment_fn(ct)
+            else:
+                seg = run_totalsegmentator(ct, roi_subset, fast, device, weights_dir)
+            seg = np.asanyarray(seg.dataobj) if hasattr(seg, "dataobj") else np.asarray(seg)
+            if seg.shape[:3] != tuple(ct.shape[:3]):
+                raise ValueError(f"{path}: segmentation shape {seg.shape} does not match the CT {ct.shape}")
+            if seg.size and (seg.min() < 0 or seg.max() >= ts.body):
+                raise ValueError(
+                    f"{path}: segmentation ids {seg.min()}..{seg.max()} outside 0..{ts.body - 1}"
+                )
+            image_out = images / f"{name}_0000.nii.gz"
+            tmp = images / f".{name}_0000.partial.nii.gz"
+            if path.name.endswith(".nii.gz"):
+                shutil.copyfile(path, tmp)
+            else:
+                nib.save(ct, str(tmp))
+            os.replace(tmp, image_out)
+            tmp = labels / f".{name}.partial.nii.gz"
+            nib.save(nib.Nifti1Image(seg.astype(np.uint8), ct.affine), str(tmp))
+            os.replace(tmp, labels / f"{name}.nii.gz")  # last: the case now counts as done
+            done.append(name)
+            meta["numTraining"] = len(list(labels.glob("*.nii.gz")))
+            _write_json(meta, output_dir / "dataset.json")
+            bar.update(1)
+    finally:
+        bar.close()
+    meta["numTraining"] = len(list(labels.glob("*.nii.gz")))
+    _write_json(meta, output_dir / "dataset.json")
+    return done
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medsynth label",
+        description="Unlabelled CT -> TotalSegmentator masks -> an nnU-Net v2 raw dataset (resumable).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--input", required=True, type=Path, help="folder of CT volumes (.nii.gz)")
+    p.add_argument("--output", required=True, type=Path, help="dataset folder, e.g. Dataset600_MyCT")
+    p.add_argument(
+        "--roi", nargs="+", default=None, help="TotalSegmentator structures to segment (default: all)"
+    )
+    p.add_argument("--fast", action="store_true", help="TotalSegmentator's 3 mm model")
+    p.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
+    p.add_argument(
+        "--weights", type=Path, default=None, help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR)"
+    )
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        done = label_folder(
+            a.input,
+            a.output,
+            roi_subset=a.roi,
+            fast=a.fast,
+            device=a.device,
+            weights_dir=a.weights,
+            progress=not a.no_progress,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        msg = str(err).replace("pass weights_dir=<that folder>", "pass --weights <that folder>")
+        print(f"medsynth label: error: {msg}", file=sys.stderr)
+        return 2
+    print(f"labelled {len(done)} case(s) into {a.output}")
+    return 0
