@@ -149,32 +149,35 @@ def totalseg_dice(
     import nibabel as nib
     import numpy as np
 
-    from medsynth.labels import CLASSES, ORGAN_IDS, PAPER_DICE_ORDER
+    from medsynth.labels import PAPER_DICE_ORDER
     from medsynth.metrics.dice import dice_per_class
     from medsynth.synthesis import read_label_case, synthesize_volume
 
     if not cases:
         raise ValueError("no test cases to score")
+    labels = model.label_set
+    ids = list(labels.structure_ids)
     per_case = []
     for image, label in cases:
-        case = read_label_case(label, image)
+        case = read_label_case(label, image, label_set=labels)
         hu = synthesize_volume(
             model, case, batch_size=batch_size, sampler=sampler, num_steps=num_steps,
             guidance_scale=guidance_scale, seed=seed, progress=progress,
         )  # fmt: skip
-        pred = scorer.segment(nib.Nifti1Image(hu, case.geometry.affine))  # [X, Y, Z] AMOS ids
-        truth = np.where(case.labels <= max(ORGAN_IDS), case.labels, 0)
-        per_case.append(dice_per_class(pred, truth).numpy())
-    dice = np.stack(per_case)[:, list(ORGAN_IDS)]  # [cases, 15]
+        pred = scorer.segment(nib.Nifti1Image(hu, case.geometry.affine))  # [X, Y, Z] ids of the set
+        truth = np.where(case.labels == labels.body, 0, case.labels)
+        per_case.append(dice_per_class(pred, truth, labels.num_classes).numpy())
+    dice = np.stack(per_case)[:, ids]  # [cases, structures]
     present = ~np.isnan(dice)
     out = {}
-    for j, organ in enumerate(ORGAN_IDS):
+    for j, organ in enumerate(ids):
         if present[:, j].any():
-            out[f"test/dice/{CLASSES[organ].name}"] = float(np.nanmean(dice[:, j]))
-    # The mean over the paper's 14 Dice columns (Tables 1-2; prostate/uterus is not among them).
-    organ_means = [
-        out[f"test/dice/{CLASSES[i].name}"] for i in PAPER_DICE_ORDER if f"test/dice/{CLASSES[i].name}" in out
-    ]
+            out[f"test/dice/{labels.classes[organ].name}"] = float(np.nanmean(dice[:, j]))
+    # AMOS: the mean over the paper's 14 Dice columns (Tables 1-2; prostate/uterus is not among
+    # them); another label set: over its structures.
+    columns = PAPER_DICE_ORDER if labels.name == "amos" else ids
+    keys = [f"test/dice/{labels.classes[i].name}" for i in columns]
+    organ_means = [out[k] for k in keys if k in out]
     out["test/dice/mean"] = float(np.mean(organ_means)) if organ_means else float("nan")
     return out
 
@@ -363,6 +366,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"the checkpoints were trained at different image sizes {sorted(sizes)}; evaluate them apart"
             )
         size = sizes.pop()
+        label_sets = {m.label_set.names(): m.label_set for m in loaded}
+        if len(label_sets) != 1:
+            raise ValueError(
+                f"the checkpoints use different label sets {[s.name for s in label_sets.values()]}; "
+                "evaluate them apart"
+            )
+        label_set = next(iter(label_sets.values()))
+        if scorer is not None and label_set.name != "amos":
+            scorer = TotalSegmentatorScorer(
+                weights_dir=weights,
+                device="gpu" if device == "cuda" else "cpu",
+                fast=a.totalseg_fast,
+                label_set=label_set,
+            )
         dm = build_datamodule(a.data_config, None if a.data_config else {"image_size": size})
         if getattr(dm, "image_size", size) != size:
             raise ValueError(

@@ -32,8 +32,8 @@ from medsynth.data.transforms import (
     canonicalize,
     load_nifti,
 )
-from medsynth.labels import BODY, CLASSES, NUM_CLASSES, NUM_ORGANS
-from medsynth.models.base import CHECKPOINT_CLASS_KEY, SynthesisModule
+from medsynth.labels import LabelSet, get_label_set
+from medsynth.models.base import CHECKPOINT_CLASS_KEY, LABEL_SET_KEY, SynthesisModule
 from medsynth.precision import PRECISIONS
 from medsynth.random import slice_generators
 
@@ -67,7 +67,7 @@ def _looks_like_segmenter(ckpt: object) -> bool:
         return False
     hp, state = ckpt.get("hyper_parameters") or {}, ckpt.get("state_dict") or {}
     keys = {"image_size", "num_classes", "model_channels", "lr", "dropout"}
-    return set(hp) == keys and any(str(k).startswith("net.conv_0.") for k in state)
+    return keys <= set(hp) <= keys | {"label_set"} and any(str(k).startswith("net.conv_0.") for k in state)
 
 
 def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> SynthesisModule:
@@ -103,7 +103,9 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
         raise ValueError(f"{path}: names class {class_path!r}, which this medsynth cannot import") from err
     if not (isinstance(cls, type) and issubclass(cls, SynthesisModule)):
         raise ValueError(f"{path}: {class_path} is not a medsynth synthesis method")
-    model = cls.load_from_checkpoint(path, map_location=map_location)
+    # The label set as recorded (a dataset.json that defined it need not exist here any more).
+    extra = {"label_set": ckpt[LABEL_SET_KEY]} if ckpt.get(LABEL_SET_KEY) else {}
+    model = cls.load_from_checkpoint(path, map_location=map_location, **extra)
     return model.eval()
 
 
@@ -145,18 +147,31 @@ class LabelCase:
 
 
 def read_label_case(
-    path: str | Path, image: str | Path | None = None, body_threshold: float = -500.0
+    path: str | Path,
+    image: str | Path | None = None,
+    body_threshold: float = -500.0,
+    label_set: LabelSet | str | None = None,
 ) -> LabelCase:
     """Read and validate a label volume; add the body class as in training.
 
-    The body class (16) is taken from the labels when present. Otherwise it is derived, exactly
-    as in training, from the matching CT volume ``image`` (threshold and morphology). Without
-    either there is no body outline to condition on, which is an error.
+    The body class (16 for AMOS, the label set's ``body`` in general) is taken from the labels
+    when present. Otherwise it is derived, exactly as in training, from the matching CT volume
+    ``image`` (threshold and morphology). Without either there is no body outline to condition
+    on, which is an error.
+
+    Args:
+        path: The label volume.
+        image: Its CT volume (for the body class), or None.
+        body_threshold: HU threshold of the body outline.
+        label_set: The label set the values must fit (a model's ``label_set``; None: AMOS).
 
     Raises:
-        ValueError: naming the file for unreadable volumes, non-integer or out-of-range labels,
-            an image of another shape or geometry, or a missing body outline.
+        ValueError: naming the file for unreadable volumes, non-integer labels, values outside
+            the label set (listing them), an image of another shape or geometry, or a missing
+            body outline.
     """
+    labels_set = get_label_set("amos" if label_set is None else label_set)
+    body = labels_set.body
     path = Path(path)
     try:
         raw, affine = load_nifti(path, label=True)
@@ -166,16 +181,18 @@ def read_label_case(
     if raw.dtype.kind == "f":
         if not np.all(np.isfinite(raw)) or not np.array_equal(raw, np.round(raw)):
             raise ValueError(
-                f"{path}: labels must be integers 0..{NUM_CLASSES - 1}, found non-integer values"
+                f"{path}: labels must be integers 0..{labels_set.num_classes - 1}, found non-integer values"
             )
-    if raw.size and (raw.min() < 0 or raw.max() > BODY):
+    if raw.size and (raw.min() < 0 or raw.max() >= labels_set.num_classes):
+        values = np.unique(raw)
+        bad = values[(values < 0) | (values >= labels_set.num_classes)]
         raise ValueError(
-            f"{path}: labels must lie in 0..{BODY} (AMOS ids 0..{NUM_ORGANS}, {BODY} = body), "
-            f"found {raw.min():g}..{raw.max():g}"
+            f"{path}: label values {bad[:10].astype(np.int64).tolist()} do not fit the label set "
+            f"{labels_set.name!r} (ids 0..{labels_set.num_classes - 1}, {body} = body)"
         )
     labels = raw.astype(np.uint8)
     lab_c, _ = canonicalize(labels, affine, CANONICAL_AXCODES)  # [H, W, D]
-    if (lab_c == BODY).any():
+    if (lab_c == body).any():
         mask = lab_c
     elif image is not None:
         image = Path(image)
@@ -188,10 +205,10 @@ def read_label_case(
                 f"{image}: shape/geometry {hu.shape} differs from the label volume {path} {labels.shape}"
             )
         hu_c, _ = canonicalize(hu, img_affine, CANONICAL_AXCODES)
-        mask = add_body_class(np.where(lab_c == BODY, 0, lab_c), body_mask(hu_c, body_threshold))
+        mask = add_body_class(np.where(lab_c == body, 0, lab_c), body_mask(hu_c, body_threshold), body)
     else:
         raise ValueError(
-            f"{path}: no body label ({BODY}) in the volume and no CT image to derive it from; "
+            f"{path}: no body label ({body}) in the volume and no CT image to derive it from; "
             f"pass the matching CT with --images, or add the body class to the labels"
         )
     return LabelCase(path, _stem(path), mask, VolumeGeometry(tuple(labels.shape), np.asarray(affine)), labels)
@@ -271,8 +288,9 @@ def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _nnunet_labels() -> dict[str, int]:
-    return {"background": 0, **{c.name: c.index for c in CLASSES[1 : NUM_ORGANS + 1]}}
+def _nnunet_labels(labels: LabelSet) -> dict[str, int]:
+    """dataset.json ``labels`` of an export: every class but body (the files carry no body)."""
+    return {c.name: c.index for c in labels.classes if c.index != labels.body}
 
 
 def synthesize_files(
@@ -310,7 +328,7 @@ def synthesize_files(
     cases = []
     for path in inputs:
         image = find_image(path, images) if images is not None else None
-        cases.append(read_label_case(path, image))
+        cases.append(read_label_case(path, image, label_set=model.label_set))
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
         raise ValueError(
@@ -344,14 +362,14 @@ def synthesize_files(
             written.append(target)
             if staging is not None:
                 _save_atomic(hu16, case.geometry.affine, staging / "imagesTr" / f"{case.name}_0000.nii.gz")
-                organs = np.where(case.labels == BODY, 0, case.labels).astype(np.uint8)
+                organs = np.where(case.labels == model.label_set.body, 0, case.labels).astype(np.uint8)
                 _save_atomic(organs, case.geometry.affine, staging / "labelsTr" / f"{case.name}.nii.gz")
         if staging is not None:
             meta = {
                 "name": nnunet,
                 "description": "Synthetic abdominal CT generated by medsynth",
                 "channel_names": {"0": "CT"},
-                "labels": _nnunet_labels(),
+                "labels": _nnunet_labels(model.label_set),
                 "numTraining": len(cases),
                 "file_ending": ".nii.gz",
             }

@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS, PAPER_DICE_ORDER
+from medsynth.labels import NUM_CLASSES, PAPER_DICE_ORDER, get_label_set
 from medsynth.metrics.dice import dice_counts, dice_from_counts
 from medsynth.metrics.image import (
     InceptionFeatures,
@@ -317,9 +317,16 @@ class SynthesisMetrics(Callback):
                 recs[j]["fake"] = fake_feats[j].astype(np.float32)
                 recs[j]["real"] = memo[k]
         if "dice" in self.metrics:
+            labels = getattr(pl_module, "label_set", None) or get_label_set("amos")
+            self._label_set = labels
+            if getattr(self.segmenter, "num_classes", labels.num_classes) != labels.num_classes:
+                raise ValueError(
+                    f"the segmenter has {self.segmenter.num_classes} classes, the model's label set "
+                    f"{labels.name!r} {labels.num_classes}; train the segmenter on the same label set"
+                )
             seg = self.segmenter.segment(fake.to(self.segmenter.device))  # [n, H, W]
             for j in range(len(keys)):
-                recs[j]["counts"] = dice_counts(seg[j], m[j], NUM_CLASSES).numpy()
+                recs[j]["counts"] = dice_counts(seg[j], m[j], labels.num_classes).numpy()
         for k, r in zip(keys, recs):
             self._records[k] = r
 
@@ -355,10 +362,14 @@ class SynthesisMetrics(Callback):
         if "dice" in self.metrics:
             counts = np.sum([records[k]["counts"] for k in keys], axis=0)
             dice = dice_from_counts(counts).numpy()
-            organ = [dice[i] for i in PAPER_DICE_ORDER]  # the paper's 14 organ columns
-            for i in ORGAN_IDS:
+            labels = getattr(self, "_label_set", None) or get_label_set("amos")
+            if labels.name == "amos":
+                organ = [dice[i] for i in PAPER_DICE_ORDER]  # the paper's 14 organ columns
+            else:
+                organ = [dice[i] for i in labels.structure_ids]  # every structure of the set
+            for i in labels.structure_ids:
                 if not math.isnan(dice[i]):
-                    out[f"dice/{CLASSES[i].name}"] = float(dice[i])
+                    out[f"dice/{labels.classes[i].name}"] = float(dice[i])
             present = [d for d in organ if not math.isnan(d)]
             if present:
                 out["dice/mean"] = float(np.mean(present))

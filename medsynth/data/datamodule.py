@@ -235,6 +235,13 @@ class PhantomDataModule(SliceDataModule):
             ts = get_label_set("totalseg")
             self.config = PreprocessConfig(image_size=image_size, body_label=ts.body, max_label=ts.body - 1)
 
+    @property
+    def label_set(self):
+        """The :class:`~medsynth.labels.LabelSet` of the masks."""
+        from medsynth.labels import get_label_set
+
+        return get_label_set(self.label_set_name)
+
     def make_volume(self, split: str, index: int) -> SliceVolume:
         """Generate and preprocess one phantom case."""
         from medsynth.data.phantom import make_phantom_case

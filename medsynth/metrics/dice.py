@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from medsynth.data.geometry import VolumeGeometry, reassemble_volume, window_to_hu
-from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS, TOTALSEG_TO_AMOS
+from medsynth.labels import (
+    CLASSES,
+    NUM_CLASSES,
+    ORGAN_IDS,
+    TOTALSEG_TO_AMOS,
+    LabelSet,
+    get_label_set,
+    totalseg_label_set,
+)
 
 __all__ = [
     "dice_counts",
@@ -220,6 +228,9 @@ class TotalSegmentatorScorer:
         fast: TotalSegmentator's 3 mm model.
         segment_fn: Replaces the TotalSegmentator call (``nibabel CT image -> total label ids``, as
             image or array); weights are then not needed. Tests use it.
+        label_set: The label set to score in (None: AMOS). TotalSegmentator's structures are
+            matched to its classes by name (:meth:`~medsynth.labels.LabelSet.lookup_to`); the ones
+            it lacks become background.
     """
 
     def __init__(
@@ -228,6 +239,7 @@ class TotalSegmentatorScorer:
         device: str = "cpu",
         fast: bool = False,
         segment_fn: Callable[[object], object] | None = None,
+        label_set: LabelSet | str | None = None,
     ) -> None:
         if not isinstance(device, str):
             raise ValueError(f"device must be a string such as 'cpu' or 'gpu', got {device!r}")
@@ -235,7 +247,16 @@ class TotalSegmentatorScorer:
         self.device = device.replace("cuda", "gpu")
         self.fast = bool(fast)
         self.segment_fn = segment_fn
-        self.roi_subset = [c.totalseg for c in CLASSES if c.index in ORGAN_IDS]
+        self.label_set = get_label_set("amos" if label_set is None else label_set)
+        if self.label_set.name == "amos":
+            self.roi_subset = [c.totalseg for c in CLASSES if c.index in ORGAN_IDS]
+            self._lut = _total_to_amos_lut()
+        else:
+            lut = totalseg_label_set().lookup_to(self.label_set)
+            lut[lut == self.label_set.body] = 0  # structures the set lacks: not scored
+            self._lut = lut
+            names = {c.totalseg or c.name for c in self.label_set.classes}
+            self.roi_subset = sorted(n for n in names if n in {c.name for c in totalseg_label_set().classes})
         if segment_fn is None:
             check_totalseg_weights(self.weights_dir, self.fast)
 
@@ -243,12 +264,17 @@ class TotalSegmentatorScorer:
         return run_totalsegmentator(ct, self.roi_subset, self.fast, self.device, self.weights_dir)
 
     def segment(self, ct) -> np.ndarray:
-        """CT volume (nibabel image, HU) -> AMOS label volume in the same geometry."""
+        """CT volume (nibabel image, HU) -> label volume of ``label_set`` (AMOS ids by default)."""
         seg = self.segment_fn(ct) if self.segment_fn is not None else self._run_totalsegmentator(ct)
         seg = np.asanyarray(seg.dataobj) if hasattr(seg, "dataobj") else np.asarray(seg)
         if seg.shape[:3] != tuple(ct.shape[:3]):
             raise ValueError(f"segmentation shape {seg.shape} does not match the CT volume {ct.shape}")
-        return map_totalseg_labels(seg)
+        seg = seg.astype(np.int64)
+        if seg.size and (seg.min() < 0 or seg.max() >= self._lut.size):
+            raise ValueError(
+                f"TotalSegmentator labels must lie in 0..{self._lut.size - 1}, got {seg.min()}..{seg.max()}"
+            )
+        return self._lut[seg]
 
     def score_case(
         self,

@@ -11,16 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medsynth.labels import NUM_CLASSES
+from medsynth.labels import NUM_CLASSES, LabelSet, get_label_set
 from medsynth.precision import sampling_autocast
 from medsynth.random import GeneratorLike, check_generator
 
-__all__ = ["SynthesisModule", "is_method", "check_mask", "one_hot", "check_batch"]
+__all__ = ["check_data_label_set", "SynthesisModule", "is_method", "check_mask", "one_hot", "check_batch"]
 
 # The optional generate() arguments and their meaning; a method lists those it supports.
 GENERATE_OPTIONS: tuple[str, ...] = ("num_steps", "sampler", "guidance_scale")
 #: Checkpoint entry naming the class that wrote it (``module.QualName``).
 CHECKPOINT_CLASS_KEY = "medsynth_class"
+#: Checkpoint entry holding the model's label set (:meth:`medsynth.labels.LabelSet.to_dict`).
+LABEL_SET_KEY = "medsynth_label_set"
 
 
 def check_mask(
@@ -85,6 +87,24 @@ def is_method(cls: Any) -> bool:
     )
 
 
+def check_data_label_set(model: Any, datamodule: Any) -> None:
+    """Raise a ValueError, before any training, when the data's label set is not the model's.
+
+    Data modules that know their label set expose it as ``label_set`` (a
+    :class:`~medsynth.labels.LabelSet`); others (AMOS22) are AMOS's.
+    """
+    if datamodule is None:
+        return
+    data = getattr(datamodule, "label_set", None)
+    data = data if isinstance(data, LabelSet) else get_label_set("amos")
+    if data.names() != model.label_set.names():
+        raise ValueError(
+            f"the data's label set {data.name!r} ({data.num_classes} classes) is not the model's "
+            f"{model.label_set.name!r} ({model.num_classes}); set --model.init_args.label_set to the "
+            f"data's (or remap the data with NNUNetDataModule(remap=...))"
+        )
+
+
 class SynthesisModule(L.LightningModule):
     """Base of all mask-to-CT methods.
 
@@ -94,7 +114,11 @@ class SynthesisModule(L.LightningModule):
 
     Args:
         image_size: Side of the square slices the model is trained on.
-        num_classes: Number of mask classes (17: background, 15 AMOS organs, body).
+        num_classes: Number of mask classes; None (the default) follows ``label_set`` (17 for
+            AMOS: background, 15 organs, body). A value that disagrees with it is a ValueError.
+        label_set: The classes of the masks: ``"amos"`` (default), ``"totalseg"``, or a
+            dataset.json path (:func:`medsynth.labels.get_label_set`). Checkpoints record the
+            whole table, so a model loads without the file.
     """
 
     generate_options: tuple[str, ...] = ()
@@ -102,14 +126,23 @@ class SynthesisModule(L.LightningModule):
     #: method of its own, so the contract suite (tests/test_contract.py) skips it. Not inherited.
     _base_class: bool = True
 
-    def __init__(self, image_size: int, num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, image_size: int, num_classes: int | None = None, label_set: str = "amos") -> None:
         super().__init__()
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        labels = get_label_set(LabelSet.from_dict(label_set) if isinstance(label_set, dict) else label_set)
+        if num_classes is None:
+            num_classes = labels.num_classes
         if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+            raise ValueError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
+        if num_classes != labels.num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} disagrees with label_set={labels.name!r}, which has "
+                f"{labels.num_classes} classes; leave num_classes out (it follows from label_set)"
+            )
         self.image_size = image_size
         self.num_classes = num_classes
+        self.label_set = labels
         self._host_checked = False  # set by on_before_batch_transfer, consumed by the step
 
     @torch.no_grad()
@@ -196,14 +229,17 @@ class SynthesisModule(L.LightningModule):
         return {k: v for k, v in options.items() if k in self.generate_options}
 
     def on_fit_start(self) -> None:
+        check_data_label_set(self, getattr(self.trainer, "datamodule", None))
         # seed_everything gives every DDP process the same seed, so each would draw the same
         # timesteps, noise and dropout for its (different) images. Offset the RNG by the rank.
         if self.trainer.world_size > 1:
             torch.manual_seed((torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lets medsynth.synthesis.load_model rebuild the right class from a checkpoint alone.
+        # Lets medsynth.synthesis.load_model rebuild the right class from a checkpoint alone,
+        # with its label set even where the dataset.json that defined it is not at hand.
         checkpoint[CHECKPOINT_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[LABEL_SET_KEY] = self.label_set.to_dict()
 
     # Validation/test loops must exist so that callbacks (medsynth.callbacks) can run on them;
     # subclasses may add a loss of their own.

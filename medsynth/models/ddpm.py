@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from medsynth.data import semantic_edges
 from medsynth.diffusion import SAMPLERS, GaussianDiffusion, sample
-from medsynth.labels import NUM_CLASSES
+from medsynth.labels import LabelSet
 from medsynth.models.base import SynthesisModule, check_batch, one_hot
 from medsynth.nn.ema import EMA
 from medsynth.nn.unet import DiffusionUNet
@@ -36,7 +36,8 @@ class DiffusionModel(SynthesisModule):
 
     Args:
         image_size: Side of the square slices.
-        num_classes: Mask classes (17).
+        num_classes: Mask classes (None: from label_set, 17 for AMOS).
+        label_set: "amos", "totalseg" or a dataset.json path (medsynth.labels.get_label_set).
         model_channels: Base width of the UNet (128, Improved DDPM at 256px).
         channel_mult: Width multipliers per resolution; default by image size ((1,1,2,2,4,4) at 256).
         num_res_blocks: Res blocks per resolution (2).
@@ -61,6 +62,9 @@ class DiffusionModel(SynthesisModule):
         channels_last: Keep the denoiser's (and its EMA copy's) conv weights channels-last, the
             faster layout for convolutions on recent GPUs (False).
         compile: ``torch.compile`` the denoiser and its EMA copy, in place (state dict keys stay) (False).
+        organ_dropout: Mask-ablated training (Konz et al., SegGuidedDiff, MICCAI 2024): each
+            structure present in a training mask is dropped with this probability (its pixels
+            become body), so ``generate()`` stays faithful to the structures a partial mask gives (0).
 
     Attributes:
         condition_cache: Whether ``generate()`` encodes the condition once per call instead of at
@@ -74,7 +78,8 @@ class DiffusionModel(SynthesisModule):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         model_channels: int = 128,
         channel_mult: Sequence[int] | None = None,
         num_res_blocks: int = 2,
@@ -87,13 +92,14 @@ class DiffusionModel(SynthesisModule):
         sampler: str = "ddpm",
         num_steps: int | None = None,
         init_from: str | None = None,
+        organ_dropout: float = 0.0,
         noise_schedule: str = "linear",
         ema_warmup: bool = False,
         lr_warmup_steps: int = 0,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
-        super().__init__(image_size, num_classes)
+        super().__init__(image_size, num_classes, label_set)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if lr <= 0:
@@ -102,6 +108,8 @@ class DiffusionModel(SynthesisModule):
             raise ValueError(f"num_steps must be None or an int in 1..{timesteps}, got {num_steps!r}")
         if not isinstance(lr_warmup_steps, int) or lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps must be an int >= 0, got {lr_warmup_steps!r}")
+        if not 0.0 <= organ_dropout < 1.0:
+            raise ValueError(f"organ_dropout must lie in [0, 1), got {organ_dropout!r}")
         self.save_hyperparameters()
         self.diffusion = GaussianDiffusion(num_timesteps=timesteps, noise_schedule=noise_schedule)
         self.net = self.build_network()
@@ -186,6 +194,8 @@ class DiffusionModel(SynthesisModule):
         noise = None
         if generator is not None:
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        if training and self.hparams.get("organ_dropout", 0.0) > 0:
+            mask = drop_structures(mask, self.label_set, self.hparams.organ_dropout)
         kwargs = self.training_model_kwargs(mask) if training else self.model_kwargs(mask)
         losses = self.diffusion.training_losses(net, x0, t, kwargs, noise)
         return {k: v.mean() for k, v in losses.items()}
@@ -259,6 +269,20 @@ class LinearWarmup:
         return min(1.0, (step + 1) / self.steps)
 
 
+def drop_structures(
+    mask: Tensor, labels: LabelSet, p: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Relabel each structure of each mask ``[B, H, W]`` as body with probability ``p`` (mask ablation).
+
+    Background and body stay; a structure is dropped as a whole in one slice (all its pixels).
+    """
+    b = mask.shape[0]
+    drop = torch.rand((b, labels.num_classes), generator=generator, device="cpu").to(mask.device) < p
+    drop[:, [0, labels.body]] = False  # [B, C]
+    hit = torch.gather(drop, 1, mask.reshape(b, -1)).reshape(mask.shape)  # [B, H, W]
+    return torch.where(hit, torch.full_like(mask, labels.body), mask)
+
+
 class ConditionalDDPM(DiffusionModel):
     """Conditional DDPM (Zhuang et al., Fig. 2a): the one-hot mask concatenated to x_t."""
 
@@ -281,7 +305,8 @@ class _BranchedDDPM(DiffusionModel):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         model_channels: int = 128,
         cond_model_channels: int | None = None,
         cond_num_res_blocks: int = 1,
@@ -295,7 +320,7 @@ class _BranchedDDPM(DiffusionModel):
             "cond_model_channels": cond_model_channels,
             "cond_num_res_blocks": cond_num_res_blocks,
         }
-        super().__init__(image_size, num_classes, model_channels, **kwargs)
+        super().__init__(image_size, num_classes, label_set, model_channels=model_channels, **kwargs)
 
 
 class MaskGuidedDDPM(_BranchedDDPM):

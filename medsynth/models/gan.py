@@ -27,7 +27,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from medsynth.labels import NUM_CLASSES
 from medsynth.models.base import SynthesisModule, check_batch, check_mask, one_hot
 from medsynth.nn.ema import EMA
 from medsynth.random import GeneratorLike
@@ -67,7 +66,8 @@ class GANModule(SynthesisModule):
 
     Args:
         image_size: Side of the square slices.
-        num_classes: Mask classes (17).
+        num_classes: Mask classes (None: from label_set, 17 for AMOS).
+        label_set: "amos", "totalseg" or a dataset.json path (medsynth.labels.get_label_set).
         lr_g, lr_d: Adam learning rates of the generator and discriminator.
         betas_g, betas_d: Adam betas.
     """
@@ -80,14 +80,15 @@ class GANModule(SynthesisModule):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         *,
         lr_g: float,
         lr_d: float,
         betas_g: tuple[float, float],
         betas_d: tuple[float, float],
     ) -> None:
-        super().__init__(image_size, num_classes)
+        super().__init__(image_size, num_classes, label_set)
         for name, lr in (("lr_g", lr_g), ("lr_d", lr_d)):
             if not lr > 0:
                 raise ValueError(f"{name} must be positive, got {lr!r}")

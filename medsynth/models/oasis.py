@@ -6,7 +6,6 @@ from pathlib import Path
 
 from torch import Tensor
 
-from medsynth.labels import NUM_CLASSES
 from medsynth.models.gan import GANModule
 from medsynth.nn.discriminators import OASISDiscriminator
 from medsynth.nn.gan_losses import labelmix_loss, labelmix_mask, oasis_d_fake_loss, oasis_real_loss
@@ -28,7 +27,8 @@ class OASIS(GANModule):
 
     Args:
         image_size: Slice side (the generator starts at image_size / 32, adapted below 64).
-        num_classes: Mask classes N (17); D predicts N + 1.
+        num_classes: Mask classes N (None: from label_set, 17 for AMOS); D predicts N + 1.
+        label_set: "amos", "totalseg" or a dataset.json path (medsynth.labels.get_label_set).
         model_channels: Generator base width (64; channels [16,16,16,8,4,2,1] x 64).
         disc_channels: Discriminator base width (64; encoder 128..512).
         spade_hidden: Hidden channels of each SPADE layer (128).
@@ -48,7 +48,8 @@ class OASIS(GANModule):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         model_channels: int = 64,
         disc_channels: int = 64,
         spade_hidden: int = 128,
@@ -63,15 +64,17 @@ class OASIS(GANModule):
         ema_bn_batches: int = 50,
         ema_warmup: bool = False,
     ) -> None:
-        super().__init__(image_size, num_classes, lr_g=lr_g, lr_d=lr_d, betas_g=betas, betas_d=betas)
+        super().__init__(
+            image_size, num_classes, label_set, lr_g=lr_g, lr_d=lr_d, betas_g=betas, betas_d=betas
+        )
         for name, value in (("lambda_labelmix", lambda_labelmix), ("lambda_vgg", lambda_vgg)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.save_hyperparameters()
         self.vgg = VGGLoss(vgg_weights) if lambda_vgg > 0 else None  # fails early without weights
         self.build(
-            OASISGenerator(image_size, num_classes, model_channels, z_dim=z_dim, hidden=spade_hidden),
-            OASISDiscriminator(image_size, num_classes, 1, disc_channels),
+            OASISGenerator(image_size, self.num_classes, model_channels, z_dim=z_dim, hidden=spade_hidden),
+            OASISDiscriminator(image_size, self.num_classes, 1, disc_channels),
             ema_decay=ema_decay,
             ema_bn_batches=ema_bn_batches,
             ema_warmup=ema_warmup,

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medsynth.labels import NUM_CLASSES
 from medsynth.models.gan import GANModule
 from medsynth.nn.discriminators import PatchDiscriminator
 from medsynth.nn.gan_losses import bce_gan_loss
@@ -24,7 +23,8 @@ class Pix2Pix(GANModule):
 
     Args:
         image_size: Slice side, a power of two (the U-Net has ``log2(image_size)`` levels).
-        num_classes: Mask classes (17).
+        num_classes: Mask classes (None: from label_set, 17 for AMOS).
+        label_set: "amos", "totalseg" or a dataset.json path (medsynth.labels.get_label_set).
         model_channels: Generator base width ngf (64).
         disc_channels: Discriminator base width ndf (64).
         n_layers_d: PatchGAN normalised convs (3: 70x70 patches); capped at
@@ -38,7 +38,8 @@ class Pix2Pix(GANModule):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         model_channels: int = 64,
         disc_channels: int = 64,
         n_layers_d: int = 3,
@@ -47,7 +48,7 @@ class Pix2Pix(GANModule):
         lr: float = 5e-4,
         betas: tuple[float, float] = (0.5, 0.999),
     ) -> None:
-        super().__init__(image_size, num_classes, lr_g=lr, lr_d=lr, betas_g=betas, betas_d=betas)
+        super().__init__(image_size, num_classes, label_set, lr_g=lr, lr_d=lr, betas_g=betas, betas_d=betas)
         if lambda_l1 < 0:
             raise ValueError(f"lambda_l1 must be >= 0, got {lambda_l1}")
         if n_layers_d < 1:
@@ -55,9 +56,13 @@ class Pix2Pix(GANModule):
         self.save_hyperparameters()
         depth = unet_depth(image_size)
         self.build(
-            UNetGenerator(num_classes, 1, model_channels, depth=depth, dropout=dropout),
+            UNetGenerator(self.num_classes, 1, model_channels, depth=depth, dropout=dropout),
             PatchDiscriminator(
-                num_classes + 1, disc_channels, min(n_layers_d, max(1, depth - 2)), norm="batch", padding=1
+                self.num_classes + 1,
+                disc_channels,
+                min(n_layers_d, max(1, depth - 2)),
+                norm="batch",
+                padding=1,
             ),
         )
         self.loss_weights = {"d_real": 0.5, "d_fake": 0.5, "g_gan": 1.0, "g_l1": lambda_l1}

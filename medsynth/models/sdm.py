@@ -15,7 +15,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from medsynth.diffusion import ClassifierFreeGuidance
-from medsynth.labels import NUM_CLASSES
 from medsynth.models.base import one_hot
 from medsynth.models.ddpm import DiffusionModel
 from medsynth.nn.unet import SPADEDiffusionUNet
@@ -28,7 +27,8 @@ class SDM(DiffusionModel):
 
     Args:
         image_size: Side of the square slices.
-        num_classes: Mask classes (17).
+        num_classes: Mask classes (None: from label_set, 17 for AMOS).
+        label_set: "amos", "totalseg" or a dataset.json path (medsynth.labels.get_label_set).
         model_channels: Base width of the UNet (128, as the paper trains SDM like its DDPMs).
         drop_rate: Probability of zeroing the whole mask while training (0; SDM's recipe is to
             fine-tune with 0.2 at lr 2e-5 after training with 0 at lr 1e-4).
@@ -42,7 +42,8 @@ class SDM(DiffusionModel):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         model_channels: int = 128,
         drop_rate: float = 0.0,
         guidance_scale: float = 1.5,
@@ -56,7 +57,7 @@ class SDM(DiffusionModel):
         if spade_hidden < 1:
             raise ValueError(f"spade_hidden must be positive, got {spade_hidden!r}")
         self._spade_hidden = spade_hidden
-        super().__init__(image_size, num_classes, model_channels, **kwargs)
+        super().__init__(image_size, num_classes, label_set, model_channels=model_channels, **kwargs)
         # Whether the null (all-zero) condition has been trained (drop_rate > 0 at some point):
         # guidance extrapolates from it, so without it guidance means nothing. Saved in checkpoints.
         self.register_buffer("null_trained", torch.tensor(False))

@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from torch import Tensor
 
-from medsynth.labels import CLASSES, NUM_CLASSES, ORGAN_IDS
+from medsynth.labels import get_label_set
 from medsynth.metrics.dice import dice_counts, dice_from_counts
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, check_batch
 
@@ -31,7 +31,8 @@ class OrganSegmenter(L.LightningModule):
 
     Args:
         image_size: Side of the square slices.
-        num_classes: Mask classes (17: background, 15 organs, body).
+        num_classes: Mask classes (None: from ``label_set``, 17 for AMOS); must agree with it.
+        label_set: "amos", "totalseg" or a dataset.json path (:func:`medsynth.labels.get_label_set`).
         model_channels: Base width; the U-Net uses ``(c, c, 2c, 4c, 8c, c)`` features.
         lr: Adam learning rate.
         dropout: Dropout of the U-Net blocks.
@@ -43,7 +44,8 @@ class OrganSegmenter(L.LightningModule):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         model_channels: int = 32,
         lr: float = 1e-3,
         dropout: float = 0.0,
@@ -51,8 +53,15 @@ class OrganSegmenter(L.LightningModule):
         super().__init__()
         if not isinstance(image_size, int) or image_size < 32:  # four 2x poolings, instance norm at 2x2
             raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
+        labels = get_label_set(label_set)
+        num_classes = labels.num_classes if num_classes is None else num_classes
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if num_classes != labels.num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} disagrees with label_set={labels.name!r} ({labels.num_classes} classes)"
+            )
+        self.label_set = labels
         if not isinstance(model_channels, int) or model_channels < 1:
             raise ValueError(f"model_channels must be a positive int, got {model_channels!r}")
         if not lr > 0:
@@ -111,12 +120,14 @@ class OrganSegmenter(L.LightningModule):
         if self.trainer.world_size > 1:
             counts = self.all_gather(counts).sum(dim=0)
         dice = dice_from_counts(counts.cpu())
-        organs = [i for i in ORGAN_IDS if i < self.num_classes]
+        organs = list(self.label_set.structure_ids)
         self.log(f"{stage}/dice", float(torch.nanmean(dice[organs])), rank_zero_only=False)
         # Per organ too, under the keys SynthesisMetrics uses, so reports can show real-image Dice.
         for i in organs:
             if not torch.isnan(dice[i]):
-                self.log(f"{stage}/dice/{CLASSES[i].name}", float(dice[i]), rank_zero_only=False)
+                self.log(
+                    f"{stage}/dice/{self.label_set.classes[i].name}", float(dice[i]), rank_zero_only=False
+                )
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")

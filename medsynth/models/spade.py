@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from medsynth.labels import NUM_CLASSES
 from medsynth.models.gan import GANModule
 from medsynth.nn.discriminators import MultiscaleDiscriminator
 from medsynth.nn.gan_losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
@@ -28,7 +27,8 @@ class SPADE(GANModule):
 
     Args:
         image_size: Slice side (the generator starts at image_size / 32, adapted below 64).
-        num_classes: Mask classes (17).
+        num_classes: Mask classes (None: from label_set, 17 for AMOS).
+        label_set: "amos", "totalseg" or a dataset.json path (medsynth.labels.get_label_set).
         model_channels: Generator base width ngf (64).
         disc_channels: Discriminator base width ndf (64).
         spade_hidden: Hidden channels of each SPADE layer (128).
@@ -46,7 +46,8 @@ class SPADE(GANModule):
     def __init__(
         self,
         image_size: int,
-        num_classes: int = NUM_CLASSES,
+        num_classes: int | None = None,
+        label_set: str = "amos",
         model_channels: int = 64,
         disc_channels: int = 64,
         spade_hidden: int = 128,
@@ -60,15 +61,17 @@ class SPADE(GANModule):
         betas: tuple[float, float] = (0.0, 0.9),
     ) -> None:
         lr_g, lr_d = (lr / 2, lr * 2) if ttur else (lr, lr)
-        super().__init__(image_size, num_classes, lr_g=lr_g, lr_d=lr_d, betas_g=betas, betas_d=betas)
+        super().__init__(
+            image_size, num_classes, label_set, lr_g=lr_g, lr_d=lr_d, betas_g=betas, betas_d=betas
+        )
         for name, value in (("lambda_feat", lambda_feat), ("lambda_vgg", lambda_vgg)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.save_hyperparameters()
         self.vgg = VGGLoss(vgg_weights) if lambda_vgg > 0 else None  # fails early without weights
         self.build(
-            SPADEGenerator(image_size, num_classes, model_channels, hidden=spade_hidden),
-            MultiscaleDiscriminator(num_classes + 1, disc_channels, n_layers_d, num_d),
+            SPADEGenerator(image_size, self.num_classes, model_channels, hidden=spade_hidden),
+            MultiscaleDiscriminator(self.num_classes + 1, disc_channels, n_layers_d, num_d),
         )
         self.loss_weights = {
             "d_real": 1.0,
