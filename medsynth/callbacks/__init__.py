@@ -1,12 +1,15 @@
-"""Lightning callbacks: the paper's metrics (exact under DDP) and image grids."""
+"""Lightning callbacks: the paper's metrics (exact under DDP), image grids, progress for logs."""
 
 from medsynth.callbacks.images import SynthesisImageGrid, comparison_grid, overlay
 from medsynth.callbacks.metrics import SynthesisMetrics
+from medsynth.callbacks.progress import LogProgressBar, StepProgressBar
 from medsynth.random import slice_generators, slice_seed
 
 __all__ = [
     "SynthesisMetrics",
     "SynthesisImageGrid",
+    "LogProgressBar",
+    "StepProgressBar",
     "comparison_grid",
     "overlay",
     "slice_seed",

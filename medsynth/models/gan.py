@@ -1,16 +1,16 @@
 """One LightningModule base for the GAN baselines (Pix2Pix, SPADE, OASIS).
 
 Manual optimisation: each training step generates once, updates the discriminator on the
-detached fake, then the generator through the updated discriminator (Pix2Pix's order).
-
-Steps count iterations: Lightning counts every optimiser step of a manually optimised module in
-``trainer.global_step``, so a G/D pair would count twice (``max_steps=60`` giving 30 iterations).
-Here only the generator's step counts; the discriminator's step is not counted. So
-``max_steps``, ``val_check_interval``, ``every_n_train_steps``, checkpoint names
-(``step=N``) and the logged step all count generator/discriminator iterations, one per batch. The
+detached fake, then the generator through the updated discriminator (Pix2Pix's order). The
 methods differ only in the networks they build and in two hooks returning dicts of named loss
 terms; the base weights the terms with ``loss_weights``, sums them and logs every term under
 ``train/<name>`` and the totals under ``train/d_loss`` and ``train/g_loss``.
+
+Steps count iterations: Lightning counts every optimiser step of a manually optimised module in
+``trainer.global_step``, so a G/D pair would count twice (``max_steps=60`` giving 30 iterations).
+Here only the generator's step counts, so ``max_steps``, ``val_check_interval``,
+``every_n_train_steps``, checkpoint names (``step=N``) and the logged step all count
+generator/discriminator iterations, one per batch.
 
 Images are [0, 1] outside and [-1, 1] (tanh) inside. Multi-GPU: run with Lightning's
 ``Trainer(strategy="ddp", sync_batchnorm=True)`` to turn the batch norms (in SPADE/OASIS's SPADE
@@ -256,7 +256,9 @@ class GANModule(SynthesisModule):
                 "generating with the statistics copied from the training generator"
             )
             return
-        self.recompute_ema_batch_norm(batches, self.ema_bn_batches)
+        # fast_dev_run checks the code path: one batch is enough for that.
+        fast = bool(getattr(self._trainer, "fast_dev_run", False))
+        self.recompute_ema_batch_norm(batches, 1 if fast else self.ema_bn_batches)
 
     def on_validation_start(self) -> None:
         self._refresh_ema_statistics()
