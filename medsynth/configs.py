@@ -17,6 +17,7 @@ Three small additions to LightningCLI keep every file in experiments/ short:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,13 @@ class MedsynthCLI(LightningCLI):
             "ModelCheckpoint without dirpath.",
         )
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        # medsynth.cli.main always passes the (expanded) command line as ``args``; LightningCLI
+        # warns whenever args and sys.argv are both given, which here is every run.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         apply_run_name(self.config[self.subcommand] if self.subcommand else self.config)

@@ -9,7 +9,7 @@ from medsynth.cli import lightning_cli
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "phantom" / "mask_guided_ddpm.yaml"
 TINY = [
-    "--model.init_args.image_size", "32", "--model.init_args.model_channels", "8",
+    "--model.init_args.model_channels", "8",  # image_size: from data (linked)
     "--model.init_args.channel_mult", "[1, 2]", "--model.init_args.attention_resolutions", "[]",
     "--data.init_args.image_size", "32", "--data.init_args.num_train_cases", "1",
     "--data.init_args.num_val_cases", "1", "--data.init_args.num_test_cases", "0",

@@ -34,6 +34,12 @@ __all__ = ["DiffusionModel", "ConditionalDDPM", "MaskGuidedDDPM", "EdgeGuidedDDP
 class DiffusionModel(SynthesisModule):
     """Shared base of the diffusion methods (the three DDPMs and SDM).
 
+    A variant overrides :meth:`build_network` and :meth:`model_kwargs` (and optionally
+    :meth:`training_model_kwargs` / :meth:`denoiser`). ``__init__`` calls ``build_network()``
+    after ``save_hyperparameters()``, so the hook can read ``self.hparams`` (the base's and the
+    variant's own arguments); any other state it needs must be set *before* calling
+    ``super().__init__`` (SDM stores ``self._spade_hidden`` first for this reason).
+
     Args:
         image_size: Side of the square slices.
         num_classes: Mask classes (None: from label_set, 17 for AMOS).
@@ -122,7 +128,13 @@ class DiffusionModel(SynthesisModule):
 
     # ---- what a variant defines ------------------------------------------------------------
     def build_network(self) -> nn.Module:
-        """The denoiser ``net(x_t, t, **model_kwargs) -> [B, 2, H, W]``."""
+        """The denoiser ``net(x_t, t, **model_kwargs) -> [B, 2, H, W]`` (epsilon and the variance
+        interpolation of Improved DDPM).
+
+        Called once from ``DiffusionModel.__init__``, before the EMA copy is made: set whatever it
+        reads other than ``self.hparams`` before ``super().__init__``. :meth:`unet` builds a
+        :class:`DiffusionUNet` with this module's widths plus variant overrides.
+        """
         raise NotImplementedError
 
     def model_kwargs(self, mask: Tensor) -> dict[str, Tensor]:
@@ -301,6 +313,8 @@ class _BranchedDDPM(DiffusionModel):
         cond_num_res_blocks: Res blocks per resolution in the branch (1).
         **kwargs: As :class:`DiffusionModel`.
     """
+
+    _base_class = True  # MaskGuidedDDPM and EdgeGuidedDDPM are the methods
 
     def __init__(
         self,
