@@ -155,7 +155,9 @@ def test_bad_input_writes_nothing(checkpoint, tmp_path, capsys):
     good = _save(_labels(), np.eye(4), tmp_path / "good.nii.gz")
     bad = _save(np.full((16, 16, 2), 20, np.uint8), np.eye(4), tmp_path / "bad.nii.gz")
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"bad.nii.gz: label values \[20\] do not fit the label set .amos. \(ids 0..16"):
+    with pytest.raises(
+        ValueError, match=r"bad.nii.gz: label values \[20\] do not fit the label set .amos. \(ids 0..16"
+    ):
         synthesize_files(load_model(checkpoint), [good, bad], out, progress=False)
     assert not out.exists() or not any(out.iterdir())
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
