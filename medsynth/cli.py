@@ -86,29 +86,24 @@ def lightning_cli(args: list[str] | None, run: bool = True):
         args: The command line after ``medsynth`` (subcommand first); None reads ``sys.argv``.
         run: Run the subcommand (False: only instantiate the classes).
     """
-    import warnings
-
     import lightning as L
 
     import medsynth.data  # noqa: F401 - registers the data modules for short names
     import medsynth.models  # noqa: F401 - registers the methods for short names
     from medsynth.configs import expand_defaults
 
-    args = expand_defaults(sys.argv[1:] if args is None else args)
-    with warnings.catch_warnings():
-        # The expanded command line is passed as ``args`` on purpose (``defaults`` pieces become
-        # repeated --config arguments); LightningCLI's warning about args next to sys.argv is moot.
-        warnings.filterwarnings("ignore", message=".*not recommended to provide both args and command line")
-        return lightning_cli_class()(
-            model_class=L.LightningModule,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-            parser_kwargs={"prog": "medsynth"},
-        )
+    # The expanded command line goes to LightningCLI as ``args`` (``defaults`` pieces become
+    # repeated --config arguments); MedsynthCLI silences its warning about args next to sys.argv.
+    return lightning_cli_class()(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=expand_defaults(sys.argv[1:] if args is None else args),
+        run=run,
+        parser_kwargs={"prog": "medsynth"},
+    )
 
 
 def _phantom_parser() -> argparse.ArgumentParser:
