@@ -212,9 +212,10 @@ def score(
     for name, c in TARGET_ORGANS.items():
         out[f"err/{name}"] = float(err[c])
         out[f"dice/{name}"] = float(dice[c])
-    out["err/max"] = max(out[f"err/{n}"] for n in TARGET_ORGANS)
-    out["err/mean"] = float(np.mean([out[f"err/{n}"] for n in TARGET_ORGANS]))
-    out["dice/mean"] = float(np.mean([out[f"dice/{n}"] for n in TARGET_ORGANS]))
+    # over the target organs present in the evaluated slices (NaN entries: organ absent)
+    out["err/max"] = float(np.nanmax([out[f"err/{n}"] for n in TARGET_ORGANS]))
+    out["err/mean"] = float(np.nanmean([out[f"err/{n}"] for n in TARGET_ORGANS]))
+    out["dice/mean"] = float(np.nanmean([out[f"dice/{n}"] for n in TARGET_ORGANS]))
     out["dice/all_organs"] = float(np.nanmean([float(dice[c]) for c in ORGAN_IDS]))
     out["frechet_seg"] = frechet_distance(feats.numpy(), real_feats.numpy())
     return out
@@ -502,7 +503,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         **{f"dice/{n}": float(real_dice[c]) for n, c in TARGET_ORGANS.items()},
         "err/max": 0.0,
         "err/mean": 0.0,
-        "dice/mean": float(np.mean([float(real_dice[c]) for c in TARGET_ORGANS.values()])),
+        "dice/mean": float(np.nanmean([float(real_dice[c]) for c in TARGET_ORGANS.values()])),
         "dice/all_organs": float(np.nanmean([float(real_dice[c]) for c in ORGAN_IDS])),
         "frechet_seg": frechet_distance(train_feats.numpy(), real_feats.numpy()),
     }
@@ -615,7 +616,8 @@ def run_samplers(args: argparse.Namespace) -> dict[str, Any]:
                     "per_seed": per_seed,
                 }
             )
-            rows[-1]["within_2pct"] = "yes" if within_2pct(rows[-1]["metrics"], rows[0]["metrics"]) else "no"
+            ok = within_2pct(rows[-1]["metrics"], rows[0]["metrics"])
+            rows[-1]["within_2pct"] = "reference" if len(rows) == 1 else ("yes" if ok else "no")
             print(
                 f"  {label} {sampler}:{steps} "
                 + json.dumps(
