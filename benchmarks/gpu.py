@@ -114,7 +114,7 @@ def train_throughput(a: argparse.Namespace, vgg: Path | None) -> None:
             accelerator=a.accelerator,
             devices=1,
             precision=a.precision,
-            max_steps=steps,
+            max_epochs=1,  # one epoch of `steps` batches (max_steps counts a GAN's two optimisers twice)
             limit_val_batches=0,
             logger=False,
             enable_checkpointing=False,
@@ -223,7 +223,7 @@ def flop_utilisation(a: argparse.Namespace, device: torch.device) -> None:
         base = base or a.batch / s
         tflops = flops / s / 1e12
         print(
-            f"| {name} | {flops / 1e9:.0f} | {s:.4f} | {a.batch / s:.1f} | {tflops:.1f} | "
+            f"| {name} | {flops / 1e9:.4g} | {s:.4f} | {a.batch / s:.1f} | {tflops:.1f} | "
             f"{100 * tflops / a.peak_tflops:.1f}% | {a.batch / s / base:.2f} |",
             flush=True,
         )
