@@ -114,7 +114,7 @@ def train_throughput(a: argparse.Namespace, vgg: Path | None) -> None:
             accelerator=a.accelerator,
             devices=1,
             precision=a.precision,
-            max_steps=steps,
+            max_epochs=1,  # one epoch of `steps` batches (max_steps counts a GAN's two optimisers twice)
             limit_val_batches=0,
             logger=False,
             enable_checkpointing=False,
@@ -131,10 +131,14 @@ def _batch(a: argparse.Namespace, device: torch.device) -> dict:
     return {"image": data.images.to(device), "mask": data.masks.to(device)}
 
 
-def ddpm_step(a: argparse.Namespace, device: torch.device, channels_last: bool = False) -> Callable[[], None]:
+def ddpm_step(
+    a: argparse.Namespace, device: torch.device, channels_last: bool = False, compile: bool = False
+) -> Callable[[], None]:
     """One training step of the conditional DDPM (hybrid loss, backward, AdamW, EMA update)."""
     torch.manual_seed(0)
-    model = ConditionalDDPM(**model_kwargs(ConditionalDDPM, a, None), channels_last=channels_last).to(device)
+    model = ConditionalDDPM(
+        **model_kwargs(ConditionalDDPM, a, None), channels_last=channels_last, compile=compile
+    ).to(device)
     opt = model.configure_optimizers()
     batch = _batch(a, device)
 
@@ -215,15 +219,22 @@ def flop_utilisation(a: argparse.Namespace, device: torch.device) -> None:
         ("ConditionalDDPM", lambda: ddpm_step(a, device)),
         ("ConditionalDDPM, channels_last", lambda: ddpm_step(a, device, channels_last=True)),
     ]
-    base = None
+    if a.compile:  # compiling takes minutes at the GPU size: opt-in
+        rows.append(("ConditionalDDPM, torch.compile", lambda: ddpm_step(a, device, compile=True)))
+    base, eager_flops = None, 0
     for name, make in rows:
         step = make()
-        flops = step_flops(step)
+        if "compile" in name:  # the same network: its FLOPs are the eager row's (compiled
+            step()  # kernels are invisible to FlopCounterMode); this call compiles
+            flops = eager_flops
+        else:
+            flops = step_flops(step)
+            eager_flops = flops if name == "ConditionalDDPM" else eager_flops
         s = time_step(step, device, a.warmup, a.train_steps)
         base = base or a.batch / s
         tflops = flops / s / 1e12
         print(
-            f"| {name} | {flops / 1e9:.0f} | {s:.4f} | {a.batch / s:.1f} | {tflops:.1f} | "
+            f"| {name} | {flops / 1e9:.4g} | {s:.4f} | {a.batch / s:.1f} | {tflops:.1f} | "
             f"{100 * tflops / a.peak_tflops:.1f}% | {a.batch / s / base:.2f} |",
             flush=True,
         )
@@ -301,6 +312,16 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def bf16_quality(a: argparse.Namespace, device: torch.device) -> None:
+    # The reference is true fp32: no TF32 in the convolutions and matmuls (cuDNN's default is TF32).
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _bf16_quality(a, device)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _bf16_quality(a: argparse.Namespace, device: torch.device) -> None:
     mask = _batch(a, device)["mask"]
     source = f"checkpoint {a.ckpt}" if a.ckpt else "random perturbed weights"
     print(f"\n## bf16 vs fp32 sampling: PSNR (dB) between the outputs on the same seeds ({source})")
@@ -330,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         "--ckpt", type=Path, default=None, help="a trained diffusion checkpoint for the bf16 check"
     )
     p.add_argument("--sections", nargs="+", default=["train", "mfu", "sample", "bf16"])
+    p.add_argument("--compile", action="store_true", help="add a torch.compile row to the MFU table (slow)")
     a = p.parse_args(argv)
     if a.cpu_smoke:
         torch.set_num_threads(1)
@@ -344,7 +366,6 @@ def main(argv: list[str] | None = None) -> None:
         a.size, a.width, a.batch, a.precision, a.dtype = 256, 128, 16, "bf16-mixed", torch.bfloat16
         a.warmup, a.train_steps, a.nfe, a.full_nfe, a.sample_precision = 3, 10, (25, 100, 1000), 1000, "bf16"
         a.quality_settings = [("ddim", 25), ("ddpm", 100)]
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     clock = Clock(a.budget)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke run, tiny sizes)"

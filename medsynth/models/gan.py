@@ -153,7 +153,8 @@ class GANModule(SynthesisModule):
         return self.generator(one_hot(mask, self.num_classes), generator=generator)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        image, mask = check_batch(batch, self.num_classes)
+        # values checked on the host before the transfer (no device sync) when under a Trainer
+        image, mask = check_batch(batch, self.num_classes, check_values=not self.consume_host_check())
         self.check_size(mask)
         real = image * 2 - 1  # [B, 1, H, W] in [-1, 1]
         seg = one_hot(mask, self.num_classes, dtype=real.dtype)  # [B, N, H, W]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -96,13 +97,13 @@ class SPADENorm(nn.Module):
             if seg is None:
                 raise ValueError("SPADENorm needs seg (the label map) or a precomputed modulation")
             gamma, beta = self.modulation(seg, tuple(x.shape[-2:]))
-            return self.norm(x) * (1.0 + gamma) + beta
+            return torch.addcmul(beta, self.norm(x), 1.0 + gamma)  # one pass: norm(x) * (1 + gamma) + beta
         scale, beta = modulation
         if scale.shape[0] != x.shape[0] or scale.shape[-2:] != x.shape[-2:]:
             raise ValueError(
                 f"precomputed SPADE modulation {tuple(scale.shape)} does not fit the activation {tuple(x.shape)}"
             )
-        return self.norm(x) * scale + beta
+        return torch.addcmul(beta, self.norm(x), scale)
 
 
 class SPADEGANResBlock(nn.Module):
