@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -16,6 +17,12 @@ from medsynth.precision import sampling_autocast
 from medsynth.random import GeneratorLike, check_generator
 
 __all__ = ["check_data_label_set", "SynthesisModule", "is_method", "check_mask", "one_hot", "check_batch"]
+
+# SynthesisModule checks mask values on the host in on_before_batch_transfer, which is meant to
+# run whatever data module feeds it; Lightning warns about every such pairing. Only that warning.
+warnings.filterwarnings(
+    "ignore", message=r"You have overridden `on_before_batch_transfer` in `LightningModule`"
+)
 
 # The optional generate() arguments and their meaning; a method lists those it supports.
 GENERATE_OPTIONS: tuple[str, ...] = ("num_steps", "sampler", "guidance_scale")
