@@ -596,7 +596,7 @@ def run_samplers(args: argparse.Namespace) -> dict[str, Any]:
     for label, (name, path) in targets.items():
         model = load(name, path, dm, args.device)
         rows = []
-        for sampler, steps in (("ddpm", 1000), *SAMPLER_SETTINGS):
+        for sampler, steps in (*args.reference, *args.settings):
             t0 = time.perf_counter()
             per_seed = [
                 score(
@@ -617,7 +617,10 @@ def run_samplers(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             ok = within_2pct(rows[-1]["metrics"], rows[0]["metrics"])
-            rows[-1]["within_2pct"] = "reference" if len(rows) == 1 else ("yes" if ok else "no")
+            if not args.reference:
+                rows[-1]["within_2pct"] = "n/a"
+            else:
+                rows[-1]["within_2pct"] = "reference" if len(rows) == 1 else ("yes" if ok else "no")
             print(
                 f"  {label} {sampler}:{steps} "
                 + json.dumps(
@@ -670,8 +673,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ckpt-method", default="mask_guided_ddpm", choices=[m for m in METHODS if "ddpm" in m or m == "sdm"]
     )
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        default=[f"{s}:{n}" for s, n in SAMPLER_SETTINGS],
+        metavar="SAMPLER:STEPS",
+        help="--samplers: the settings to compare (default: ddpm, ddim, dpm++ at 10/25/50/100)",
+    )
+    p.add_argument(
+        "--reference", default="ddpm:1000", help="--samplers: the reference setting, or 'none' (ddpm:1000)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
+
+    def setting(text: str) -> tuple[str, int]:
+        sampler, _, steps = text.partition(":")
+        if sampler not in ("ddpm", "ddim", "dpm++") or not steps.isdigit() or int(steps) < 1:
+            p.error(f"a sampler setting looks like ddim:25, got {text!r}")
+        return sampler, int(steps)
+
+    a.settings = [setting(x) for x in a.settings]
+    a.reference = [] if a.reference == "none" else [setting(a.reference)]
     if a.budget <= 0 or a.seeds < 1:
         p.error("--budget and --seeds must be positive")
     a.num_eval = None if a.num_eval == 0 else a.num_eval
