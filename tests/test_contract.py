@@ -139,8 +139,12 @@ def perturbed_model(cls: type) -> SynthesisModule:
     L.seed_everything(0, verbose=False)
     model = tiny_model(cls)
     g = torch.Generator().manual_seed(0)
+    params = list(model.parameters())
+    ema = getattr(model, "ema", None)
+    if ema is not None:  # the EMA copy is held outside the module tree (medsynth.nn.ema)
+        params += list(ema.shadow.parameters())
     with torch.no_grad():
-        for p in model.parameters():
+        for p in params:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     return model
 

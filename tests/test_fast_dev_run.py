@@ -15,7 +15,8 @@ from medsynth.callbacks.metrics import FAST_DEV_RUN_STEPS
 from medsynth.cli import lightning_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
-PHANTOM = sorted((ROOT / "experiments" / "phantom").glob("*.yaml"))
+# Method configs only: files starting with "_" are shared pieces (medsynth/configs.py), not runs.
+PHANTOM = sorted(p for p in (ROOT / "experiments" / "phantom").glob("*.yaml") if not p.name.startswith("_"))
 SMALL_DATA = [
     "--data.init_args.num_train_cases", "1", "--data.init_args.num_val_cases", "1",
     "--data.init_args.num_test_cases", "0", "--data.init_args.depth", "4",
