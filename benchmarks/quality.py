@@ -471,6 +471,33 @@ def within_2pct(m: Mapping[str, Any], ref: Mapping[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------------- main
+def reference_rows(
+    dm: PhantomDataModule, batch: Mapping[str, Any], features: SegmenterFeatures, device: str
+) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+    """Real test-slice features, the real-slice row and the class-mean painting row."""
+    real_labels, real_feats = features(batch["image"].to(device))
+    real_dice = dice_per_class(real_labels, batch["mask"])
+    # Real-row FD: real training slices against the real test slices (the floor of this metric).
+    dm.setup("fit")
+    train_ds = dm.train_dataloader().dataset
+    pick = np.linspace(0, len(train_ds) - 1, len(batch["mask"])).round().astype(int)
+    _, train_feats = features(torch.stack([train_ds[int(i)]["image"] for i in pick]).to(device))
+    real_row = {
+        "psnr": float("nan"),
+        "ssim": 1.0,
+        "background": background_mean(batch["image"], batch["mask"]),
+        **{f"err/{n}": 0.0 for n in TARGET_ORGANS},
+        **{f"dice/{n}": float(real_dice[c]) for n, c in TARGET_ORGANS.items()},
+        "err/max": 0.0,
+        "err/mean": 0.0,
+        "dice/mean": float(np.nanmean([float(real_dice[c]) for c in TARGET_ORGANS.values()])),
+        "dice/all_organs": float(np.nanmean([float(real_dice[c]) for c in ORGAN_IDS])),
+        "frechet_seg": frechet_distance(train_feats.numpy(), real_feats.numpy()),
+    }
+    painted = class_mean_painting(batch["mask"], training_class_means(dm))
+    return real_feats, real_row, score(painted, batch, features, real_feats)
+
+
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
     ckpt_dir = out / "checkpoints"
@@ -488,26 +515,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         )
     seg = seg.to(args.device)
     features = SegmenterFeatures(seg)
-    real_labels, real_feats = features(batch["image"].to(args.device))
-    real_dice = dice_per_class(real_labels, batch["mask"])
-    # Real-row FD: real training slices against the real test slices (the floor of this metric).
-    dm.setup("fit")
-    train_ds = dm.train_dataloader().dataset
-    pick = np.linspace(0, len(train_ds) - 1, len(batch["mask"])).round().astype(int)
-    _, train_feats = features(torch.stack([train_ds[int(i)]["image"] for i in pick]).to(args.device))
-    real_row = {
-        "psnr": float("nan"),
-        "ssim": 1.0,
-        "background": background_mean(batch["image"], batch["mask"]),
-        **{f"err/{n}": 0.0 for n in TARGET_ORGANS},
-        **{f"dice/{n}": float(real_dice[c]) for n, c in TARGET_ORGANS.items()},
-        "err/max": 0.0,
-        "err/mean": 0.0,
-        "dice/mean": float(np.nanmean([float(real_dice[c]) for c in TARGET_ORGANS.values()])),
-        "dice/all_organs": float(np.nanmean([float(real_dice[c]) for c in ORGAN_IDS])),
-        "frechet_seg": frechet_distance(train_feats.numpy(), real_feats.numpy()),
-    }
-    painted = class_mean_painting(batch["mask"], training_class_means(dm))
+    real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
     results: dict[str, Any] = {
         "budget_min": args.budget,
         "num_eval": len(batch["mask"]),
@@ -517,7 +525,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "threads": torch.get_num_threads(),
         "real": aggregate([real_row]),
-        "painting": aggregate([score(painted, batch, features, real_feats)]),
+        "painting": aggregate([painting_row]),
         "methods": {},
         "recipes": {n: {"class": METHODS[n][0], **METHODS[n][1]} for n in args.methods},
     }
@@ -582,8 +590,10 @@ def run_samplers(args: argparse.Namespace) -> dict[str, Any]:
         seg = load_segmenter(seg_path)
     else:
         seg = train_segmenter(dm, args.segmenter_steps, args.segmenter_minutes or 10.0, args.accelerator)
+        seg_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams)}, seg_path)
     features = SegmenterFeatures(seg.to(args.device))
-    _, real_feats = features(batch["image"].to(args.device))
+    real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
     if args.ckpt:
         targets = {Path(args.ckpt).stem: (args.ckpt_method, args.ckpt)}
     else:
@@ -592,7 +602,11 @@ def run_samplers(args: argparse.Namespace) -> dict[str, Any]:
             for n in args.methods
             if n.endswith("ddpm") or n == "sdm"
         }
-    results: dict[str, Any] = {}
+    ref = {"sampler": "—", "num_steps": 0, "seconds_per_slice": 0.0, "within_2pct": "—"}
+    results: dict[str, Any] = {
+        "real slices": [{**ref, "metrics": aggregate([real_row])}],
+        "class-mean painting": [{**ref, "metrics": aggregate([painting_row])}],
+    }
     for label, (name, path) in targets.items():
         model = load(name, path, dm, args.device)
         rows = []
