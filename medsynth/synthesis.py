@@ -32,7 +32,7 @@ from medsynth.data.transforms import (
     canonicalize,
     load_nifti,
 )
-from medsynth.labels import LabelSet, get_label_set
+from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet, get_label_set
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, LABEL_SET_KEY, SynthesisModule
 from medsynth.precision import PRECISIONS
 from medsynth.random import slice_generators
@@ -103,8 +103,17 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
         raise ValueError(f"{path}: names class {class_path!r}, which this medsynth cannot import") from err
     if not (isinstance(cls, type) and issubclass(cls, SynthesisModule)):
         raise ValueError(f"{path}: {class_path} is not a medsynth synthesis method")
-    # The label set as recorded (a dataset.json that defined it need not exist here any more).
-    extra = {"label_set": ckpt[LABEL_SET_KEY]} if ckpt.get(LABEL_SET_KEY) else {}
+    # The label set as recorded, where the dataset.json that defined it is not at hand any more.
+    extra = {}
+    named = (ckpt.get("hyper_parameters") or {}).get("label_set", "amos")
+    if ckpt.get(LABEL_SET_KEY) and isinstance(named, str) and named not in BUILTIN_LABEL_SETS:
+        if not Path(named).exists():
+            if "_instantiator" in (ckpt.get("hyper_parameters") or {}):
+                raise ValueError(
+                    f"{path}: its label set file {named} is missing; the checkpoint records the table, but a "
+                    "checkpoint written by `medsynth fit` re-reads the file: put it back at that path"
+                )
+            extra = {"label_set": ckpt[LABEL_SET_KEY]}
     model = cls.load_from_checkpoint(path, map_location=map_location, **extra)
     return model.eval()
 

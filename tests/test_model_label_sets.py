@@ -110,3 +110,25 @@ def test_drop_structures_rate_and_what_it_keeps() -> None:
 def test_organ_dropout_is_validated() -> None:
     with pytest.raises(ValueError, match="organ_dropout"):
         tiny_model(ConditionalDDPM, organ_dropout=1.0)
+
+
+def test_load_model_reads_a_checkpoint_written_by_medsynth_fit(tmp_path, monkeypatch) -> None:
+    """A LightningCLI-built model re-instantiates through jsonargparse on load (its hparams carry
+    the instantiator): load_model must not pass the recorded table where the parser wants a name."""
+    from pathlib import Path
+
+    from medsynth.cli import lightning_cli
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    cli = lightning_cli(
+        ["--config", str(root / "experiments/phantom/mask_guided_ddpm.yaml"),
+         "--model.init_args.model_channels", "8", "--data.init_args.image_size", "32"],
+        run=False,
+    )  # fmt: skip
+    assert "_instantiator" in cli.model.hparams
+    cli.trainer.strategy.connect(cli.model)
+    cli.trainer.save_checkpoint(tmp_path / "cli.ckpt")
+    loaded = load_model(tmp_path / "cli.ckpt")
+    assert type(loaded).__name__ == "MaskGuidedDDPM" and loaded.label_set.name == "amos"
+    assert loaded.hparams.noise_schedule == "cosine"  # the phantom recipe came along
