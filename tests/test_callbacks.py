@@ -87,7 +87,9 @@ def make_callback(segmenter, **kw) -> SynthesisMetrics:
 def run_test(devices: int, batch_size: int, segmenter) -> dict[str, float]:
     kw = {"devices": devices}
     if devices > 1:
-        kw["strategy"] = "ddp_fork"  # no re-import in the workers: seconds, not tens of seconds
+        # spawn, not fork: a parent that has run OpenMP-parallel ops (OMP_NUM_THREADS > 1, as in CI)
+        # leaves libgomp's thread pool behind, and forked workers can hang on it (seen in CI).
+        kw["strategy"] = "ddp_spawn"
     t = trainer(callbacks=[make_callback(segmenter)], **kw)
     t.test(TinySynth(), dataloaders=DataLoader(make_slices(), batch_size=batch_size, collate_fn=collate))
     return {k: float(v) for k, v in t.callback_metrics.items()}

@@ -35,7 +35,7 @@ ids = [c.__name__ for c in METHODS]
 # CPU). "loss": the train/* metrics after the first step of a seeded fast_dev_run; "pixels" (and
 # "pixels_dpm++" for the diffusion methods: that sampler is diffusers'): mean
 # of generate() and four pixels, for a seeded, perturbed (perturbed_model) model on the phantom's first validation
-# masks with generator seed 0. Relative tolerance 1e-4: float32 reductions vary by ~1e-6 across
+# masks with generator seed 0. Relative tolerance 1e-4 (losses also absolute 1e-4): float32 reductions vary by ~1e-6 across
 # CPUs and thread counts, an algorithmic change moves these by far more.
 GOLDEN: dict[str, dict[str, Any]] = {
     "ConditionalDDPM": {
@@ -280,7 +280,9 @@ def test_golden_values(cls: type, fitted: Any, masks: torch.Tensor) -> None:
     loss = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     assert set(loss) == set(want["loss"])
     for k, v in want["loss"].items():
-        assert math.isclose(loss[k], v, rel_tol=1e-4, abs_tol=1e-6), (k, loss[k], v)
+        # abs 1e-4: float32 reductions differ with the thread count; measured 5e-5 on SPADE's
+        # train/g_gan (a hinge term near 0.05) between 1 and 2 threads. Algorithmic changes move more.
+        assert math.isclose(loss[k], v, rel_tol=1e-4, abs_tol=1e-4), (k, loss[k], v)
     assert ("pixels_dpm++" in want) == ("sampler" in cls.generate_options)
     for key, extra in (("pixels", {}), ("pixels_dpm++", {"sampler": "dpm++"})):
         if key in want:
