@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+from quality import phantom  # noqa: I001 - sibling benchmark module (run from benchmarks/ or the repo root)
 
 from medsynth.data import PhantomDataModule
 from medsynth.metrics import background_mean, class_mean_painting, organ_intensity_error, psnr, region_sums
@@ -32,19 +33,6 @@ TARGET_ORGANS: dict[str, int] = {
     "stomach": 7,
     "aorta": 8,
 }
-
-
-def phantom(image_size: int = 64, batch_size: int = 16) -> PhantomDataModule:
-    """The phantom split of experiments/phantom/*.yaml (12 train, 2 val, 4 test cases, depth 32)."""
-    return PhantomDataModule(
-        num_train_cases=12,
-        num_val_cases=2,
-        num_test_cases=4,
-        depth=32,
-        image_size=image_size,
-        batch_size=batch_size,
-        seed=0,
-    )
 
 
 def eval_slices(dm: PhantomDataModule, num: int) -> dict:

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     import zlib
 
     from medsynth.callbacks.progress import progress_bar
-    from medsynth.synthesis import _NIFTI_SUFFIXES, _save_atomic, find_image, read_label_case
+    from medsynth.synthesis import _NIFTI_SUFFIXES, _save_atomic, find_image, nifti_inputs, read_label_case
 
     a = _parser().parse_args(argv)
     try:
@@ -367,14 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 f"--num {a.num} variants would be identical: add --deform MM or a range --scale ORGAN=LO:HI"
             )
-        if a.input.is_dir():
-            inputs = sorted(p for p in a.input.iterdir() if p.name.endswith(_NIFTI_SUFFIXES))
-            if not inputs:
-                raise ValueError(f"{a.input}: no .nii or .nii.gz files")
-        elif a.input.is_file():
-            inputs = [a.input]
-        else:
-            raise ValueError(f"--input not found: {a.input}")
+        inputs = nifti_inputs(a.input)
         if a.output.exists() and any(p.name.endswith(_NIFTI_SUFFIXES) for p in a.output.iterdir()):
             raise ValueError(f"--output {a.output} already holds NIfTI files; refusing to overwrite")
         cases = [read_label_case(p, find_image(p, a.images) if a.images else None) for p in inputs]

@@ -439,17 +439,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def nifti_inputs(path: Path) -> list[Path]:
+    """A NIfTI file, or every ``*.nii``/``*.nii.gz`` directly in a folder (sorted); ValueError naming ``--input``."""
+    if path.is_dir():
+        inputs = sorted(p for p in path.iterdir() if p.name.endswith(_NIFTI_SUFFIXES))
+        if not inputs:
+            raise ValueError(f"--input {path}: no .nii or .nii.gz files")
+        return inputs
+    if path.is_file():
+        return [path]
+    raise ValueError(f"--input not found: {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        if a.input.is_dir():
-            inputs = sorted(p for p in a.input.iterdir() if p.name.endswith(_NIFTI_SUFFIXES))
-            if not inputs:
-                raise ValueError(f"{a.input}: no .nii or .nii.gz files")
-        elif a.input.is_file():
-            inputs = [a.input]
-        else:
-            raise ValueError(f"input not found: {a.input}")
+        inputs = nifti_inputs(a.input)
         model = load_model(a.checkpoint, map_location=a.device)
         written = synthesize_files(
             model,
