@@ -161,10 +161,12 @@ def label_folder(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from medsynth.cli import HelpFormatter
+
     p = argparse.ArgumentParser(
         prog="medsynth label",
         description="Unlabelled CT -> TotalSegmentator masks -> an nnU-Net v2 raw dataset (resumable).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--input", required=True, type=Path, help="folder of CT volumes (.nii.gz)")
     p.add_argument("--output", required=True, type=Path, help="dataset folder, e.g. Dataset600_MyCT")

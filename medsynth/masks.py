@@ -310,6 +310,8 @@ def _parser():
     import argparse
     from pathlib import Path
 
+    from medsynth.cli import HelpFormatter
+
     p = argparse.ArgumentParser(
         prog="medsynth masks",
         description=(
@@ -317,7 +319,7 @@ def _parser():
             "ready for `medsynth synthesize`. Outputs keep each input's geometry and include the "
             "body class."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--input", required=True, type=Path, help="a label volume .nii.gz or a folder of them")
     p.add_argument("--output", required=True, type=Path, help="output folder (must hold no NIfTI yet)")

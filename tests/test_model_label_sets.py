@@ -132,3 +132,22 @@ def test_load_model_reads_a_checkpoint_written_by_medsynth_fit(tmp_path, monkeyp
     loaded = load_model(tmp_path / "cli.ckpt")
     assert type(loaded).__name__ == "MaskGuidedDDPM" and loaded.label_set.name == "amos"
     assert loaded.hparams.noise_schedule == "cosine"  # the phantom recipe came along
+
+
+def test_totalsegmentator_dice_by_name_in_another_label_set(tmp_path) -> None:
+    """TotalSegmentator ids map onto a dataset.json set by name (liver -> 1), structures the set
+    lacks become background; the AMOS default is unchanged (liver 5 -> 6)."""
+    from totalsegmentator.map_to_binary import class_map
+
+    from medsynth.metrics import TotalSegmentatorScorer
+
+    ts = {n: i for i, n in class_map["total"].items()}
+    seg = np.zeros((4, 4, 2), np.int64)
+    seg[0], seg[1], seg[2] = ts["liver"], ts["vertebrae_L1"], ts["spleen"]
+    ct = nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4))
+    custom = TotalSegmentatorScorer(segment_fn=lambda _: seg, label_set=str(_dataset_json(tmp_path)))
+    out = custom.segment(ct)
+    assert (out[0] == 1).all() and (out[1] == 0).all() and (out[2] == 0).all() and (out[3] == 0).all()
+    assert custom.roi_subset == ["liver"]
+    amos = TotalSegmentatorScorer(segment_fn=lambda _: seg).segment(ct)
+    assert (amos[0] == 6).all() and (amos[1] == 0).all() and (amos[2] == 1).all()

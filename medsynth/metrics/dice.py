@@ -255,8 +255,13 @@ class TotalSegmentatorScorer:
             lut = totalseg_label_set().lookup_to(self.label_set)
             lut[lut == self.label_set.body] = 0  # structures the set lacks: not scored
             self._lut = lut
-            names = {c.totalseg or c.name for c in self.label_set.classes}
-            self.roi_subset = sorted(n for n in names if n in {c.name for c in totalseg_label_set().classes})
+            ts = totalseg_label_set()
+            known = {ts.classes[i].name for i in ts.structure_ids}
+            names = {
+                self.label_set.classes[i].totalseg or self.label_set.classes[i].name
+                for i in self.label_set.structure_ids
+            }
+            self.roi_subset = sorted(names & known)  # TotalSegmentator structures the set has
         if segment_fn is None:
             check_totalseg_weights(self.weights_dir, self.fast)
 
