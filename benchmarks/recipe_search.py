@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--ema-warmup", action="store_true")
     p.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
+    p.add_argument("--prediction", default="eps", choices=["eps", "x0", "v"], help="prediction_type")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1])
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         ema_decay=a.ema,
         ema_warmup=a.ema_warmup,
         noise_schedule=a.schedule,
+        prediction_type=a.prediction,
         lr_warmup_steps=a.lr_warmup,
     )
     conf = model.configure_optimizers()

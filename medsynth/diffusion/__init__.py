@@ -2,6 +2,7 @@
 
 from medsynth.diffusion.gaussian import (
     NOISE_SCHEDULES,
+    PREDICTION_TYPES,
     GaussianDiffusion,
     TimestepMap,
     cosine_betas,
@@ -27,6 +28,7 @@ __all__ = [
     "cosine_betas",
     "named_betas",
     "NOISE_SCHEDULES",
+    "PREDICTION_TYPES",
     "normal_kl",
     "space_timesteps",
     "DEFAULT_NUM_STEPS",

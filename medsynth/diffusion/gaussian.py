@@ -1,10 +1,11 @@
 """Gaussian diffusion with learned-range variance and the hybrid loss (Nichol & Dhariwal, 2021).
 
 One plain class in the shape of openai/improved-diffusion: it holds the float64 schedule tables
-and takes the network as an argument (``model(x_t, t, **model_kwargs) -> [B, 2C, H, W]``, eps
-then the variance interpolation ``v``). Conditioning travels in ``model_kwargs``, so the DDPM
-variants and SDM share this code unchanged (Zhuang et al., Sec. 2: Improved DDPM, T = 1000,
-linear schedule, hybrid loss).
+and takes the network as an argument (``model(x_t, t, **model_kwargs) -> [B, 2C, H, W]``: the
+prediction, then the variance interpolation ``v``). Conditioning travels in ``model_kwargs``, so
+the DDPM variants and SDM share this code unchanged (Zhuang et al., Sec. 2: Improved DDPM,
+T = 1000, linear schedule, hybrid loss). The prediction is eps (the paper's), x_0 (Improved DDPM's
+``START_X`` mean type) or v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022).
 
 Respacing (Improved DDPM, Sec. 4) builds another instance over a subset of the steps whose
 network calls are routed back to the original timestep indices through a timestep map.
@@ -28,6 +29,7 @@ __all__ = [
     "cosine_betas",
     "named_betas",
     "NOISE_SCHEDULES",
+    "PREDICTION_TYPES",
     "space_timesteps",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
@@ -70,6 +72,9 @@ def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 
 
 
 NOISE_SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+# What the network's first C output channels estimate: the noise (the paper's), the clean image,
+# or the velocity v = sqrt(abar) eps - sqrt(1 - abar) x_0.
+PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
 
 
 def named_betas(noise_schedule: str, num_timesteps: int = 1000) -> np.ndarray:
@@ -142,6 +147,8 @@ class GaussianDiffusion:
             weighting equals a weight of 1 when T = 1000).
         noise_schedule: "linear" (the paper's) or "cosine" (Improved DDPM, Eq. 17) when ``betas``
             is not given. A respaced chain always gets explicit betas (from abar).
+        prediction_type: What the first C output channels estimate and ``loss_simple`` regresses:
+            "eps" (the paper's), "x0" or "v" (see :data:`PREDICTION_TYPES`).
     """
 
     def __init__(
@@ -151,7 +158,13 @@ class GaussianDiffusion:
         timestep_map: Sequence[int] | None = None,
         vlb_scale: float | None = None,
         noise_schedule: str = "linear",
+        prediction_type: str = "eps",
     ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}"
+            )
+        self.prediction_type = prediction_type
         if noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(
                 f"unknown noise_schedule {noise_schedule!r}; choose one of {', '.join(NOISE_SCHEDULES)}"
@@ -213,6 +226,7 @@ class GaussianDiffusion:
             np.array(new_betas),
             timestep_map=[self.timestep_map[i] for i in keep],
             vlb_scale=self.vlb_scale,
+            prediction_type=self.prediction_type,
         )
 
     def wrap_model(self, model: ModelFn) -> ModelFn:
@@ -289,27 +303,59 @@ class GaussianDiffusion:
             self.sqrt_recipm1_alphas_cumprod, t, n
         )
 
+    def velocity(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (Salimans & Ho 2022, Sec. 4)."""
+        n = x0.dim()
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, n) * noise
+            - self._extract(self.sqrt_one_minus_alphas_cumprod, t, n) * x0
+        )
+
+    def x0_eps_from_prediction(self, pred: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(x_0, eps) implied by the network's prediction of ``self.prediction_type`` at ``x_t``.
+
+        x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps, so for v: x_0 = sqrt(abar) x_t - sqrt(1 - abar) v
+        and eps = sqrt(1 - abar) x_t + sqrt(abar) v.
+        """
+        if self.prediction_type == "eps":
+            return self.predict_x0_from_eps(xt, t, pred), pred
+        if self.prediction_type == "x0":
+            return pred, self.predict_eps_from_x0(xt, t, pred)
+        n = xt.dim()
+        a = self._extract(self.sqrt_alphas_cumprod, t, n)
+        s = self._extract(self.sqrt_one_minus_alphas_cumprod, t, n)
+        return a * xt - s * pred, s * xt + a * pred
+
+    def prediction_target(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """What ``loss_simple`` regresses the prediction onto: eps, x_0 or v."""
+        if self.prediction_type == "eps":
+            return noise
+        if self.prediction_type == "x0":
+            return x0
+        return self.velocity(x0, t, noise)
+
     # ------------------------------------------------------------------ reverse process
     def p_from_output(
         self, output: Tensor, xt: Tensor, t: Tensor, clip_denoised: bool = True
     ) -> dict[str, Tensor]:
-        """p(x_{t-1} | x_t) from a network output ``[B, 2C, H, W]`` = (eps, v).
+        """p(x_{t-1} | x_t) from a network output ``[B, 2C, H, W]`` = (prediction, v).
 
+        The prediction is read as ``self.prediction_type``; ``"eps"`` in the result is the implied eps.
         log sigma^2 = frac log beta_t + (1 - frac) log beta_tilde_t with frac = (v + 1) / 2.
         """
         output = output.float()
         if output.shape[1] != 2 * xt.shape[1] or output.shape[2:] != xt.shape[2:]:
             raise ValueError(
-                f"model output must have shape [B, {2 * xt.shape[1]}, ...] (eps, v) for x_t "
+                f"model output must have shape [B, {2 * xt.shape[1]}, ...] (prediction, v) for x_t "
                 f"{tuple(xt.shape)}, got {tuple(output.shape)}"
             )
-        eps, v = output.chunk(2, dim=1)
+        pred, v = output.chunk(2, dim=1)
         n = xt.dim()
         min_log = self._extract(self.posterior_log_variance_clipped, t, n)
         max_log = self._extract(self.log_betas, t, n)
         frac = (v + 1.0) / 2.0
         log_var = frac * max_log + (1.0 - frac) * min_log
-        x0 = self.predict_x0_from_eps(xt, t, eps)
+        x0, eps = self.x0_eps_from_prediction(pred, xt, t)
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
         mean, _, _ = self.q_posterior_mean_variance(x0, xt, t)
@@ -354,10 +400,11 @@ class GaussianDiffusion:
     ) -> dict[str, Tensor]:
         """Hybrid loss per sample: ``loss = loss_simple + vlb_scale * L_vlb`` (Improved DDPM, Eq. 16).
 
-        L_vlb sees the mean built from ``eps.detach()`` so it trains only the variance.
+        L_vlb sees the mean built from the detached prediction, so it trains only the variance.
 
         Returns:
-            dict with ``loss``, ``loss_simple`` (MSE on eps) and ``loss_vlb`` (scaled), each ``[B]``.
+            dict with ``loss``, ``loss_simple`` (MSE of the prediction: on eps, x_0 or v) and
+            ``loss_vlb`` (scaled), each ``[B]``.
         """
         t = self._check_t(t, x0.shape[0])
         x0 = x0.float()
@@ -367,12 +414,12 @@ class GaussianDiffusion:
         output = self.wrap_model(model)(xt, t, **(model_kwargs or {})).float()  # [B, 2C, H, W]
         if output.shape[1] != 2 * x0.shape[1]:
             raise ValueError(
-                f"model output must have {2 * x0.shape[1]} channels (eps, v), got {output.shape[1]}"
+                f"model output must have {2 * x0.shape[1]} channels (prediction, v), got {output.shape[1]}"
             )
         with torch.autocast(device_type=x0.device.type, enabled=False):
-            eps, v = output.chunk(2, dim=1)
-            loss_simple = _mean_flat((noise - eps) ** 2)
-            frozen = torch.cat([eps.detach(), v], dim=1)
+            pred, v = output.chunk(2, dim=1)
+            loss_simple = _mean_flat((self.prediction_target(x0, t, noise) - pred) ** 2)
+            frozen = torch.cat([pred.detach(), v], dim=1)
             loss_vlb = self.vlb_terms(frozen, x0, xt, t) * self.vlb_scale
         return {"loss": loss_simple + loss_vlb, "loss_simple": loss_simple, "loss_vlb": loss_vlb}
 
@@ -404,7 +451,7 @@ class GaussianDiffusion:
     ) -> Tensor:
         """One DDIM step (Song et al. 2021, Eq. 12); eta = 0 is deterministic."""
         out = self.p_mean_variance(model, xt, t, model_kwargs, clip_denoised)
-        eps = self.predict_eps_from_x0(xt, t, out["pred_x0"])
+        eps = self.predict_eps_from_x0(xt, t, out["pred_x0"])  # from the clipped x_0 (improved-diffusion)
         n = xt.dim()
         abar = self._extract(self.alphas_cumprod, t, n)
         abar_prev = self._extract(self.alphas_cumprod_prev, t, n)

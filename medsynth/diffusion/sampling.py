@@ -27,7 +27,9 @@ DEFAULT_NUM_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpm++": 2
 def guided_output(cond: Tensor, uncond: Tensor, guidance_scale: float) -> Tensor:
     """Classifier-free guidance on (eps, v) outputs ``[B, 2C, H, W]`` (Ho & Salimans 2021; SDM).
 
-    eps = eps_u + s (eps_c - eps_u); the variance channels are the conditional pass's.
+    eps = eps_u + s (eps_c - eps_u); the variance channels are the conditional pass's. The same
+    formula on an x_0 or v prediction gives the same step: both are affine in eps at fixed x_t and t,
+    with weights (1 - s) + s = 1.
     """
     eps_c, v_c = cond.chunk(2, dim=1)
     eps_u = uncond.chunk(2, dim=1)[0]
@@ -172,6 +174,7 @@ def _dpm_solver(
     channels = x.shape[1]
     for step in scheduler.timesteps.tolist():  # host ints, read once: no device sync per step
         t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-        eps = model(x, t, **model_kwargs).float()[:, :channels]  # only eps; the variance is unused
+        pred = model(x, t, **model_kwargs).float()[:, :channels]  # the variance channels are unused
+        eps = diffusion.x0_eps_from_prediction(pred, x, t)[1]  # the solver takes eps for any type
         x = scheduler.step(eps, step, x).prev_sample  # DPM-Solver++ (2M) is deterministic
     return x

@@ -55,6 +55,8 @@ class DiffusionModel(SynthesisModule):
         ema_decay: Decay of the EMA denoiser used for validation and generation (0.9999).
         noise_schedule: "linear" (the paper's, Ho et al.) or "cosine" (Improved DDPM, Eq. 17:
             less of the chain spent on near-pure noise, proposed for small images).
+        prediction_type: What the denoiser predicts: "eps" (the paper's), "x0" or "v"
+            (medsynth.diffusion.PREDICTION_TYPES); the loss regresses the same quantity.
         ema_warmup: Ramp the EMA decay as min(ema_decay, (1 + n) / (10 + n)) over optimiser steps n
             (False, the paper's setting; short runs need it, or the EMA is still the
             initialisation: 0.9999^2000 = 0.82).
@@ -100,6 +102,7 @@ class DiffusionModel(SynthesisModule):
         init_from: str | None = None,
         organ_dropout: float = 0.0,
         noise_schedule: str = "linear",
+        prediction_type: str = "eps",
         ema_warmup: bool = False,
         lr_warmup_steps: int = 0,
         channels_last: bool = False,
@@ -117,7 +120,9 @@ class DiffusionModel(SynthesisModule):
         if not 0.0 <= organ_dropout < 1.0:
             raise ValueError(f"organ_dropout must lie in [0, 1), got {organ_dropout!r}")
         self.save_hyperparameters()
-        self.diffusion = GaussianDiffusion(num_timesteps=timesteps, noise_schedule=noise_schedule)
+        self.diffusion = GaussianDiffusion(
+            num_timesteps=timesteps, noise_schedule=noise_schedule, prediction_type=prediction_type
+        )
         self.net = self.build_network()
         self.ema = EMA(self.net, ema_decay, warmup=ema_warmup)
         for net in (self.net, self.ema.shadow):
