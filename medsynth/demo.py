@@ -42,6 +42,9 @@ class DemoConfig:
         train_steps: Optimiser steps of the DDPM.
         lr: DDPM learning rate (the paper's 1e-4 needs 150k steps; the short demo uses more).
         ema_decay: EMA decay (0.9999 in the paper, too slow for a few thousand steps).
+        noise_schedule / prediction_type: The phantom recipe (docs/benchmarks.md): the cosine
+            schedule and v-prediction, which removes the grey air of eps-prediction in short runs.
+        ema_warmup / lr_warmup_steps: EMA decay warm-up and linear lr warm-up (phantom recipe).
         segmenter_steps: Optimiser steps of the organ segmenter.
         sampler / num_steps: Sampler for evaluation: ancestral sampling respaced to 100 steps, which
             beats the deterministic samplers on briefly trained models (benchmarks/sampling.py).
@@ -62,6 +65,10 @@ class DemoConfig:
     train_steps: int = 1200
     lr: float = 5e-4
     ema_decay: float = 0.995
+    noise_schedule: str = "cosine"
+    prediction_type: str = "v"
+    ema_warmup: bool = True
+    lr_warmup_steps: int = 100
     segmenter_steps: int = 300
     sampler: str = "ddpm"
     num_steps: int = 100
@@ -89,6 +96,10 @@ _HELP = {
     "train_steps": "optimiser steps of the DDPM",
     "lr": "DDPM learning rate",
     "ema_decay": "DDPM EMA decay",
+    "noise_schedule": "DDPM noise schedule: linear (the paper's) or cosine",
+    "prediction_type": "what the DDPM predicts: eps (the paper's), x0 or v",
+    "ema_warmup": "warm the EMA decay up as min(decay, (1+n)/(10+n))",
+    "lr_warmup_steps": "linear learning-rate warm-up steps",
     "segmenter_steps": "optimiser steps of the organ segmenter",
     "sampler": "sampler for the evaluation: ddpm (ancestral), ddim or dpm++",
     "num_steps": "sampling steps for the evaluation (network evaluations per slice)",
@@ -98,6 +109,14 @@ _HELP = {
     "checkpoint_every": "steps between refreshes of the DDPM checkpoint while it trains",
     "grid_images": "rows of the image grid logged to TensorBoard",
 }
+
+
+def _parse_bool(text: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no) for a boolean flag; anything else is an error."""
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
 
 
 def _make_demo_args(makefile: str | Path) -> str:
@@ -224,6 +243,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
         attention_resolutions=(8,),
         lr=cfg.lr,
         ema_decay=cfg.ema_decay,
+        noise_schedule=cfg.noise_schedule,
+        prediction_type=cfg.prediction_type,
+        ema_warmup=cfg.ema_warmup,
+        lr_warmup_steps=cfg.lr_warmup_steps,
     )
     # The checkpoint exists (and is refreshed) while the DDPM trains, not only at the end.
     partial = _SaveEvery(ckpt_dir / "mask_guided_ddpm.ckpt", cfg.checkpoint_every)
@@ -276,6 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     for f in fields(DemoConfig):
         value = f.default
         kind = type(value) if value is not None else str
+        kind = _parse_bool if kind is bool else kind
         p.add_argument(f"--{f.name}", type=kind, default=value, help=_HELP.get(f.name, f.name))
     p.add_argument(
         "--quick",
