@@ -296,11 +296,21 @@ def _parser() -> argparse.ArgumentParser:
         "the demo's 100).",
         formatter_class=HelpFormatter,
     )
+    from medsynth.diffusion import NOISE_SCHEDULES, PREDICTION_TYPES, SAMPLERS
+
+    # Checked by the parser, before any training starts.
+    choices = {"noise_schedule": NOISE_SCHEDULES, "prediction_type": PREDICTION_TYPES, "sampler": SAMPLERS}
     for f in fields(DemoConfig):
         value = f.default
         kind = type(value) if value is not None else str
         kind = _parse_bool if kind is bool else kind
-        p.add_argument(f"--{f.name}", type=kind, default=value, help=_HELP.get(f.name, f.name))
+        p.add_argument(
+            f"--{f.name}",
+            type=kind,
+            default=value,
+            choices=choices.get(f.name),
+            help=_HELP.get(f.name, f.name),
+        )
     p.add_argument(
         "--quick",
         action="store_true",

@@ -5,14 +5,15 @@ The shared contract (generate errors, seeding, checkpoints, bf16, golden values)
 
 from __future__ import annotations
 
-import math
 import statistics
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_phantom, tiny_trainer
 
-from medsynth.data import PhantomDataModule, semantic_edges
+from medsynth.data import semantic_edges
 from medsynth.models import ConditionalDDPM, EdgeGuidedDDPM, MaskGuidedDDPM
 from medsynth.models.base import one_hot
 
@@ -85,36 +86,12 @@ def test_overfits_one_phantom_slice(seed: int) -> None:
     > 22 dB (4.4 dB below the worst sample measured, 26.4, and 4.7 dB above the baseline); the
     eps model fails both for every seed.
     """
-    torch.manual_seed(seed)
-    dm = PhantomDataModule(num_train_cases=1, num_val_cases=1, num_test_cases=1, depth=8, image_size=16)
-    dm.setup("fit")
-    item = dm.train_dataloader().dataset[5]
-    image, mask = item["image"][None], item["mask"][None]  # [1, 1, 16, 16], [1, 16, 16]
-    model = ConditionalDDPM(
-        16,
-        model_channels=8,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(),
-        noise_schedule="cosine",
-        prediction_type="v",
-        ema_decay=0.99,
-        ema_warmup=True,
-        lr=2e-3,
-    )
-    opt = model.configure_optimizers()
-    batch = {"image": image.expand(4, -1, -1, -1), "mask": mask.expand(4, -1, -1)}
-    for _ in range(500):
-        loss = model._losses(model.net, batch, training=True)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.ema.update(model.net)
-    baseline = 10 * math.log10(1.0 / float(((image - image.mean()) ** 2).mean()))
-    gens = [torch.Generator().manual_seed(100 * seed + k) for k in range(8)]
-    out = model.generate(mask.expand(8, -1, -1), generator=gens)  # [8, 1, 16, 16], full 1000-step chain
-    psnrs = [10 * math.log10(1.0 / float(((o - image[0]) ** 2).mean())) for o in out]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from overfit_prediction import run  # the benchmark's setup, so test and measurement are one code
+
+    result = run("v", seed, steps=500, sampler="ddpm", num_steps=None)  # full 1000-step chain
+    psnrs, baseline = result["psnr"], result["baseline"]
     assert baseline < 18.0
-    shown = f"PSNRs {[round(p, 1) for p in psnrs]} (mean-intensity baseline {baseline:.1f} dB)"
+    shown = f"PSNRs {psnrs} (mean-intensity baseline {baseline} dB)"
     assert statistics.median(psnrs) > 30.0, shown
     assert min(psnrs) > 22.0, shown
