@@ -70,28 +70,29 @@ def test_sampler_errors() -> None:
 def test_overfits_one_phantom_slice(seed: int) -> None:
     """A tiny conditional DDPM trained on one 16x16 slice reproduces it with every noise sample.
 
-    Recipe: cosine schedule, v-prediction, EMA 0.99 with warm-up, lr 2e-3, 500 steps of batch 4
-    (~10 s on one idle core); 8 noise samples in one batched 1000-step chain.
+    Recipe: cosine schedule, v-prediction, EMA 0.99 with warm-up, lr 2e-3, 300 steps of batch 4;
+    8 noise samples in one batched ancestral chain respaced to 100 steps (~10 s per training seed
+    on one idle core).
 
-    Measured (``python benchmarks/overfit_prediction.py --types eps x0 v --seeds 0 1 2 3``), PSNR
-    (dB) of the 8 samples per training seed, median / min (baseline: the slice's mean intensity
-    everywhere, 17.3 dB):
+    Measured (``python benchmarks/overfit_prediction.py --types eps x0 v --seeds 0 1 2 3 4``, the
+    benchmark's defaults are this setup), PSNR (dB) of the 8 samples per training seed, median /
+    min (baseline: the slice's mean intensity everywhere, 17.3 dB):
 
-    - v:   seeds 0-3 median 36.3 / 33.5 / 35.4 / 37.1, min 30.4 / 27.9 / 26.9 / 26.4
-    - x0:  every sample 55.3 / 47.7 / 44.8 / 30.0 (the chain collapses onto one image)
-    - eps: median 18.3 / 12.1 / 9.8 / 6.1, min 2.0 / 3.5 / 2.8 / 1.6 (the bright drift:
-      some samples land on the slice, others turn into a bright image)
+    - v:   seeds 0-4 median 33.4 / 32.0 / 31.4 / 30.6 / 32.2, min 27.8 / 28.7 / 29.7 / 26.8 / 31.3
+    - x0:  every sample 40.3 / 34.7 / 33.7 / 32.0 / 27.5 (the chain collapses onto one image)
+    - eps: median 9.6 / 14.4 / 14.0 / 8.5 / 12.6, min 3.0 / 5.0 / 5.6 / 2.8 / 2.8 (the bright
+      drift: some samples land on the slice, others turn into a bright image)
 
-    Asserted for v: the median > 30 dB (3.5 dB below the worst seed's 33.5) and every sample
-    > 22 dB (4.4 dB below the worst sample measured, 26.4, and 4.7 dB above the baseline); the
-    eps model fails both for every seed.
+    Asserted for v on seeds 0 and 3 (3: the worst measured): the median > 28 dB (2.6 dB below the
+    worst seed's 30.6) and every sample > 22 dB (4.8 dB below the worst sample measured, 26.8, and
+    4.7 dB above the baseline); the eps model fails both for every seed.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from overfit_prediction import run  # the benchmark's setup, so test and measurement are one code
 
-    result = run("v", seed, steps=500, sampler="ddpm", num_steps=None)  # full 1000-step chain
+    result = run("v", seed, steps=300, sampler="ddpm", num_steps=100)  # the benchmark's defaults
     psnrs, baseline = result["psnr"], result["baseline"]
     assert baseline < 18.0
     shown = f"PSNRs {psnrs} (mean-intensity baseline {baseline} dB)"
-    assert statistics.median(psnrs) > 30.0, shown
+    assert statistics.median(psnrs) > 28.0, shown
     assert min(psnrs) > 22.0, shown
