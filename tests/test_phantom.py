@@ -85,3 +85,32 @@ def test_write_amos_layout_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(img.dataobj), np.round(ref.image).astype(np.int16))
     np.testing.assert_array_equal(np.asarray(lab.dataobj), ref.label)
     np.testing.assert_allclose(img.affine, ref.affine)
+
+
+def test_anatomy_benchmark_ellipse_iou_against_closed_forms() -> None:
+    """benchmarks/phantom_anatomy.py's shape measure: 1 for an ellipse, the analytic value for a square.
+
+    A square of side s has the moment circle of radius r = s / sqrt(3) (variance s^2 / 12 = r^2 / 4);
+    the circle overlaps the square except for four segments r^2 acos(h/r) - h sqrt(r^2 - h^2),
+    h = s / 2, so IoU = 0.8266 (the pixel grid adds < 0.01 at s = 60).
+    """
+    import math
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from phantom_anatomy import ellipse_iou
+
+    yy, xx = np.mgrid[:128, :128]
+    ellipse = ((yy - 60.3) / 30) ** 2 + ((xx - 70.1) / 18) ** 2 <= 1
+    assert ellipse_iou(ellipse) > 0.99
+    h, r = 0.5, 1 / math.sqrt(3)
+    inter = math.pi * r * r - 4 * (r * r * math.acos(h / r) - h * math.sqrt(r * r - h * h))
+    expected = inter / (1 + math.pi * r * r - inter)
+    square = np.zeros((128, 128), bool)
+    square[20:80, 20:80] = True
+    assert abs(ellipse_iou(square) - expected) < 0.01
+    ell = np.zeros((128, 128), bool)
+    ell[20:100, 20:40] = True
+    ell[80:100, 20:100] = True  # an L: far from any ellipse
+    assert ellipse_iou(ell) < 0.6
