@@ -41,7 +41,9 @@ def ellipse_iou(region: np.ndarray) -> float:
 
 
 def measure(cases: int, size: int, depth: int) -> dict:
-    dm = PhantomDataModule(num_train_cases=cases, num_val_cases=0, num_test_cases=0, depth=depth, image_size=size)
+    dm = PhantomDataModule(
+        num_train_cases=cases, num_val_cases=0, num_test_cases=0, depth=depth, image_size=size
+    )
     dm.setup("fit")
     ds = dm.train_dataloader().dataset
     width, height, sds, ious = [], [], {}, {}
@@ -65,7 +67,11 @@ def measure(cases: int, size: int, depth: int) -> dict:
                 ious.setdefault(name, []).append(ellipse_iou(region))
 
     def stats(v: list[float]) -> dict:
-        return {"mean": round(float(np.mean(v)), 3), "min": round(float(np.min(v)), 3), "max": round(float(np.max(v)), 3)}
+        return {
+            "mean": round(float(np.mean(v)), 3),
+            "min": round(float(np.min(v)), 3),
+            "max": round(float(np.max(v)), 3),
+        }
 
     return {
         "cases": cases,
