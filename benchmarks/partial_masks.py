@@ -17,7 +17,7 @@ rely on every organ being labelled. Here, on the 64x64 phantom (the split of qua
 
 Prints a Markdown table (mean +- SD over seeds) and writes it with a JSON file to ``--output``.
 
-    python benchmarks/partial_masks.py                         # 2 x 15 min training, ~25 min more
+    python benchmarks/partial_masks.py                         # 2 x 15 min training, ~12 min more
     python benchmarks/partial_masks.py --budget 0.2 --num-eval 8 --seeds 2   # a smoke run
 """
 
