@@ -50,7 +50,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from medsynth.data import PhantomDataModule
-from medsynth.labels import NUM_CLASSES, ORGAN_IDS
+from medsynth.labels import ORGAN_IDS
 from medsynth.metrics import (
     background_mean,
     class_mean_painting,
@@ -113,9 +113,13 @@ SAMPLER_SETTINGS: tuple[tuple[str, int], ...] = tuple(
 
 
 # ---------------------------------------------------------------------------------- data
-def phantom(image_size: int = 64, batch_size: int = 16) -> PhantomDataModule:
-    """The phantom split of experiments/phantom/*.yaml: 12 train, 2 val, 4 test cases of 32 slices."""
+def phantom(image_size: int = 64, batch_size: int = 16, label_set: str = "amos") -> PhantomDataModule:
+    """The phantom split of experiments/phantom/*.yaml: 12 train, 2 val, 4 test cases of 32 slices.
+
+    ``label_set="totalseg"`` labels the same images (byte for byte) with the rich set.
+    """
     return PhantomDataModule(
+        label_set=label_set,
         num_train_cases=12,
         num_val_cases=2,
         num_test_cases=4,
@@ -144,11 +148,13 @@ def eval_slices(dm: PhantomDataModule, num: int | None) -> dict[str, Any]:
 
 
 def training_class_means(dm: PhantomDataModule) -> torch.Tensor:
-    """Mean intensity of every class over the training slices, float64 ``[NUM_CLASSES]``."""
+    """Mean intensity of every class of ``dm``'s label set over the training slices, float64
+    ``[num_classes]`` (NaN for classes never seen)."""
     dm.setup("fit")
-    total = torch.zeros(2, NUM_CLASSES, dtype=torch.float64)
+    n = dm.label_set.num_classes
+    total = torch.zeros(2, n, dtype=torch.float64)
     for b in dm.train_dataloader():
-        total += region_sums(b["image"], b["mask"])
+        total += region_sums(b["image"], b["mask"], num_classes=n)
     return torch.where(
         total[1] > 0, total[0] / total[1].clamp(min=1), torch.full_like(total[0], float("nan"))
     )
@@ -243,7 +249,8 @@ def synthesize(
     for i in range(0, len(batch["mask"]), bs):
         gens = slice_generators(batch["keys"][i : i + bs], seed, dev)
         kw = model.generate_kwargs(**opts)
-        outs.append(model.generate(batch["mask"][i : i + bs].to(dev), generator=gens, **kw).cpu())
+        masks = batch.get("gen_mask", batch["mask"])  # the model's label set (scoring uses "mask")
+        outs.append(model.generate(masks[i : i + bs].to(dev), generator=gens, **kw).cpu())
     return torch.cat(outs)
 
 
@@ -304,7 +311,8 @@ def train_method(
     """Train ``name`` for ``args.budget`` minutes; returns ``{fraction: {"path", "step", "seconds"}}``."""
     cls_name, init_args = METHODS[name]
     torch.manual_seed(0)
-    model = method_class(name)(image_size=64, **init_args)
+    extra = {} if args.label_set == "amos" else {"label_set": args.label_set}
+    model = method_class(name)(image_size=64, **init_args, **extra)
     cb = BudgetCheckpoints(name, 60 * args.budget, ckpt_dir)
     trainer(args.accelerator, max_time=args.budget, callbacks=[cb]).fit(model, datamodule=dm)
     return {f: {"path": str(cb.path(f)), **info} for f, info in sorted(cb.saved.items())}
@@ -339,7 +347,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         ("FD (segmenter)", "frechet_seg", 2),
     ]
     lines = [
-        f"Phantom 64x64, budget {results['budget_min']} min per method, {results['num_eval']} test slices, "
+        f"Phantom 64x64, trained on {results.get('label_set', 'amos')} labels, budget {results['budget_min']} min per method, {results['num_eval']} test slices, "
         f"seeds {results['seeds']}, sampler {results['sampler']} ({results['num_steps']} steps) for the "
         f"diffusion models; mean ± SD over seeds. Segmenter Dice on real slices: "
         f"{results['real']['dice/mean']['mean']:.3f} (mean over {', '.join(TARGET_ORGANS)}). "
@@ -349,7 +357,10 @@ def markdown(results: Mapping[str, Any]) -> str:
         "| method | budget | steps | " + " | ".join(c[0] for c in cols) + " |",
         "|---|---|---|" + "---|" * len(cols),
     ]
-    for label, key in (("real slices", "real"), ("class-mean painting", "painting")):
+    refs = [("real slices", "real"), ("class-mean painting", "painting")]
+    if "painting_rich" in results:
+        refs.append((f"class-mean painting ({results['label_set']} labels)", "painting_rich"))
+    for label, key in refs:
         row = results[key]
         lines.append(f"| {label} | — | — | " + " | ".join(fmt(row.get(k), d) for _, k, d in cols) + " |")
     for name, per in results["methods"].items():
@@ -375,6 +386,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     )
     lines.append("|---|" + "---|" * (2 * len(organs)))
     rows = {"real slices": results["real"], "class-mean painting": results["painting"]}
+    if "painting_rich" in results:
+        rows[f"class-mean painting ({results['label_set']} labels)"] = results["painting_rich"]
     rows.update({n: per["1.0"]["metrics"] for n, per in results["methods"].items() if "1.0" in per})
     for label, m in rows.items():
         lines.append(
@@ -501,8 +514,15 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    dm = phantom()
+    dm = phantom()  # AMOS labels: the segmenter, the scores and the reference rows
     batch = eval_slices(dm, args.num_eval)
+    train_dm = dm if args.label_set == "amos" else phantom(label_set=args.label_set)
+    rich_painting = None
+    if train_dm is not dm:  # the same slices labelled with the training set, for generate()
+        rich = eval_slices(train_dm, args.num_eval)
+        if rich["keys"] != batch["keys"] or not torch.equal(rich["image"], batch["image"]):
+            raise RuntimeError("the phantom's label sets gave different test slices")
+        batch["gen_mask"] = rich["mask"]
     if args.segmenter:
         seg = load_segmenter(args.segmenter)
     else:
@@ -515,7 +535,11 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     seg = seg.to(args.device)
     features = SegmenterFeatures(seg)
     real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
+    if train_dm is not dm:  # the bound of the richer mask: each pixel painted with its rich class's mean
+        painted = class_mean_painting(batch["gen_mask"], training_class_means(train_dm))
+        rich_painting = aggregate([score(painted, batch, features, real_feats)])
     results: dict[str, Any] = {
+        "label_set": args.label_set,
         "budget_min": args.budget,
         "num_eval": len(batch["mask"]),
         "seeds": list(range(args.seeds)),
@@ -525,6 +549,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "real": aggregate([real_row]),
         "painting": aggregate([painting_row]),
+        **({"painting_rich": rich_painting} if rich_painting else {}),
         "methods": {},
         "recipes": {n: {"class": METHODS[n][0], **METHODS[n][1]} for n in args.methods},
     }
@@ -532,10 +557,10 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     figure = {}
     for name in args.methods:
         print(f"=== {name}: training {args.budget} min", flush=True)
-        ckpts = train_method(name, dm, args, ckpt_dir)
+        ckpts = train_method(name, train_dm, args, ckpt_dir)
         per: dict[str, Any] = {}
         for frac, info in ckpts.items():
-            model = load(name, info["path"], dm, args.device)
+            model = load(name, info["path"], train_dm, args.device)
             t0 = time.perf_counter()
             rows = []
             for s in range(args.seeds):
@@ -697,6 +722,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--reference", default="ddpm:1000", help="--samplers: the reference setting, or 'none' (ddpm:1000)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--label-set",
+        default="amos",
+        choices=["amos", "totalseg"],
+        help="the phantom labels the methods train on and generate from (amos); scores stay on AMOS organs",
+    )
     a = p.parse_args(argv)
 
     def setting(text: str) -> tuple[str, int]:
@@ -705,6 +736,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"a sampler setting looks like ddim:25, got {text!r}")
         return sampler, int(steps)
 
+    if a.samplers and a.label_set != "amos":
+        p.error("--samplers compares samplers on AMOS-labelled models; drop --label-set")
     a.settings = [setting(x) for x in a.settings]
     a.reference = [] if a.reference == "none" else [setting(a.reference)]
     if a.budget <= 0 or a.seeds < 1:

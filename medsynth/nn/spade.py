@@ -97,13 +97,18 @@ class SPADENorm(nn.Module):
             if seg is None:
                 raise ValueError("SPADENorm needs seg (the label map) or a precomputed modulation")
             gamma, beta = self.modulation(seg, tuple(x.shape[-2:]))
-            return torch.addcmul(beta, self.norm(x), 1.0 + gamma)  # one pass: norm(x) * (1 + gamma) + beta
-        scale, beta = modulation
-        if scale.shape[0] != x.shape[0] or scale.shape[-2:] != x.shape[-2:]:
-            raise ValueError(
-                f"precomputed SPADE modulation {tuple(scale.shape)} does not fit the activation {tuple(x.shape)}"
-            )
-        return torch.addcmul(beta, self.norm(x), scale)
+            scale = 1.0 + gamma
+        else:
+            scale, beta = modulation
+            if scale.shape[0] != x.shape[0] or scale.shape[-2:] != x.shape[-2:]:
+                raise ValueError(
+                    f"precomputed SPADE modulation {tuple(scale.shape)} does not fit the activation {tuple(x.shape)}"
+                )
+        # one pass: norm(x) * (1 + gamma) + beta
+        normed = self.norm(x)  # [B, C, h, w], a fresh tensor
+        if torch.is_grad_enabled():
+            return torch.addcmul(beta, normed, scale)
+        return torch.addcmul(beta, normed, scale, out=normed)  # sampling: no second [B, C, h, w] buffer
 
 
 class SPADEGANResBlock(nn.Module):

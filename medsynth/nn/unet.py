@@ -23,6 +23,7 @@ from itertools import repeat
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.downsampling import Downsample2D
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -105,10 +106,12 @@ class SPADEDiffusionResBlock(nn.Module):
         if seg is None or temb is None:
             raise ValueError("SPADEDiffusionResBlock needs the time embedding and the label map seg")
         label, (mod1, mod2) = (seg, (None, None)) if isinstance(seg, Tensor) else (None, seg)
-        x = self.conv1(self.act(self.norm1(h, label, modulation=mod1)))  # [B, out, H, W]
-        scale, shift = self.temb_proj(self.act(temb))[:, :, None, None].chunk(2, dim=1)
-        x = self.norm2(x, label, modulation=mod2) * (1 + scale) + shift
-        x = self.conv2(self.dropout(self.act(x)))
+        inplace = not torch.is_grad_enabled()  # sampling: reuse the fresh buffers (same values)
+        x = self.conv1(F.silu(self.norm1(h, label, modulation=mod1), inplace=inplace))  # [B, out, H, W]
+        scale, shift = self.temb_proj(self.act(temb))[:, :, None, None].chunk(2, dim=1)  # [B, out, 1, 1]
+        x = self.norm2(x, label, modulation=mod2)
+        x = torch.addcmul(shift, x, 1 + scale, out=x) if inplace else torch.addcmul(shift, x, 1 + scale)
+        x = self.conv2(self.dropout(F.silu(x, inplace=inplace)))
         return self.skip(h) + x
 
 
