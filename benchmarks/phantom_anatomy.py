@@ -13,6 +13,7 @@ Per axial slice of phantom training cases, as the models see them (after the dat
 Prints one JSON object (mean, min, max over slices; per organ means).
 
     python benchmarks/phantom_anatomy.py --cases 4 --size 64
+    python benchmarks/phantom_anatomy.py --cases 4 --size 64 --irregularity 0.25
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ def ellipse_iou(region: np.ndarray) -> float:
     return float((ellipse & region).sum() / (ellipse | region).sum())
 
 
-def measure(cases: int, size: int, depth: int) -> dict:
+def measure(cases: int, size: int, depth: int, irregularity: float = 0.0) -> dict:
     dm = PhantomDataModule(
-        num_train_cases=cases, num_val_cases=0, num_test_cases=0, depth=depth, image_size=size
+        num_train_cases=cases,
+        num_val_cases=0,
+        num_test_cases=0,
+        depth=depth,
+        image_size=size,
+        irregularity=irregularity,
     )
     dm.setup("fit")
     ds = dm.train_dataloader().dataset
@@ -75,6 +81,7 @@ def measure(cases: int, size: int, depth: int) -> dict:
 
     return {
         "cases": cases,
+        "irregularity": irregularity,
         "size": size,
         "slices": len(width),
         "body_width_fraction": stats(width),
@@ -89,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--depth", type=int, default=24)
+    p.add_argument("--irregularity", type=float, default=0.0, help="the phantom's lobulated outlines (0)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(json.dumps(measure(a.cases, a.size, a.depth), indent=1))
+    print(json.dumps(measure(a.cases, a.size, a.depth, a.irregularity), indent=1))
     return 0
 
 
