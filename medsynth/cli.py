@@ -120,6 +120,12 @@ def _phantom_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=64, help="axial slices per volume")
     p.add_argument("--size", type=int, default=256, help="in-plane matrix size")
     p.add_argument("--seed", type=int, default=0, help="seeds the phantom anatomy")
+    p.add_argument(
+        "--irregularity",
+        type=float,
+        default=0.0,
+        help="lobulated organ outlines, 0-0.5 (0: the regular phantom)",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -130,11 +136,20 @@ def _phantom(argv: list[str]) -> int:
     a = _phantom_parser().parse_args(argv)
     if a.cases < 1:
         raise SystemExit(f"medsynth phantom: --cases must be >= 1, got {a.cases}")
+    if not 0.0 <= a.irregularity <= 0.5:
+        raise SystemExit(f"medsynth phantom: --irregularity must lie in [0, 0.5], got {a.irregularity}")
     if a.output.exists() and any(a.output.iterdir()):
         raise SystemExit(f"medsynth phantom: output folder {a.output} is not empty; refusing to overwrite")
     val = a.val_cases if a.val_cases is not None else max(1, a.cases // 4)
     root = write_phantom_dataset(
-        a.output, a.cases, val, depth=a.depth, size=a.size, seed=a.seed, progress=not a.no_progress
+        a.output,
+        a.cases,
+        val,
+        depth=a.depth,
+        size=a.size,
+        seed=a.seed,
+        progress=not a.no_progress,
+        irregularity=a.irregularity,
     )
     print(f"wrote {a.cases} training and {val} validation phantom cases to {root}")
     return 0

@@ -7,6 +7,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medsynth.cli import lightning_cli, main
@@ -96,6 +97,38 @@ def test_phantom_command_writes_amos_layout(tmp_path, capsys):
     assert (out / "imagesVa" / "amos_0003.nii.gz").is_file()
     with pytest.raises(SystemExit, match="not empty"):
         main(["phantom", "--output", str(out), "--cases", "1"])
+
+
+def test_phantom_command_irregular_organs(tmp_path):
+    """--irregularity reaches the cases written (the labels of case 1 equal make_phantom_case's at the
+    same seed and irregularity, not the regular one's); a bad value fails before anything is written."""
+    import nibabel as nib
+
+    from medsynth.data.phantom import make_phantom_case
+
+    out = tmp_path / "irr"
+    args = [
+        "phantom",
+        "--output",
+        str(out),
+        "--cases",
+        "1",
+        "--val_cases",
+        "0",
+        "--depth",
+        "16",
+        "--size",
+        "32",
+    ]
+    assert main([*args, "--irregularity", "0.5", "--no_progress"]) == 0
+    written = np.asarray(nib.load(out / "labelsTr" / "amos_0001.nii.gz").dataobj)
+    irregular = make_phantom_case(1, depth=16, size=32, irregularity=0.5).label
+    assert np.array_equal(written, irregular)
+    assert not np.array_equal(written, make_phantom_case(1, depth=16, size=32).label)
+    bad = tmp_path / "bad"
+    with pytest.raises(SystemExit, match="--irregularity"):
+        main(["phantom", "--output", str(bad), "--cases", "1", "--irregularity", "0.7"])
+    assert not bad.exists()
 
 
 @pytest.fixture(scope="module")

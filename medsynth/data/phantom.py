@@ -507,6 +507,7 @@ def write_phantom_dataset(
     size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    irregularity: float = 0.0,
 ) -> Path:
     """Write phantom cases as an AMOS22-layout folder (``dataset.json``, ``imagesTr/`` ...).
 
@@ -521,6 +522,8 @@ def write_phantom_dataset(
 
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
+    if not 0.0 <= float(irregularity) <= 0.5:  # before any file is written
+        raise ValueError(f"irregularity must lie in [0, 0.5], got {irregularity!r}")
     root = Path(root)
     entries: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
     folders = {"training": ("imagesTr", "labelsTr"), "validation": ("imagesVa", "labelsVa")}
@@ -535,7 +538,9 @@ def write_phantom_dataset(
         for _ in range(count):
             number += 1
             name = f"amos_{number:04d}"
-            case = make_phantom_case(seed * 100_003 + number, depth=depth, size=size, case_id=name)
+            case = make_phantom_case(
+                seed * 100_003 + number, depth=depth, size=size, case_id=name, irregularity=irregularity
+            )
             hu = np.round(case.image).astype(np.int16)
             nib.save(nib.Nifti1Image(hu, case.affine), img_dir / f"{name}.nii.gz")
             nib.save(nib.Nifti1Image(case.label, case.affine), lab_dir / f"{name}.nii.gz")
