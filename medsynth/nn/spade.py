@@ -106,7 +106,7 @@ class SPADENorm(nn.Module):
                 )
         # one pass: norm(x) * (1 + gamma) + beta
         normed = self.norm(x)  # [B, C, h, w], a fresh tensor
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or not normed.dtype == scale.dtype == beta.dtype:
             return torch.addcmul(beta, normed, scale)
         return torch.addcmul(beta, normed, scale, out=normed)  # sampling: no second [B, C, h, w] buffer
 

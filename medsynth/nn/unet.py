@@ -110,7 +110,10 @@ class SPADEDiffusionResBlock(nn.Module):
         x = self.conv1(F.silu(self.norm1(h, label, modulation=mod1), inplace=inplace))  # [B, out, H, W]
         scale, shift = self.temb_proj(self.act(temb))[:, :, None, None].chunk(2, dim=1)  # [B, out, 1, 1]
         x = self.norm2(x, label, modulation=mod2)
-        x = torch.addcmul(shift, x, 1 + scale, out=x) if inplace else torch.addcmul(shift, x, 1 + scale)
+        if inplace and x.dtype == shift.dtype:
+            x = torch.addcmul(shift, x, 1 + scale, out=x)
+        else:
+            x = torch.addcmul(shift, x, 1 + scale)
         x = self.conv2(self.dropout(F.silu(x, inplace=inplace)))
         return self.skip(h) + x
 
