@@ -344,7 +344,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         ("organ err mean", "err/mean", 3),
         ("organ err max", "err/max", 3),
         ("Dice (synthetic)", "dice/mean", 3),
-        ("FD (segmenter)", "frechet_seg", 2),
+        ("FD (segmenter)", "frechet_seg", 4),
     ]
     lines = [
         f"Phantom 64x64, trained on {results.get('label_set', 'amos')} labels, budget {results['budget_min']} min per method, {results['num_eval']} test slices, "
@@ -412,12 +412,20 @@ def claims(results: Mapping[str, Any]) -> list[str]:
 
     Mask-guided converges earlier: at 25 % and 50 % of the budget its mean organ-intensity error
     is lower and its segmenter Dice higher than the conditional DDPM's. Diffusion beats GANs: at
-    100 % the best diffusion model has higher PSNR and lower segmenter FD than the best GAN.
+    100 % the best diffusion model has higher PSNR and lower segmenter FD than the best GAN. A
+    difference within twice the larger seed SD of the two rows is reported as a tie, not a verdict
+    (GANs are deterministic given the mask: SD 0, so the diffusion model's SD sets the margin).
     """
     methods = results["methods"]
 
     def mean(name: str, frac: str, key: str) -> float:
         return methods[name][frac]["metrics"][key]["mean"]
+
+    def margin(a: str, b: str, frac: str, key: str) -> float:
+        return 2.0 * max(methods[n][frac]["metrics"][key].get("sd", 0.0) for n in (a, b))
+
+    def verdict(better: bool, worse: bool) -> str:
+        return "holds" if better else ("does not hold" if worse else "tie (within 2 seed SD)")
 
     lines = []
     if "mask_guided_ddpm" in methods and "conditional_ddpm" in methods:
@@ -431,9 +439,14 @@ def claims(results: Mapping[str, Any]) -> list[str]:
                     mean("mask_guided_ddpm", frac, "dice/mean"),
                     mean("conditional_ddpm", frac, "dice/mean"),
                 )
-                verdict = "holds" if e_m < e_c and d_m > d_c else "does not hold"
+                m_e = margin("mask_guided_ddpm", "conditional_ddpm", frac, "err/mean")
+                m_d = margin("mask_guided_ddpm", "conditional_ddpm", frac, "dice/mean")
+                said = verdict(
+                    e_m < e_c - m_e and d_m > d_c + m_d,  # both clearly better
+                    e_m > e_c + m_e or d_m < d_c - m_d,  # either clearly worse
+                )
                 lines.append(
-                    f"Mask-guided converges earlier, at {round(100 * float(frac))}% of the budget: {verdict} "
+                    f"Mask-guided converges earlier, at {round(100 * float(frac))}% of the budget: {said} "
                     f"(organ err {e_m:.3f} vs {e_c:.3f}, Dice {d_m:.3f} vs {d_c:.3f}, mask-guided vs conditional)."
                 )
     diff = [n for n in DIFFUSION if n in methods and "1.0" in methods[n]]
@@ -443,10 +456,11 @@ def claims(results: Mapping[str, Any]) -> list[str]:
             bd = better(diff, key=lambda n: mean(n, "1.0", key))
             bg = better(gans, key=lambda n: mean(n, "1.0", key))
             vd, vg = mean(bd, "1.0", key), mean(bg, "1.0", key)
-            holds = vd > vg if better is max else vd < vg
+            sign = 1.0 if better is max else -1.0  # > 0: diffusion ahead
+            gap, m = sign * (vd - vg), margin(bd, bg, "1.0", key)
             lines.append(
-                f"Diffusion beats GANs on {label}: {'holds' if holds else 'does not hold'} "
-                f"(best diffusion {bd} {vd:.3f} vs best GAN {bg} {vg:.3f})."
+                f"Diffusion beats GANs on {label}: {verdict(gap > m, gap < -m)} "
+                f"(best diffusion {bd} {vd:.4f} vs best GAN {bg} {vg:.4f}, margin {m:.4f})."
             )
     return lines
 

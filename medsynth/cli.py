@@ -131,13 +131,15 @@ def _phantom_parser() -> argparse.ArgumentParser:
 
 
 def _phantom(argv: list[str]) -> int:
-    from medsynth.data.phantom import write_phantom_dataset
+    from medsynth.data.phantom import check_irregularity, write_phantom_dataset
 
     a = _phantom_parser().parse_args(argv)
     if a.cases < 1:
         raise SystemExit(f"medsynth phantom: --cases must be >= 1, got {a.cases}")
-    if not 0.0 <= a.irregularity <= 0.5:
-        raise SystemExit(f"medsynth phantom: --irregularity must lie in [0, 0.5], got {a.irregularity}")
+    try:
+        check_irregularity(a.irregularity, "--irregularity")
+    except ValueError as err:
+        raise SystemExit(f"medsynth phantom: {err}") from None
     if a.output.exists() and any(a.output.iterdir()):
         raise SystemExit(f"medsynth phantom: output folder {a.output} is not empty; refusing to overwrite")
     val = a.val_cases if a.val_cases is not None else max(1, a.cases // 4)

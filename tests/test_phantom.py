@@ -153,3 +153,26 @@ def test_irregular_organs_lobulated_rest_of_case_unchanged() -> None:
     for bad in (-0.1, 0.6):
         with pytest.raises(ValueError, match="irregularity"):
             make_phantom_case(0, depth=4, size=32, irregularity=bad)
+
+
+def test_irregularity_is_checked_in_one_place():
+    """Every entry point rejects the same values with the same message, naming its own argument."""
+    from medsynth.data import PhantomDataModule
+    from medsynth.data.phantom import check_irregularity
+
+    assert check_irregularity(np.float32(0.25)) == 0.25 and check_irregularity(0) == 0.0
+    for bad in (-0.1, 0.51, float("nan"), True, "0.2", None):
+        with pytest.raises(ValueError, match=r"irregularity must be a number in \[0, 0.5\]"):
+            check_irregularity(bad)
+        with pytest.raises(ValueError, match="irregularity"):
+            PhantomDataModule(irregularity=bad)
+    with pytest.raises(ValueError, match="--irregularity must"):
+        check_irregularity(0.7, "--irregularity")
+
+
+def test_write_phantom_dataset_rejects_irregularity_before_writing(tmp_path):
+    from medsynth.data.phantom import write_phantom_dataset
+
+    with pytest.raises(ValueError, match="irregularity"):
+        write_phantom_dataset(tmp_path / "out", num_train=1, num_val=0, irregularity=0.9)
+    assert not (tmp_path / "out").exists()

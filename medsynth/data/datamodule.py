@@ -213,8 +213,9 @@ class PhantomDataModule(SliceDataModule):
         irregularity: float = 0.0,
     ) -> None:
         super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
-        if not isinstance(irregularity, (int, float)) or not 0.0 <= irregularity <= 0.5:
-            raise ValueError(f"irregularity must be a number in [0, 0.5], got {irregularity!r}")
+        from medsynth.data.phantom import check_irregularity
+
+        irregularity = check_irregularity(irregularity)
         if label_set not in ("amos", "totalseg"):
             raise ValueError(f"label_set must be 'amos' or 'totalseg' for the phantom, got {label_set!r}")
         for name, value in (

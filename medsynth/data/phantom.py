@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,26 @@ from scipy import ndimage
 
 from medsynth.labels import CLASSES
 
-__all__ = ["PhantomCase", "make_phantom_case", "write_phantom_dataset", "FOV_MM", "EXTENT_MM"]
+__all__ = [
+    "PhantomCase",
+    "make_phantom_case",
+    "write_phantom_dataset",
+    "FOV_MM",
+    "EXTENT_MM",
+    "check_irregularity",
+]
 
 FOV_MM = 400.0  # in-plane field of view
 EXTENT_MM = 380.0  # craniocaudal coverage: pelvic floor (u = 0) to lung bases (u = 1)
+MAX_IRREGULARITY = 0.5  # the strongest lobulation measured (docs/data.md: ellipse IoU ~0.8)
+
+
+def check_irregularity(value: object, name: str = "irregularity") -> float:
+    """``value`` as a float in [0, MAX_IRREGULARITY]; a ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= MAX_IRREGULARITY:
+        raise ValueError(f"{name} must be a number in [0, {MAX_IRREGULARITY}], got {value!r}")
+    return float(value)
+
 
 # Tissue intensities in HU, portal-venous phase; enhancing organs are scaled per case.
 HU = {
@@ -273,8 +290,7 @@ def make_phantom_case(
         raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
     if label_set not in ("amos", "totalseg"):
         raise ValueError(f"label_set must be 'amos' or 'totalseg' for the phantom, got {label_set!r}")
-    if not 0.0 <= float(irregularity) <= 0.5:
-        raise ValueError(f"irregularity must lie in [0, 0.5], got {irregularity!r}")
+    irregularity = check_irregularity(irregularity)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
     scale = rng.uniform(0.85, 1.12)  # patient size
     angle = np.deg2rad(rng.uniform(-7.0, 7.0))
@@ -522,8 +538,7 @@ def write_phantom_dataset(
 
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train and num_val must be >= 0, got {num_train}, {num_val}")
-    if not 0.0 <= float(irregularity) <= 0.5:  # before any file is written
-        raise ValueError(f"irregularity must lie in [0, 0.5], got {irregularity!r}")
+    irregularity = check_irregularity(irregularity)  # before any file is written
     root = Path(root)
     entries: dict[str, list[dict[str, str]]] = {"training": [], "validation": []}
     folders = {"training": ("imagesTr", "labelsTr"), "validation": ("imagesVa", "labelsVa")}
