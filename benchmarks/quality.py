@@ -414,7 +414,7 @@ def claims(results: Mapping[str, Any]) -> list[str]:
     is lower and its segmenter Dice higher than the conditional DDPM's. Diffusion beats GANs: at
     100 % the best diffusion model has higher PSNR and lower segmenter FD than the best GAN. A
     difference within twice the larger seed SD of the two rows is reported as a tie, not a verdict
-    (GANs are deterministic given the mask: SD 0, so the diffusion model's SD sets the margin).
+    (Pix2Pix and SPADE are deterministic given the mask, SD 0: the other row's SD sets the margin).
     """
     methods = results["methods"]
 
