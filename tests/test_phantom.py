@@ -156,7 +156,8 @@ def test_irregular_organs_lobulated_rest_of_case_unchanged() -> None:
 
 
 def test_irregularity_is_checked_in_one_place():
-    """Every entry point rejects the same values with the same message, naming its own argument."""
+    """The one check and PhantomDataModule reject the same values; the message names the argument
+    given (the CLI passes "--irregularity": tests/test_cli.py)."""
     from medsynth.data import PhantomDataModule
     from medsynth.data.phantom import check_irregularity
 
