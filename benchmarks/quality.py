@@ -20,11 +20,20 @@ Every number is mean +- SD over the noise seeds. Reference rows: the class-mean 
 pixel painted with its class's mean training intensity) and the real slices. Writes
 ``quality.md``, ``quality.json`` and ``quality.png`` (mask | real | each method) to ``--output``.
 
+The full protocol (7 x 30 min of training) is longer than one working session on the 2-core
+machine, so a run can be continued: ``--resume`` adds the methods still missing from the
+``--output`` folder's ``quality.json`` to it, with the same segmenter and test slices, and refuses
+when the settings (``--budget``, ``--num-eval``, ...) or a method's recipe differ from the earlier
+part. Each method records where and when it ran (``runs``), so a table assembled over several
+sessions says which machine gave each row. Without ``--resume`` a folder that already holds
+results is refused, never overwritten.
+
 ``--samplers`` instead compares DDIM, DPM-Solver++ and respaced ancestral sampling at 10 / 25 /
 50 / 100 network evaluations against the 1000-step chain on the trained diffusion models (or
 on ``--ckpt``), and writes ``samplers.md`` / ``samplers.json``.
 
     python benchmarks/quality.py                                  # all methods, 30 min each
+    python benchmarks/quality.py --resume --methods sdm oasis     # continue that run
     python benchmarks/quality.py --budget 0.5 --seeds 2 --methods conditional_ddpm pix2pix
     python benchmarks/quality.py --samplers --ckpt outputs/quality/checkpoints/mask_guided_ddpm_100.ckpt
     python benchmarks/quality.py --gpu --budget 10                # on a GPU
@@ -34,10 +43,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import importlib
 import json
 import math
 import os
+import platform
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -357,6 +369,16 @@ def markdown(results: Mapping[str, Any]) -> str:
         "| method | budget | steps | " + " | ".join(c[0] for c in cols) + " |",
         "|---|---|---|" + "---|" * len(cols),
     ]
+    runs = results.get("runs") or {}
+    if runs:  # a run continued with --resume can span machines: the step counts show their speed
+        where: dict[str, list[str]] = {}
+        for name, r in runs.items():
+            label = f"{r['date']}, {r.get('gpu') or r['cpu']}, {r['threads']} threads"
+            where.setdefault(label, []).append(name)
+        unrecorded = [n for n in results["methods"] if n not in runs]  # parts run before runs existed
+        if unrecorded:
+            where["not recorded"] = unrecorded
+        lines[1:1] = ["", "Trained on: " + "; ".join(f"{', '.join(n)}: {w}" for w, n in where.items()) + "."]
     refs = [("real slices", "real"), ("class-mean painting", "painting")]
     if "painting_rich" in results:
         refs.append((f"class-mean painting ({results['label_set']} labels)", "painting_rich"))
@@ -524,8 +546,136 @@ def reference_rows(
     return real_feats, real_row, score(painted, batch, features, real_feats)
 
 
+# ---------------------------------------------------------------------------------- resuming
+#: Header entries of quality.json that every part of one run must share -> the flag that sets each.
+RUN_SETTINGS: dict[str, str] = {
+    "label_set": "--label-set",
+    "budget_min": "--budget",
+    "num_eval": "--num-eval",
+    "seeds": "--seeds",
+    "sampler": "--sampler",
+    "num_steps": "--num-steps",
+}
+
+
+class ResumeError(ValueError):
+    """An ``--output`` folder that cannot take this run; the message names the flag to change."""
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as quality.json stores it (tuples become lists), for comparing with what it stored."""
+    return json.loads(json.dumps(value, default=float))
+
+
+def previous_results(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The earlier part of the run in ``out`` (``--resume``), or None for a fresh folder.
+
+    Raises :class:`ResumeError` when ``out`` already holds results and ``resume`` is off (results are
+    never overwritten), and when ``resume`` is on but there is no readable result or no segmenter
+    to continue with; all of it before any training.
+    """
+    path = out / "quality.json"
+    if not path.is_file():
+        if resume:
+            raise ResumeError(
+                f"--resume: {path} does not exist; drop --resume to start a run in this --output"
+            )
+        return None
+    if not resume:
+        raise ResumeError(
+            f"--output {out} already holds results ({path}); pass --resume to add methods to them, "
+            "or choose another --output"
+        )
+    try:
+        prev = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ResumeError(f"--resume: {path} is not valid JSON ({e})") from e
+    if not isinstance(prev, dict) or not isinstance(prev.get("methods"), dict):
+        raise ResumeError(f"--resume: {path} has no 'methods' table; it is not a quality.py result")
+    seg = out / "checkpoints" / "segmenter.pt"
+    if not seg.is_file():
+        raise ResumeError(
+            f"--resume: {seg} is missing; added methods must be scored by the earlier segmenter"
+        )
+    return prev
+
+
+def check_compatible(prev: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Raise :class:`ResumeError` where this run's header ``current`` differs from the earlier part
+    ``prev``: a setting (named by its flag), the segmenter file, the recipe of a method already
+    run, or the reference rows (which only the phantom, the test slices and the segmenter set)."""
+    for key, flag in RUN_SETTINGS.items():
+        if key in prev and _jsonable(prev[key]) != _jsonable(current[key]):
+            raise ResumeError(
+                f"--resume: the earlier part ran with {flag} {prev[key]!r}, this one with {current[key]!r}; "
+                "their rows would not be comparable"
+            )
+    if prev.get("segmenter_sha256") not in (None, current["segmenter_sha256"]):
+        raise ResumeError(
+            "--resume: checkpoints/segmenter.pt is not the file the earlier part was scored with"
+        )
+    for name in prev["methods"]:
+        before, now = prev.get("recipes", {}).get(name), current["recipes"].get(name)
+        if before is not None and now is not None and _jsonable(now) != _jsonable(before):
+            raise ResumeError(
+                f"--resume: the recipe of {name} changed since the earlier part ({before} -> {_jsonable(now)}); "
+                "start a new --output"
+            )
+    for row in ("real", "painting"):
+        for metric, cell in prev.get(row, {}).items():
+            a, b = float(cell["mean"]), float(current[row][metric]["mean"])
+            if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= 1e-6 * max(1.0, abs(a)):
+                raise ResumeError(
+                    f"--resume: the {row} reference row changed since the earlier part ({metric} {a} -> {b}): "
+                    "the phantom, the test slices or the segmenter differ"
+                )
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def machine(device: str) -> dict[str, Any]:
+    """Where a method ran (a table assembled over sessions may mix machines): date, processor,
+    cores, torch threads, torch version, and the GPU's name on CUDA."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def figure_row(
+    name: str, path: Path, batch: Mapping[str, Any], train_dm: PhantomDataModule, args
+) -> torch.Tensor:
+    """Seed-0 samples of the figure slices from checkpoint ``path`` (a resumed run without figure.pt)."""
+    picks = args.figure_slices
+    sub = {k: v[picks] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    sub["keys"] = [batch["keys"][i] for i in picks]
+    model = load(name, path, train_dm, args.device)
+    return synthesize(model, sub, 0, {"sampler": args.sampler, "num_steps": args.num_steps})
+
+
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
+    prev = previous_results(out, args.resume)  # before any work: a folder with results is never overwritten
+    if prev is not None and args.segmenter:
+        raise ResumeError(
+            "--segmenter: a resumed run scores with the earlier part's checkpoints/segmenter.pt"
+        )
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     dm = phantom()  # AMOS labels: the segmenter, the scores and the reference rows
@@ -537,15 +687,18 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         if rich["keys"] != batch["keys"] or not torch.equal(rich["image"], batch["image"]):
             raise RuntimeError("the phantom's label sets gave different test slices")
         batch["gen_mask"] = rich["mask"]
-    if args.segmenter:
-        seg = load_segmenter(args.segmenter)
+    seg_file = ckpt_dir / "segmenter.pt"  # the one every part of the run scores with
+    if prev is not None:
+        seg = load_segmenter(seg_file)
     else:
-        seg = train_segmenter(
-            dm, args.segmenter_steps, args.segmenter_minutes or args.budget, args.accelerator
-        )
-        torch.save(
-            {"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams)}, ckpt_dir / "segmenter.pt"
-        )
+        if args.segmenter:
+            seg = load_segmenter(args.segmenter)
+        else:
+            seg = train_segmenter(
+                dm, args.segmenter_steps, args.segmenter_minutes or args.budget, args.accelerator
+            )
+        if not (seg_file.exists() and args.segmenter and seg_file.samefile(args.segmenter)):
+            torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams)}, seg_file)
     seg = seg.to(args.device)
     features = SegmenterFeatures(seg)
     real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
@@ -564,13 +717,31 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "real": aggregate([real_row]),
         "painting": aggregate([painting_row]),
         **({"painting_rich": rich_painting} if rich_painting else {}),
+        "segmenter_sha256": sha256(seg_file),
         "methods": {},
         "recipes": {n: {"class": METHODS[n][0], **METHODS[n][1]} for n in args.methods},
+        "runs": {},
     }
+    figure: dict[str, torch.Tensor] = {}
+    if prev is not None:  # continue the earlier part: same settings, segmenter, recipes, references
+        check_compatible(
+            prev, {**results, "recipes": {n: {"class": c, **a} for n, (c, a) in METHODS.items()}}
+        )
+        results["methods"] = dict(prev["methods"])
+        results["runs"] = dict(prev.get("runs", {}))
+        results["recipes"] = {**prev.get("recipes", {}), **results["recipes"]}
+        if (out / "figure.pt").is_file():
+            figure.update(torch.load(out / "figure.pt", weights_only=True))
+        for name in results["methods"]:
+            if name not in figure and (ckpt_dir / f"{name}_100.ckpt").is_file():
+                figure[name] = figure_row(name, ckpt_dir / f"{name}_100.ckpt", batch, train_dm, args)
     opts = {"sampler": args.sampler, "num_steps": args.num_steps}
-    figure = {}
     for name in args.methods:
+        if name in results["methods"]:
+            print(f"=== {name}: kept from the earlier part of this run", flush=True)
+            continue
         print(f"=== {name}: training {args.budget} min", flush=True)
+        results["runs"][name] = machine(args.device)
         ckpts = train_method(name, train_dm, args, ckpt_dir)
         per: dict[str, Any] = {}
         for frac, info in ckpts.items():
@@ -600,6 +771,8 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             )
         results["methods"][name] = per
         write_quality(results, out, batch, figure, args.figure_slices)  # after every method
+    if prev is not None:  # nothing new to train still rewrites the table, the figure and figure.pt
+        write_quality(results, out, batch, figure, args.figure_slices)
     return results
 
 
@@ -615,6 +788,7 @@ def write_quality(
     (out / "quality.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "quality.md").write_text(markdown(results))
     if figure:
+        torch.save(dict(figure), out / "figure.pt")  # the seed-0 figure slices, for --resume
         comparison_figure(batch["mask"][picks], dict(figure), out / "quality.png", real=batch["image"][picks])
 
 
@@ -701,6 +875,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu", action="store_true", help="train and sample on the GPU")
     p.add_argument("--seeds", type=int, default=4, help="noise seeds 0..n-1 (4)")
     p.add_argument("--output", default="outputs/quality")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="add the --methods missing from --output's quality.json to it (same settings and segmenter)",
+    )
     p.add_argument("--segmenter", default=None, help="an OrganSegmenter checkpoint instead of training one")
     p.add_argument("--segmenter-steps", type=int, default=600)
     p.add_argument(
@@ -750,6 +929,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"a sampler setting looks like ddim:25, got {text!r}")
         return sampler, int(steps)
 
+    if a.samplers and a.resume:
+        p.error("--resume continues a quality run; --samplers writes its own samplers.json")
     if a.samplers and a.label_set != "amos":
         p.error("--samplers compares samplers on AMOS-labelled models; drop --label-set")
     a.settings = [setting(x) for x in a.settings]
@@ -770,10 +951,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = args.num_eval or 128
     args.figure_slices = sorted({round(i * (n - 1) / 3) for i in range(4)})
     t0 = time.perf_counter()
-    if args.samplers:
-        run_samplers(args)
-    else:
-        run_quality(args)
+    try:
+        if args.samplers:
+            run_samplers(args)
+        else:
+            run_quality(args)
+    except ResumeError as e:
+        print(f"quality.py: error: {e}", file=sys.stderr)
+        return 2
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {args.output}", flush=True)
     return 0
 
