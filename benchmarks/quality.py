@@ -623,6 +623,8 @@ def check_compatible(prev: Mapping[str, Any], current: Mapping[str, Any]) -> Non
             )
     for row in ("real", "painting"):
         for metric, cell in prev.get(row, {}).items():
+            if metric not in current[row]:  # a metric this version no longer computes
+                continue
             a, b = float(cell["mean"]), float(current[row][metric]["mean"])
             if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= 1e-6 * max(1.0, abs(a)):
                 raise ResumeError(
@@ -659,7 +661,7 @@ def machine(device: str) -> dict[str, Any]:
 
 
 def figure_row(
-    name: str, path: Path, batch: Mapping[str, Any], train_dm: PhantomDataModule, args
+    name: str, path: Path, batch: Mapping[str, Any], train_dm: PhantomDataModule, args: argparse.Namespace
 ) -> torch.Tensor:
     """Seed-0 samples of the figure slices from checkpoint ``path`` (a resumed run without figure.pt)."""
     picks = args.figure_slices

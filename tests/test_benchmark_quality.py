@@ -139,7 +139,8 @@ def test_a_resumed_run_keeps_the_earlier_rows_and_adds_the_new_method(
 ) -> None:
     """Two parts of one tiny run (Pix2Pix, then SPADE with --resume): Pix2Pix's rows, the
     reference rows and the segmenter are those of the first part, SPADE's are added, both record
-    where they ran, and a third call with another --budget is refused leaving the files as they were."""
+    where they ran, Pix2Pix's figure row is redrawn from its checkpoint when figure.pt is gone, and
+    a third call with another --budget is refused leaving the files as they were."""
     out = tmp_path / "q"
     tiny = [
         "--budget",
@@ -158,6 +159,8 @@ def test_a_resumed_run_keeps_the_earlier_rows_and_adds_the_new_method(
     first = json.loads((out / "quality.json").read_text())
     assert main([*tiny, "--methods", "pix2pix"]) == 2  # the same folder again, without --resume
     assert "already holds results" in capsys.readouterr().err
+    first_figure = torch.load(out / "figure.pt", weights_only=True)
+    (out / "figure.pt").unlink()  # as for a part run before figure.pt existed: redrawn from the checkpoint
     assert main([*tiny, "--resume", "--methods", "pix2pix", "spade"]) == 0
     second = json.loads((out / "quality.json").read_text())
     assert list(second["methods"]) == ["pix2pix", "spade"]
@@ -169,6 +172,8 @@ def test_a_resumed_run_keeps_the_earlier_rows_and_adds_the_new_method(
     assert "pix2pix" in trained_on and "spade" in trained_on, trained_on
     figure = torch.load(out / "figure.pt", weights_only=True)
     assert set(figure) == {"pix2pix", "spade"} and figure["spade"].shape[-2:] == (64, 64)
+    # Pix2Pix is deterministic given the mask: the redrawn row is the first part's
+    torch.testing.assert_close(figure["pix2pix"], first_figure["pix2pix"], rtol=0, atol=1e-5)
     before = (out / "quality.json").read_bytes()
     assert main([*tiny, "--budget", "0.05", "--resume", "--methods", "oasis"]) == 2
     assert "--budget" in capsys.readouterr().err
