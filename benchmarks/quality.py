@@ -199,6 +199,11 @@ def train_segmenter(dm: PhantomDataModule, steps: int, minutes: float, accelerat
     return seg
 
 
+def save_segmenter(seg: OrganSegmenter, path: str | Path) -> None:
+    """The ``segmenter.pt`` that :func:`load_segmenter` reads (weights and hyperparameters)."""
+    torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams)}, path)
+
+
 def load_segmenter(path: str | Path) -> OrganSegmenter:
     """A Lightning checkpoint of an OrganSegmenter, or the ``segmenter.pt`` this benchmark writes."""
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -700,7 +705,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
                 dm, args.segmenter_steps, args.segmenter_minutes or args.budget, args.accelerator
             )
         if not (seg_file.exists() and args.segmenter and seg_file.samefile(args.segmenter)):
-            torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams)}, seg_file)
+            save_segmenter(seg, seg_file)
     seg = seg.to(args.device)
     features = SegmenterFeatures(seg)
     real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
@@ -738,10 +743,10 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             if name not in figure and (ckpt_dir / f"{name}_100.ckpt").is_file():
                 figure[name] = figure_row(name, ckpt_dir / f"{name}_100.ckpt", batch, train_dm, args)
     opts = {"sampler": args.sampler, "num_steps": args.num_steps}
-    for name in args.methods:
-        if name in results["methods"]:
-            print(f"=== {name}: kept from the earlier part of this run", flush=True)
-            continue
+    todo = [n for n in args.methods if n not in results["methods"]]
+    for name in (n for n in args.methods if n not in todo):
+        print(f"=== {name}: kept from the earlier part of this run", flush=True)
+    for name in todo:
         print(f"=== {name}: training {args.budget} min", flush=True)
         results["runs"][name] = machine(args.device)
         ckpts = train_method(name, train_dm, args, ckpt_dir)
@@ -773,7 +778,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             )
         results["methods"][name] = per
         write_quality(results, out, batch, figure, args.figure_slices)  # after every method
-    if prev is not None:  # nothing new to train still rewrites the table, the figure and figure.pt
+    if not todo:  # a resumed run with nothing new to train still rewrites the table and the figure
         write_quality(results, out, batch, figure, args.figure_slices)
     return results
 
@@ -805,7 +810,7 @@ def run_samplers(args: argparse.Namespace) -> dict[str, Any]:
     else:
         seg = train_segmenter(dm, args.segmenter_steps, args.segmenter_minutes or 10.0, args.accelerator)
         seg_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": seg.state_dict(), "hyper_parameters": dict(seg.hparams)}, seg_path)
+        save_segmenter(seg, seg_path)
     features = SegmenterFeatures(seg.to(args.device))
     real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
     if args.ckpt:
