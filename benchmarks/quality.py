@@ -507,7 +507,7 @@ def sampler_markdown(results: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {model} | {r['sampler']} | {r['num_steps']} | {r['seconds_per_slice']:.3f} | {fmt(m['psnr'])} | "
                 f"{fmt(m['ssim'], 3)} | {fmt(m['background'], 3)} | {fmt(m['err/mean'], 3)} | {fmt(m['err/max'], 3)} | "
-                f"{fmt(m['dice/mean'], 3)} | {fmt(m['frechet_seg'])} | {r.get('within_2pct', '—')} |"
+                f"{fmt(m['dice/mean'], 3)} | {fmt(m['frechet_seg'], 4)} | {r.get('within_2pct', '—')} |"
             )
     return "\n".join(lines) + "\n"
 
