@@ -9,6 +9,7 @@ largest difference between the cached and uncached outputs on the same seeds (ra
 perturbed weights, so the outputs are not the zero-initialised network's constant).
 
     python benchmarks/sampling_speed.py                  # CPU, 64x64, width 32, batch 4, DDIM 20 steps, 1 thread
+    python benchmarks/sampling_speed.py --mask phantom   # the same on phantom slices instead of random squares
     python benchmarks/sampling_speed.py --device cuda --size 256 --width 128 --batch 16
 """
 
@@ -20,6 +21,7 @@ import time
 
 import torch
 
+from medsynth.data.datamodule import PhantomDataModule
 from medsynth.models import SDM, ConditionalDDPM, EdgeGuidedDDPM, MaskGuidedDDPM
 from medsynth.models.ddpm import DiffusionModel
 
@@ -38,11 +40,25 @@ def build(
     return model
 
 
-def test_mask(batch: int, size: int, device: torch.device) -> torch.Tensor:
-    """Blocky random label maps ``[B, H, W]`` (the cost does not depend on the content)."""
-    g = torch.Generator().manual_seed(0)
-    coarse = torch.randint(0, 17, (batch, size // 8, size // 8), generator=g)
-    return coarse.repeat_interleave(8, 1).repeat_interleave(8, 2).to(device)
+def test_mask(batch: int, size: int, device: torch.device, kind: str = "blocks") -> torch.Tensor:
+    """Label maps ``[B, H, W]``. ``"blocks"``: a random label on every 8x8 square, far more
+    distinct edges than an abdomen (the hard case for SDM's SPADE lookup, whose cost grows with
+    the distinct 3x3 label patches; the other methods' cost does not depend on the content).
+    ``"phantom"``: the slice with the most labels of each of ``batch`` phantom test volumes."""
+    if kind == "blocks":
+        g = torch.Generator().manual_seed(0)
+        coarse = torch.randint(0, 17, (batch, size // 8, size // 8), generator=g)
+        return coarse.repeat_interleave(8, 1).repeat_interleave(8, 2).to(device)
+    if kind != "phantom":
+        raise ValueError(f"--mask must be 'blocks' or 'phantom', got {kind!r}")
+    dm = PhantomDataModule(num_train_cases=1, num_val_cases=1, num_test_cases=batch, depth=16, image_size=size)
+    dm.setup("test")
+    best: dict[str, torch.Tensor] = {}
+    for item in dm.test_dataloader().dataset:
+        m = item["mask"].long().reshape(size, size)
+        if item["case_id"] not in best or m.unique().numel() > best[item["case_id"]].unique().numel():
+            best[item["case_id"]] = m
+    return torch.stack([best[k] for k in sorted(best)]).to(device)
 
 
 def run(model: DiffusionModel, mask: torch.Tensor, steps: int, cache: bool, guidance: float | None) -> tuple:
@@ -79,6 +95,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--guided", action="store_true", help="add SDM with guidance 1.5 (a 2B batch per step)")
+    p.add_argument(
+        "--mask",
+        choices=("blocks", "phantom"),
+        default="blocks",
+        help="random labels on 8x8 squares (many edges: SDM's hard case) or phantom slices",
+    )
     a = p.parse_args()
     if not 1 <= a.short_steps < a.steps:
         p.error(f"--short-steps must lie in 1..{a.steps - 1}, got {a.short_steps}")
@@ -93,9 +115,9 @@ def main() -> None:
     if a.guided:
         rows.append(("SDM, guidance 1.5 (2B)", SDM, 1.5))
     models = {name: build(cls, a.size, a.width, device, g not in (None, 1.0)) for name, cls, g in rows}
-    mask = test_mask(a.batch, a.size, device)
+    mask = test_mask(a.batch, a.size, device, a.mask)
     print(
-        f"sampling speed: {a.size}x{a.size}, width {a.width}, batch {a.batch}, DDIM {a.steps} steps, "
+        f"sampling speed: {a.size}x{a.size}, width {a.width}, batch {a.batch}, {a.mask} masks, DDIM {a.steps} steps, "
         f"{a.threads} thread(s), device {device}, fastest of {a.repeats} interleaved repeats"
     )
     for name, _, g in rows:  # warm-up (allocator, kernels)

@@ -8,6 +8,7 @@ generator residual block of SPADE, reused by OASIS with its label+noise map as c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -15,11 +16,96 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["SPADENorm", "SPADEGANResBlock", "num_groups"]
+__all__ = ["LabelPatches", "SPADENorm", "SPADEGANResBlock", "num_groups"]
 
 NormKind = Literal["batch", "group", "instance"]
 #: ``(1 + gamma, beta)`` of one SPADENorm, precomputed from the label map (see SPADENorm.encode).
 Modulation = tuple[Tensor, Tensor]
+
+
+#: :meth:`LabelPatches.build` gives up (the plain convs are cheaper) where the distinct 3x3 patches
+#: exceed this fraction of the pixels: the lookup's matmul costs ``n / pixels`` of the convs'
+#: multiply-adds, plus gathers (measured in docs/benchmarks.md, "Sampling cost per step, CPU").
+PATCH_LOOKUP_MAX_FRACTION = 0.5
+
+
+def _unique_rows(rows: Tensor, base: int) -> tuple[Tensor, Tensor]:
+    """The distinct rows of ``rows [N, k]`` (integers in ``[0, base)``) and each row's index among them.
+
+    Each row is read as a number in ``base``, digit by digit; where the next digit would overflow
+    int64 the numbers so far are first replaced by their rank (a 1-D unique), so it is exact for
+    any ``base`` and much faster than ``torch.unique(dim=0)``.
+    """
+    key, bound = torch.zeros_like(rows[:, 0]), 1
+    for j in range(rows.shape[1]):
+        if bound * base >= 2**62:
+            _, key = torch.unique(key, return_inverse=True)
+            bound = int(key.max()) + 1
+        key, bound = key * base + rows[:, j], bound * base
+    _, inverse = torch.unique(key, return_inverse=True)  # [N] in [0, n)
+    distinct = rows.new_empty(int(inverse.max()) + 1, rows.shape[1])
+    distinct[inverse] = rows  # duplicates write the same row
+    return distinct, inverse
+
+
+def _taps(ids: Tensor, outside: int) -> Tensor:
+    """``[B*h*w, 9]``: each pixel's 3x3 neighbourhood of ``ids [B, h, w]`` (row-major taps,
+    ``outside`` beyond the border)."""
+    b, h, w = ids.shape
+    padded = F.pad(ids, (1, 1, 1, 1), value=outside)  # [B, h+2, w+2]
+    return torch.stack([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], -1).view(-1, 9)
+
+
+@dataclass(frozen=True)
+class LabelPatches:
+    """The distinct neighbourhoods of a one-hot label map at one size, for :meth:`SPADENorm.encode`.
+
+    A SPADE modulation is ``conv3x3(relu(conv3x3(seg)))``: its value at a pixel depends only on the
+    labels of the pixel's 5x5 neighbourhood, i.e. on the 3x3 patches around its 3x3 neighbours. A
+    mask has few distinct ones (one inside each organ, a few along each edge), so :meth:`SPADENorm.lookup`
+    runs the shared conv and the gamma/beta conv's multiply-adds once per distinct 3x3 patch, sums
+    them once per distinct 5x5 neighbourhood and copies the result to the pixels: the convs' values
+    up to float rounding, at a fraction of the work. Built once per size and shared by every
+    SPADENorm there (encoding the condition is time-independent: :meth:`DiffusionUNet.encode_condition`).
+
+    Attributes:
+        labels: ``[n, 9]`` the distinct 3x3 patches as label ids (row-major taps); ``K`` stands for
+            an all-zero input: a pixel without a label (the null condition of guidance) or one
+            outside the image (the shared conv's zero padding).
+        neighbours: ``[m, 9]`` the distinct 5x5 neighbourhoods as the rows of ``labels`` of the
+            3x3 neighbours; ``n`` stands for a neighbour outside the image (the gamma/beta conv's
+            zero padding).
+        index: ``[B, h, w]`` each pixel's row of ``neighbours``.
+        num_labels: ``K``, the channels of the label map.
+    """
+
+    labels: Tensor
+    neighbours: Tensor
+    index: Tensor
+    num_labels: int
+
+    @classmethod
+    def build(
+        cls, seg: Tensor, size: tuple[int, int], max_fraction: float = PATCH_LOOKUP_MAX_FRACTION
+    ) -> LabelPatches | None:
+        """From ``seg [B, K, H, W]`` resized (nearest) to ``size``; ``None`` where ``seg`` is not
+        one-hot (or all zero) at every pixel, or where the distinct 3x3 patches exceed
+        ``max_fraction`` of the pixels (the convs are then cheaper)."""
+        seg = F.interpolate(seg, size=size, mode="nearest")  # [B, K, h, w]
+        b, k, (h, w) = seg.shape[0], seg.shape[1], size
+        total = seg.sum(1)  # [B, h, w]
+        if not bool((((seg == 0) | (seg == 1)).all() & (total <= 1).all()).item()):
+            return None  # soft or noisy maps (OASIS's noise channels): no few distinct patches
+        ids = torch.where(total > 0, seg.argmax(1), k)  # [B, h, w] label id, K: none
+        labels, patch = _unique_rows(_taps(ids, k), k + 1)  # [n, 9], [B*h*w]
+        if labels.shape[0] > max_fraction * b * h * w:
+            return None
+        neighbours, index = _unique_rows(_taps(patch.view(b, h, w), labels.shape[0]), labels.shape[0] + 1)
+        return cls(labels, neighbours, index.view(b, h, w), k)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.index.shape[1:])
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -77,10 +163,42 @@ class SPADENorm(nn.Module):
         actv = self.shared(seg)
         return self.gamma(actv), self.beta(actv)
 
-    def encode(self, seg: Tensor, size: tuple[int, int]) -> Modulation:
+    def lookup(self, patches: LabelPatches) -> tuple[Tensor, Tensor]:
+        """gamma, beta ``[B, C, h, w]`` as :meth:`modulation` computes them (up to float rounding),
+        from ``patches`` (:class:`LabelPatches` of the same label map at ``(h, w)``)."""
+        conv, k = self.shared[0], patches.num_labels
+        if conv.in_channels != k:
+            raise ValueError(f"LabelPatches of {k} labels for a SPADENorm of label_nc={conv.in_channels}")
+        n = patches.labels.shape[0]
+        onehot = F.one_hot(patches.labels, k + 1)[..., :k].transpose(1, 2)  # [n, K, 9]; id K: all 0
+        x = onehot.reshape(n, k * 9).to(conv.weight.dtype)  # conv weight order: channel, row, column
+        actv = F.relu(F.linear(x, conv.weight.flatten(1), conv.bias))  # [n, hidden]
+        weight = torch.cat([self.gamma.weight, self.beta.weight])  # [2C, hidden, 3, 3]
+        out_ch, hidden = weight.shape[:2]
+        table = (actv @ weight.permute(1, 2, 3, 0).reshape(hidden, 9 * out_ch)).view(n, 9, out_ch)
+        table = F.pad(table.transpose(0, 1), (0, 0, 0, 1))  # [9, n+1, 2C]; row n: outside (zero padding)
+        # cross-correlation: tap (i, j) of a pixel reads its neighbour at (y + i - 1, x + j - 1)
+        nb = patches.neighbours  # [m, 9]
+        values = table[0].index_select(0, nb[:, 0])  # [m, 2C]
+        for tap in range(1, 9):
+            values += table[tap].index_select(0, nb[:, tap])
+        values += torch.cat([self.gamma.bias, self.beta.bias]).to(values.dtype)
+        b, (h, w) = patches.index.shape[0], patches.size
+        out, c = F.embedding(patches.index.view(b, h * w), values), out_ch // 2  # [B, h*w, 2C]
+        gamma = out[..., :c].transpose(1, 2).contiguous().view(b, c, h, w)  # [B, C, h, w]
+        beta = out[..., c:].transpose(1, 2).contiguous().view(b, c, h, w)
+        return gamma, beta
+
+    def encode(self, seg: Tensor, size: tuple[int, int], patches: LabelPatches | None = None) -> Modulation:
         """``(1 + gamma, beta)`` for activations of spatial ``size``: what :meth:`forward` takes as
-        ``modulation`` to skip the convs over the label map (it does not change with the input)."""
-        gamma, beta = self.modulation(seg, size)
+        ``modulation`` to skip the convs over the label map (it does not change with the input).
+        ``patches`` (:class:`LabelPatches` of ``seg`` at ``size``) switches to :meth:`lookup`."""
+        if patches is not None and self.gamma.kernel_size == (3, 3) and self.shared[0].kernel_size == (3, 3):
+            if patches.size != tuple(size):
+                raise ValueError(f"LabelPatches of size {patches.size} are not for size {tuple(size)}")
+            gamma, beta = self.lookup(patches)
+        else:
+            gamma, beta = self.modulation(seg, size)
         return 1.0 + gamma, beta
 
     def forward(

@@ -13,7 +13,10 @@ Every block is called as ``block(h, temb, seg)``; blocks that do not use ``seg``
 Condition cache: what depends only on the condition (the encoder branch's features; SPADE's
 modulation maps) is the same at every sampling step. :meth:`DiffusionUNet.encode_condition`
 computes it once and returns keyword arguments for ``forward`` (``cond_features``,
-``seg_features``) that give the same output as the raw condition at every timestep.
+``seg_features``) that give the same output as the raw condition at every timestep. When sampling
+(no gradients), SDM encodes its one-hot mask by lookup over the distinct label patches
+(:class:`medsynth.nn.spade.LabelPatches`; the convs' values up to float rounding), whether once
+per call (the cache) or at every step (``condition_cache = False``); training runs the convs.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 from torch import Tensor, nn
 
-from medsynth.nn.spade import Modulation, SPADENorm, num_groups
+from medsynth.nn.spade import LabelPatches, Modulation, SPADENorm, num_groups
 
 __all__ = [
     "DiffusionUNet",
@@ -71,7 +74,7 @@ class ResBlock(nn.Module):
     def forward(self, h: Tensor, temb: Tensor | None, seg: Any = None) -> Tensor:
         return self.block(h, temb)
 
-    def encode_seg(self, seg: Tensor, size: tuple[int, int]) -> None:
+    def encode_seg(self, seg: Tensor, size: tuple[int, int], patches: LabelPatches | None = None) -> None:
         """Nothing to precompute: the block ignores ``seg``."""
         return None
 
@@ -95,9 +98,12 @@ class SPADEDiffusionResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
         self.act = nn.SiLU()
 
-    def encode_seg(self, seg: Tensor, size: tuple[int, int]) -> tuple[Modulation, Modulation]:
-        """Both SPADE modulations for activations of spatial ``size`` (``seg`` for :meth:`forward`)."""
-        return self.norm1.encode(seg, size), self.norm2.encode(seg, size)
+    def encode_seg(
+        self, seg: Tensor, size: tuple[int, int], patches: LabelPatches | None = None
+    ) -> tuple[Modulation, Modulation]:
+        """Both SPADE modulations for activations of spatial ``size`` (``seg`` for :meth:`forward`);
+        ``patches``: ``seg``'s :class:`LabelPatches` at ``size`` for the lookup, if built."""
+        return self.norm1.encode(seg, size, patches), self.norm2.encode(seg, size, patches)
 
     def forward(
         self, h: Tensor, temb: Tensor | None, seg: Tensor | tuple[Modulation, Modulation] | None = None
@@ -141,7 +147,7 @@ class AttnBlock(nn.Module):
     def forward(self, h: Tensor, temb: Tensor | None = None, seg: Any = None) -> Tensor:
         return self.attn(h)
 
-    def encode_seg(self, seg: Tensor, size: tuple[int, int]) -> None:
+    def encode_seg(self, seg: Tensor, size: tuple[int, int], patches: LabelPatches | None = None) -> None:
         return None
 
 
@@ -333,10 +339,16 @@ class DiffusionUNet(nn.Module):
         sizes = [tuple(seg.shape[-2:])]  # spatial size per level: Downsample2D (stride 2, pad 1) halves up
         for _ in self.down[1:]:
             sizes.append(tuple((s + 1) // 2 for s in sizes[-1]))
-        out = [layer.encode_seg(seg, sizes[-1]) for layer in self.mid]
+        patches = {size: self.label_patches(seg, size) for size in dict.fromkeys(sizes)}  # once per size
+        out = [layer.encode_seg(seg, sizes[-1], patches[sizes[-1]]) for layer in self.mid]
         for k, level in enumerate(self.up):
-            out.extend(block.encode_seg(seg, sizes[len(self.down) - 1 - k]) for block in level.blocks)
+            size = sizes[len(self.down) - 1 - k]
+            out.extend(block.encode_seg(seg, size, patches[size]) for block in level.blocks)
         return out
+
+    def label_patches(self, seg: Tensor, size: tuple[int, int]) -> LabelPatches | None:
+        """What the blocks at ``size`` share for encoding ``seg``: nothing here (no block uses it)."""
+        return None
 
     @property
     def num_decoder_blocks(self) -> int:
@@ -443,6 +455,12 @@ class SPADEDiffusionUNet(DiffusionUNet):
         self.label_nc, self.spade_hidden = label_nc, spade_hidden
         super().__init__(image_size, **kwargs)
 
+    def label_patches(self, seg: Tensor, size: tuple[int, int]) -> LabelPatches | None:
+        """The distinct neighbourhoods of ``seg`` at ``size``, shared by the SPADE norms there (their
+        encoding becomes a lookup) when sampling; ``None`` where they are too many to pay, and with
+        gradients on (training runs the convs, unchanged)."""
+        return None if torch.is_grad_enabled() else LabelPatches.build(seg, size)
+
     def decoder_block(self, in_ch: int, out_ch: int, temb_ch: int) -> nn.Module:
         return SPADEDiffusionResBlock(in_ch, out_ch, temb_ch, self.label_nc, self.dropout, self.spade_hidden)
 
@@ -453,4 +471,7 @@ class SPADEDiffusionUNet(DiffusionUNet):
             raise ValueError("SPADEDiffusionUNet needs seg, the one-hot label map [B, label_nc, H, W]")
         if seg is not None:
             seg = seg.to(x.dtype)
+            if seg_features is None and not torch.is_grad_enabled():
+                # sampling without the condition cache: encode at this step, as the cache does once
+                seg, seg_features = None, self.encode_seg(seg)
         return super().forward(x, timesteps, seg=seg, seg_features=seg_features, **kwargs)
