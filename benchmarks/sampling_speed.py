@@ -10,6 +10,7 @@ perturbed weights, so the outputs are not the zero-initialised network's constan
 
     python benchmarks/sampling_speed.py                  # CPU, 64x64, width 32, batch 4, DDIM 20 steps, 1 thread
     python benchmarks/sampling_speed.py --mask phantom   # the same on phantom slices instead of random squares
+    python benchmarks/sampling_speed.py --encode-only --repeats 5   # SDM's encoding: SPADE lookup vs convs
     python benchmarks/sampling_speed.py --device cuda --size 256 --width 128 --batch 16
 """
 
@@ -79,6 +80,45 @@ def run(model: DiffusionModel, mask: torch.Tensor, steps: int, cache: bool, guid
     return (clock() - t0) / steps, out
 
 
+def sdm_encoding(model: DiffusionModel, mask: torch.Tensor, repeats: int) -> None:
+    """Print the seconds of SDM's once-per-call encoding of ``mask`` (every SPADE's modulation),
+    by lookup over the distinct label patches and with the convs, and their largest difference."""
+    net = model.ema.shadow
+    seg = model.model_kwargs(mask)["seg"].to(net.conv_in.weight.dtype)  # [B, K, H, W] one-hot
+    patches = type(net).label_patches
+    cuda = mask.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    found: dict[str, tuple[float, list]] = {}
+    for name, builder in (("lookup", patches), ("convs", lambda self, seg, size: None)):
+        type(net).label_patches = builder
+        best = float("inf")
+        try:
+            with torch.no_grad():
+                for _ in range(repeats + 1):  # the first is a warm-up
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t0 = clock()
+                    out = net.encode_seg(seg)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    best = min(best, clock() - t0)
+        finally:
+            type(net).label_patches = patches
+        found[name] = (best, out)
+    pairs = [
+        (a, b)
+        for x, y in zip(found["lookup"][1], found["convs"][1])
+        if x is not None  # blocks without SPADE (attention) encode nothing
+        for mx, my in zip(x, y)
+        for a, b in zip(mx, my)
+    ]
+    diff = max(float((a - b).abs().max()) for a, b in pairs)
+    print(
+        f"\nSDM encoding once per generate() call (fastest of {repeats}): lookup {found['lookup'][0]:.3f} s, "
+        f"convs {found['convs'][0]:.3f} s; largest difference of the modulation maps {diff:.1e}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64)
@@ -95,6 +135,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--guided", action="store_true", help="add SDM with guidance 1.5 (a 2B batch per step)")
+    p.add_argument(
+        "--encode-only", action="store_true", help="only SDM's once-per-call encoding: lookup vs convs"
+    )
     p.add_argument(
         "--mask",
         choices=("blocks", "phantom"),
@@ -116,6 +159,10 @@ def main() -> None:
         rows.append(("SDM, guidance 1.5 (2B)", SDM, 1.5))
     models = {name: build(cls, a.size, a.width, device, g not in (None, 1.0)) for name, cls, g in rows}
     mask = test_mask(a.batch, a.size, device, a.mask)
+    if a.encode_only:
+        print(f"{a.size}x{a.size}, width {a.width}, batch {a.batch}, {a.mask} masks, {a.threads} thread(s)")
+        sdm_encoding(models["SDM"], mask, a.repeats)
+        return
     print(
         f"sampling speed: {a.size}x{a.size}, width {a.width}, batch {a.batch}, {a.mask} masks, DDIM {a.steps} steps, "
         f"{a.threads} thread(s), device {device}, fastest of {a.repeats} interleaved repeats"
@@ -165,6 +212,7 @@ def main() -> None:
         print(
             f"{name:24s} {marginal[name]:16.4f} {marginal[name] / marginal['ConditionalDDPM']:14.2f}x {once:16.3f}"
         )
+    sdm_encoding(models["SDM"], mask, a.repeats)
 
 
 if __name__ == "__main__":
