@@ -52,7 +52,9 @@ def test_mask(batch: int, size: int, device: torch.device, kind: str = "blocks")
         return coarse.repeat_interleave(8, 1).repeat_interleave(8, 2).to(device)
     if kind != "phantom":
         raise ValueError(f"--mask must be 'blocks' or 'phantom', got {kind!r}")
-    dm = PhantomDataModule(num_train_cases=1, num_val_cases=1, num_test_cases=batch, depth=16, image_size=size)
+    dm = PhantomDataModule(
+        num_train_cases=1, num_val_cases=1, num_test_cases=batch, depth=16, image_size=size
+    )
     dm.setup("test")
     best: dict[str, torch.Tensor] = {}
     for item in dm.test_dataloader().dataset:
