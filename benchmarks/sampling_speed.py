@@ -11,6 +11,7 @@ perturbed weights, so the outputs are not the zero-initialised network's constan
     python benchmarks/sampling_speed.py                  # CPU, 64x64, width 32, batch 4, DDIM 20 steps, 1 thread
     python benchmarks/sampling_speed.py --mask phantom   # the same on phantom slices instead of random squares
     python benchmarks/sampling_speed.py --encode-only --repeats 5   # SDM's encoding: SPADE lookup vs convs
+    python benchmarks/sampling_speed.py --lookup-check SDM.ckpt --mask phantom   # a trained SDM's samples
     python benchmarks/sampling_speed.py --device cuda --size 256 --width 128 --batch 16
 """
 
@@ -121,6 +122,39 @@ def sdm_encoding(model: DiffusionModel, mask: torch.Tensor, repeats: int) -> Non
     )
 
 
+def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int) -> None:
+    """A trained SDM's samples with SPADE's lookup against the same samples with the convs (default
+    sampler and guidance, the same noise): largest difference and PSNR between the two, per seed."""
+    from medsynth.synthesis import load_model
+
+    model = load_model(ckpt).eval()
+    if not isinstance(model, SDM):
+        raise SystemExit(f"--lookup-check needs an SDM checkpoint, {ckpt} is a {type(model).__name__}")
+    net = model.ema.shadow
+    patches = type(net).label_patches
+    print(f"{ckpt}: {mask.shape[0]} masks {tuple(mask.shape[1:])}, default sampler, {threads} thread(s)")
+    print(
+        f"{'seed':>4s} {'max |lookup - convs|':>21s} {'PSNR lookup vs convs (dB)':>26s} {'s lookup':>9s} {'s convs':>8s}"
+    )
+    for seed in range(seeds):
+        outs, secs = {}, {}
+        for name, builder in (("lookup", patches), ("convs", lambda self, seg, size: None)):
+            type(net).label_patches = builder
+            try:
+                t0 = time.process_time()
+                outs[name] = model.generate(
+                    mask, generator=torch.Generator().manual_seed(seed)
+                )  # [B, 1, H, W]
+                secs[name] = time.process_time() - t0
+            finally:
+                type(net).label_patches = patches
+        diff = (outs["lookup"] - outs["convs"]).double()  # images in [0, 1]
+        psnr = float("inf") if not diff.any() else float(-10 * torch.log10(diff.pow(2).mean()))
+        print(
+            f"{seed:4d} {float(diff.abs().max()):21.1e} {psnr:26.1f} {secs['lookup']:9.1f} {secs['convs']:8.1f}"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64)
@@ -137,6 +171,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--guided", action="store_true", help="add SDM with guidance 1.5 (a 2B batch per step)")
+    p.add_argument(
+        "--lookup-check",
+        metavar="CKPT",
+        help="a trained SDM checkpoint: its samples with the SPADE lookup vs the convs (--seeds seeds)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="noise seeds for --lookup-check")
     p.add_argument(
         "--encode-only", action="store_true", help="only SDM's once-per-call encoding: lookup vs convs"
     )
@@ -159,6 +199,9 @@ def main() -> None:
     ]
     if a.guided:
         rows.append(("SDM, guidance 1.5 (2B)", SDM, 1.5))
+    if a.lookup_check:
+        lookup_check(a.lookup_check, test_mask(a.batch, a.size, device, a.mask), a.seeds, a.threads)
+        return
     models = {name: build(cls, a.size, a.width, device, g not in (None, 1.0)) for name, cls, g in rows}
     mask = test_mask(a.batch, a.size, device, a.mask)
     if a.encode_only:
