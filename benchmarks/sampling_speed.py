@@ -122,9 +122,10 @@ def sdm_encoding(model: DiffusionModel, mask: torch.Tensor, repeats: int) -> Non
     )
 
 
-def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int) -> None:
-    """A trained SDM's samples with SPADE's lookup against the same samples with the convs (default
-    sampler and guidance, the same noise): largest difference and PSNR between the two, per seed."""
+def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int, **generate_kwargs) -> None:
+    """A trained SDM's samples with SPADE's lookup against the same samples with the convs (the
+    checkpoint's sampler, steps and guidance unless ``generate_kwargs`` say otherwise; the same
+    noise): largest difference and PSNR between the two, per seed."""
     from medsynth.synthesis import load_model
 
     model = load_model(ckpt).eval()
@@ -132,7 +133,8 @@ def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int) -> Non
         raise SystemExit(f"--lookup-check needs an SDM checkpoint, {ckpt} is a {type(model).__name__}")
     net = model.ema.shadow
     patches = type(net).label_patches
-    print(f"{ckpt}: {mask.shape[0]} masks {tuple(mask.shape[1:])}, default sampler, {threads} thread(s)")
+    h = {**{k: model.hparams.get(k) for k in ("sampler", "num_steps", "guidance_scale")}, **generate_kwargs}
+    print(f"{ckpt}: {mask.shape[0]} masks {tuple(mask.shape[1:])}, {h} (None: 1000), {threads} thread(s)")
     print(
         f"{'seed':>4s} {'max |lookup - convs|':>21s} {'PSNR lookup vs convs (dB)':>26s} {'s lookup':>9s} {'s convs':>8s}"
     )
@@ -142,9 +144,8 @@ def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int) -> Non
             type(net).label_patches = builder
             try:
                 t0 = time.process_time()
-                outs[name] = model.generate(
-                    mask, generator=torch.Generator().manual_seed(seed)
-                )  # [B, 1, H, W]
+                gen = torch.Generator().manual_seed(seed)
+                outs[name] = model.generate(mask, generator=gen, **generate_kwargs)  # [B, 1, H, W]
                 secs[name] = time.process_time() - t0
             finally:
                 type(net).label_patches = patches

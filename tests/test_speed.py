@@ -4,6 +4,8 @@ against the fp32 default, and the GPU options against the default layout."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -538,3 +540,40 @@ def test_gpu_benchmark_cpu_smoke() -> None:
         assert heading in proc.stdout, proc.stdout
     for method in ("ConditionalDDPM", "MaskGuidedDDPM", "EdgeGuidedDDPM", "SDM", "Pix2Pix", "SPADE", "OASIS"):
         assert method in proc.stdout
+
+
+def _sampling_speed_module():
+    spec = importlib.util.spec_from_file_location("sampling_speed", REPO / "benchmarks" / "sampling_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _save(model, path: Path) -> Path:
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_sampling_speed_benchmark_checks_the_lookup(tmp_path, capsys) -> None:
+    """sampling_speed.py's two lookup checks on a tiny SDM: the encoding's modulation maps
+    (``sdm_encoding``) and a saved checkpoint's samples (``--lookup-check``) against the convs, to
+    1e-5 (float rounding: the trained 30-minute SDM's samples differed by <= 1.2e-6 over 3 seeds);
+    an unknown mask kind and a checkpoint of another method are refused by name."""
+    bench = _sampling_speed_module()
+    mask = bench.test_mask(2, 32, torch.device("cpu"), "blocks")  # [2, 32, 32], 8x8 squares
+    assert torch.equal(mask, mask[:, ::8, ::8].repeat_interleave(8, 1).repeat_interleave(8, 2))
+    with pytest.raises(ValueError, match="--mask must be"):
+        bench.test_mask(2, 32, torch.device("cpu"), "circles")
+    model = make(SDM)
+    bench.sdm_encoding(model, mask, repeats=1)
+    out = capsys.readouterr().out
+    assert float(re.search(r"modulation maps ([0-9.e+-]+)", out).group(1)) < 1e-5, out
+    bench.lookup_check(str(_save(model, tmp_path / "sdm.ckpt")), mask, seeds=2, threads=1, num_steps=10)
+    rows = re.findall(r"^\s+(\d+)\s+([0-9.e+-]+)\s", capsys.readouterr().out, re.M)
+    assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) < 1e-5 for r in rows), rows
+    with pytest.raises(SystemExit, match="needs an SDM checkpoint"):
+        bench.lookup_check(
+            str(_save(make(ConditionalDDPM), tmp_path / "ddpm.ckpt")), mask, seeds=1, threads=1
+        )
