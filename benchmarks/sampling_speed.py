@@ -128,7 +128,7 @@ def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int, **gene
     noise): largest difference and PSNR between the two, per seed."""
     from medsynth.synthesis import load_model
 
-    model = load_model(ckpt).eval()
+    model = load_model(ckpt, map_location=mask.device).eval()
     if not isinstance(model, SDM):
         raise SystemExit(f"--lookup-check needs an SDM checkpoint, {ckpt} is a {type(model).__name__}")
     net = model.ema.shadow
@@ -190,6 +190,8 @@ def main() -> None:
     a = p.parse_args()
     if not 1 <= a.short_steps < a.steps:
         p.error(f"--short-steps must lie in 1..{a.steps - 1}, got {a.short_steps}")
+    if a.seeds < 1 or a.repeats < 1:
+        p.error(f"--seeds and --repeats must be at least 1, got {a.seeds} and {a.repeats}")
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     rows = [
@@ -203,12 +205,12 @@ def main() -> None:
     if a.lookup_check:
         lookup_check(a.lookup_check, test_mask(a.batch, a.size, device, a.mask), a.seeds, a.threads)
         return
-    models = {name: build(cls, a.size, a.width, device, g not in (None, 1.0)) for name, cls, g in rows}
     mask = test_mask(a.batch, a.size, device, a.mask)
     if a.encode_only:
         print(f"{a.size}x{a.size}, width {a.width}, batch {a.batch}, {a.mask} masks, {a.threads} thread(s)")
-        sdm_encoding(models["SDM"], mask, a.repeats)
+        sdm_encoding(build(SDM, a.size, a.width, device, False), mask, a.repeats)
         return
+    models = {name: build(cls, a.size, a.width, device, g not in (None, 1.0)) for name, cls, g in rows}
     print(
         f"sampling speed: {a.size}x{a.size}, width {a.width}, batch {a.batch}, {a.mask} masks, DDIM {a.steps} steps, "
         f"{a.threads} thread(s), device {device}, fastest of {a.repeats} interleaved repeats"
