@@ -88,12 +88,11 @@ def sdm_encoding(model: DiffusionModel, mask: torch.Tensor, repeats: int) -> Non
     by lookup over the distinct label patches and with the convs, and their largest difference."""
     net = model.ema.shadow
     seg = model.model_kwargs(mask)["seg"].to(net.conv_in.weight.dtype)  # [B, K, H, W] one-hot
-    patches = type(net).label_patches
     cuda = mask.device.type == "cuda"
     clock = time.perf_counter if cuda else time.process_time
     found: dict[str, tuple[float, list]] = {}
-    for name, builder in (("lookup", patches), ("convs", lambda self, seg, size: None)):
-        type(net).label_patches = builder
+    for name in ("lookup", "convs"):
+        net.spade_lookup = name == "lookup"
         best = float("inf")
         try:
             with torch.no_grad():
@@ -106,7 +105,7 @@ def sdm_encoding(model: DiffusionModel, mask: torch.Tensor, repeats: int) -> Non
                         torch.cuda.synchronize()
                     best = min(best, clock() - t0)
         finally:
-            type(net).label_patches = patches
+            net.spade_lookup = True
         found[name] = (best, out)
     pairs = [
         (a, b)
@@ -132,7 +131,6 @@ def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int, **gene
     if not isinstance(model, SDM):
         raise SystemExit(f"--lookup-check needs an SDM checkpoint, {ckpt} is a {type(model).__name__}")
     net = model.ema.shadow
-    patches = type(net).label_patches
     h = {**{k: model.hparams.get(k) for k in ("sampler", "num_steps", "guidance_scale")}, **generate_kwargs}
     print(f"{ckpt}: {mask.shape[0]} masks {tuple(mask.shape[1:])}, {h} (None: 1000), {threads} thread(s)")
     print(
@@ -140,15 +138,15 @@ def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int, **gene
     )
     for seed in range(seeds):
         outs, secs = {}, {}
-        for name, builder in (("lookup", patches), ("convs", lambda self, seg, size: None)):
-            type(net).label_patches = builder
+        for name in ("lookup", "convs"):
+            net.spade_lookup = name == "lookup"
             try:
                 t0 = time.process_time()
                 gen = torch.Generator().manual_seed(seed)
                 outs[name] = model.generate(mask, generator=gen, **generate_kwargs)  # [B, 1, H, W]
                 secs[name] = time.process_time() - t0
             finally:
-                type(net).label_patches = patches
+                net.spade_lookup = True
         diff = (outs["lookup"] - outs["convs"]).double()  # images in [0, 1]
         psnr = float("inf") if not diff.any() else float(-10 * torch.log10(diff.pow(2).mean()))
         print(

@@ -454,12 +454,17 @@ class SPADEDiffusionUNet(DiffusionUNet):
             raise ValueError(f"label_nc must be positive, got {label_nc}")
         self.label_nc, self.spade_hidden = label_nc, spade_hidden
         super().__init__(image_size, **kwargs)
+        #: Sampling encodes ``seg`` by lookup over its distinct label patches (:meth:`label_patches`);
+        #: False runs the convs as training does (the same values up to float rounding).
+        self.spade_lookup = True
 
     def label_patches(self, seg: Tensor, size: tuple[int, int]) -> LabelPatches | None:
         """The distinct neighbourhoods of ``seg`` at ``size``, shared by the SPADE norms there (their
         encoding becomes a lookup) when sampling; ``None`` where they are too many to pay, and with
-        gradients on (training runs the convs, unchanged)."""
-        return None if torch.is_grad_enabled() else LabelPatches.build(seg, size)
+        gradients on (training runs the convs, unchanged) or with ``spade_lookup = False``."""
+        if torch.is_grad_enabled() or not self.spade_lookup:
+            return None
+        return LabelPatches.build(seg, size)
 
     def decoder_block(self, in_ch: int, out_ch: int, temb_ch: int) -> nn.Module:
         return SPADEDiffusionResBlock(in_ch, out_ch, temb_ch, self.label_nc, self.dropout, self.spade_hidden)
