@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sampling_speed as speed_bench  # noqa: E402
 from train_throughput_gan import _Slices, random_vgg_weights  # noqa: E402
 
 from medsynth.diffusion import SAMPLERS  # noqa: E402
@@ -304,6 +305,7 @@ def sampling_speed(a: argparse.Namespace, device: torch.device, clock: Clock) ->
                 f"| {cls.__name__} | {sampler} | {nfe} | {off} | {sec[True] / a.batch:.4f} | {gain} |",
                 flush=True,
             )
+    speed_bench.sdm_encoding(models[SDM], mask, repeats=3)  # SPADE lookup vs convs, once per call
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:

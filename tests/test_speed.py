@@ -536,7 +536,13 @@ def test_gpu_benchmark_cpu_smoke() -> None:
         env={**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for heading in ("training throughput", "model FLOP utilisation", "sampling", "bf16 vs fp32"):
+    for heading in (
+        "training throughput",
+        "model FLOP utilisation",
+        "sampling",
+        "SDM encoding",
+        "bf16 vs fp32",
+    ):
         assert heading in proc.stdout, proc.stdout
     for method in ("ConditionalDDPM", "MaskGuidedDDPM", "EdgeGuidedDDPM", "SDM", "Pix2Pix", "SPADE", "OASIS"):
         assert method in proc.stdout
