@@ -185,8 +185,8 @@ def test_label_patches_count_the_distinct_neighbourhoods() -> None:
 
 def test_label_patches_give_up_where_the_convs_are_cheaper() -> None:
     """None for per-pixel label noise (more distinct patches than PATCH_LOOKUP_MAX_FRACTION of the
-    pixels), for soft label maps and for OASIS-style noise channels (not one-hot), and a
-    LabelPatches of the wrong size or label count is refused by SPADENorm."""
+    pixels), for soft label maps and for OASIS-style noise channels (not one-hot); a SPADENorm
+    refuses LabelPatches of another label count (the wrong size: the float64 test below)."""
     assert LabelPatches.build(_onehot_blocks(2, 32, 1, 0), (32, 32)) is None  # per-pixel noise
     blocks = _onehot_blocks(2, 32, 8, 0)
     assert LabelPatches.build(blocks, (32, 32)) is not None
@@ -205,7 +205,7 @@ def test_unique_rows_matches_torch_unique(base: int) -> None:
     rows = torch.randint(0, base, (50, 9), generator=g)[torch.randint(0, 50, (2000,), generator=g)]
     distinct, inverse = _unique_rows(rows, base)
     ref = torch.unique(rows, dim=0)
-    assert distinct.shape == ref.shape == (torch.unique(rows, dim=0).shape[0], 9)
+    assert distinct.shape == ref.shape
     assert torch.equal(torch.unique(distinct, dim=0), ref)
     assert torch.equal(distinct[inverse], rows)
 
