@@ -125,6 +125,7 @@ def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int, **gene
     """A trained SDM's samples with SPADE's lookup against the same samples with the convs (the
     checkpoint's sampler, steps and guidance unless ``generate_kwargs`` say otherwise; the same
     noise): largest difference and PSNR between the two, per seed."""
+    from medsynth.metrics.image import psnr as image_psnr
     from medsynth.synthesis import load_model
 
     model = load_model(ckpt, map_location=mask.device).eval()
@@ -148,7 +149,7 @@ def lookup_check(ckpt: str, mask: torch.Tensor, seeds: int, threads: int, **gene
             finally:
                 net.spade_lookup = True
         diff = (outs["lookup"] - outs["convs"]).double()  # images in [0, 1]
-        psnr = float("inf") if not diff.any() else float(-10 * torch.log10(diff.pow(2).mean()))
+        psnr = float(image_psnr(outs["lookup"].double(), outs["convs"].double()))  # mean over images
         print(
             f"{seed:4d} {float(diff.abs().max()):21.1e} {psnr:26.1f} {secs['lookup']:9.1f} {secs['convs']:8.1f}"
         )
