@@ -2,6 +2,11 @@
 generated from DemoConfig and the Makefile, its timings only in README's timing block (which
 names the settings it was timed with), and .gitignore covers the folders the docs' commands write.
 
+One truth about the benchmarks: the quality and sampler numbers that README.md and
+docs/benchmarks.md quote equal the committed result files (benchmarks/results/*/*.json), README's
+sampling-speed ranges equal docs/benchmarks.md's table, and links into docs/benchmarks.md land
+on a heading.
+
 After changing DemoConfig or the Makefile's demo recipe, regenerate the settings blocks with
 ``python tests/test_docs.py --fix`` (and re-time the demo: the timing block must be redone by hand).
 """
@@ -9,6 +14,8 @@ After changing DemoConfig or the Makefile's demo recipe, regenerate the settings
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import re
 import sys
 import textwrap
@@ -144,6 +151,234 @@ def test_gitignore_covers_documented_outputs():
     assert {"outputs/demo", "phantom_amos", "synthetic", "report"} <= outputs  # the scan finds them
     missing = sorted(o for o in outputs if not _ignored(o, patterns))
     assert not missing, f".gitignore does not cover {missing}"
+
+
+# --- benchmarks: README.md and docs/benchmarks.md against the committed result files -------------
+
+BENCH = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "benchmarks" / "results"
+# README's short names and docs/benchmarks.md's row labels of the seven methods.
+README_NAMES = {
+    "conditional": "conditional_ddpm",
+    "mask-guided": "mask_guided_ddpm",
+    "edge-guided": "edge_guided_ddpm",
+    "SDM": "sdm",
+    "Pix2Pix": "pix2pix",
+    "SPADE": "spade",
+    "OASIS": "oasis",
+}
+DOC_LABELS = {
+    "conditional DDPM": "conditional_ddpm",
+    "mask-guided DDPM": "mask_guided_ddpm",
+    "edge-guided DDPM": "edge_guided_ddpm",
+    "SDM": "sdm",
+    "Pix2Pix": "pix2pix",
+    "SPADE": "spade",
+    "OASIS": "oasis",
+}
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _load(name: str) -> dict:
+    # quality.py writes NaN for the real slices' PSNR; json reads it back as float("nan").
+    return json.loads((RESULTS / name).read_text())
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.replace("**", "").strip().strip("|").split("|")]
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a markdown heading line) up to the next heading of its level."""
+    level = heading.split(" ")[0]
+    start = text.index(heading + "\n")
+    rest = text[start + len(heading) + 1 :]
+    nxt = re.search(rf"^{level} ", rest, re.MULTILINE)
+    return rest[: nxt.start()] if nxt else rest
+
+
+def _stat(cell: dict, digits: int) -> list[str]:
+    """A metric as quality.py's tables print it: the mean, and the SD when it is not 0."""
+    out = [f"{cell['mean']:.{digits}f}"]
+    return out + [f"{cell['sd']:.{digits}f}"] if cell["sd"] else out
+
+
+def readme_quality_problems(readme: str, quality: dict) -> list[str]:
+    """README's "PSNR at 100 %" list of the quality row against quality.json."""
+    row = next((r for r in readme.splitlines() if r.startswith("| quality, all seven methods")), None)
+    m = re.search(r"PSNR at 100 %: (.*?) \(class-mean painting (\d+\.\d+)\)", row or "")
+    if not m:
+        return ["README.md: no quality row with 'PSNR at 100 %: ... (class-mean painting X)'"]
+    stated = dict(re.findall(r"([A-Za-z][\w-]*) (\d+\.\d+)", m.group(1)))
+    problems = []
+    if set(stated) != set(README_NAMES):
+        problems.append(f"README.md quality row names {sorted(stated)}, not the seven methods")
+    for name, value in stated.items():
+        key = README_NAMES.get(name)
+        if key is None:
+            continue
+        want = f"{quality['methods'][key]['1.0']['metrics']['psnr']['mean']:.2f}"
+        if value != want:
+            problems.append(f"README.md: {name} PSNR {value}, quality.json {want}")
+    painting = f"{quality['painting']['psnr']['mean']:.2f}"
+    if m.group(2) != painting:
+        problems.append(f"README.md: class-mean painting PSNR {m.group(2)}, quality.json {painting}")
+    return problems
+
+
+def quality_table_problems(doc: str, quality: dict) -> list[str]:
+    """docs/benchmarks.md's 30-minute table, every number, against quality.json."""
+    section = _section(doc, "## Quality: all seven methods at the default 30-minute budget")
+    rows = {_cells(r)[0]: _cells(r) for r in section.splitlines() if r.startswith("| ")}
+    problems = []
+    for label, key in DOC_LABELS.items():
+        if label not in rows:
+            problems.append(f"docs/benchmarks.md: no 30-minute row '{label}'")
+            continue
+        ck = [quality["methods"][key][f]["metrics"] for f in ("0.25", "0.5", "1.0")]
+        want = [str(quality["methods"][key][f]["step"]) for f in ("0.25", "0.5", "1.0")]
+        for metric, digits, with_sd in (
+            ("psnr", 2, True),
+            ("ssim", 3, False),
+            ("background", 3, False),
+            ("err/mean", 3, False),
+            ("dice/mean", 3, True),
+            ("frechet_seg", 4, True),
+        ):
+            want += [f"{c[metric]['mean']:.{digits}f}" for c in ck]
+            if with_sd:
+                want += _stat(ck[2][metric], digits)[1:]
+            if metric == "err/mean":
+                want.append(f"{ck[2]['err/max']['mean']:.3f}")
+        got = NUMBER.findall(" ".join(rows[label][2:]))
+        if got != want:
+            problems.append(f"docs/benchmarks.md 30-minute row '{label}': {got}, quality.json gives {want}")
+    for label, ref in (("real slices", quality["real"]), ("class-mean painting", quality["painting"])):
+        want = [] if math.isnan(ref["psnr"]["mean"]) else [f"{ref['psnr']['mean']:.2f}"]
+        want += [f"{ref['ssim']['mean']:.3f}", f"{ref['background']['mean']:.3f}"]
+        want += (
+            ["0", "0"]
+            if label == "real slices"
+            else [f"{ref[k]['mean']:.3f}" for k in ("err/mean", "err/max")]
+        )
+        want += [f"{ref['dice/mean']['mean']:.3f}", f"{ref['frechet_seg']['mean']:.4f}"]
+        got = NUMBER.findall(" ".join(rows.get(label, ["", ""])[2:]))
+        if got != want:
+            problems.append(f"docs/benchmarks.md 30-minute row '{label}': {got}, quality.json gives {want}")
+    return problems
+
+
+def sampler_table_problems(doc: str, samplers: dict) -> list[str]:
+    """docs/benchmarks.md's sampler table, every number and verdict, against samplers.json."""
+    section = _section(doc, "## Samplers on a trained model")
+    rows = [_cells(r) for r in section.splitlines() if re.match(r"\| (\*\*)?(ddpm|ddim|dpm\+\+)", r)]
+    settings = samplers["edge_guided_ddpm_100"]
+    problems = (
+        []
+        if len(rows) == len(settings)
+        else [f"docs/benchmarks.md: {len(rows)} sampler rows, JSON {len(settings)}"]
+    )
+    for row in rows:
+        found = [
+            s for s in settings if s["sampler"] == row[0].split(" ")[0] and str(s["num_steps"]) == row[1]
+        ]
+        if not found:
+            problems.append(f"docs/benchmarks.md sampler row {row[:2]}: not in samplers.json")
+            continue
+        s, m = found[0], found[0]["metrics"]
+        want = [f"{s['seconds_per_slice']:.3f}", *_stat(m["psnr"], 2), f"{m['background']['mean']:.3f}"]
+        want += [*_stat(m["err/mean"], 3), *_stat(m["err/max"], 3), *_stat(m["dice/mean"], 3)]
+        want.append(f"{m['frechet_seg']['mean']:.4f}")
+        verdict = {"reference": "—"}.get(s["within_2pct"], s["within_2pct"])
+        got = NUMBER.findall(" ".join(row[2:-1]))
+        if got != want or row[-1] != verdict:
+            problems.append(
+                f"docs/benchmarks.md sampler row {row[:2]}: {got} {row[-1]}, JSON {want} {verdict}"
+            )
+    return problems
+
+
+def dpm_miss_problems(texts: dict[str, str], samplers: dict) -> list[str]:
+    """By how much DPM++ misses the organ-error bound, as README and docs/benchmarks.md state it."""
+    settings = samplers["edge_guided_ddpm_100"]
+    ref = settings[0]["metrics"]["err/mean"]["mean"]
+    bound = 1.02 * ref + 0.002  # quality.py's "within 2 %" rule, as samplers.md states it
+    misses = [s["metrics"]["err/mean"]["mean"] - bound for s in settings if s["sampler"] == "dpm++"]
+    want = f"misses the organ-intensity bound by {min(misses):.4f}-{max(misses):.4f}"
+    problems = []
+    for name, text in texts.items():
+        stated = re.search(r"misses the (?:organ-intensity )?bound by (\d\.\d+-\d\.\d+)", _norm(text))
+        if not stated or not want.endswith(stated.group(1)):
+            problems.append(f"{name}: DPM++ miss {stated and stated.group(1)}, samplers.json gives {want}")
+    if "docs/benchmarks.md" in texts:
+        stated = re.search(r"\+ 0\.002 = (\d\.\d+)\)", _norm(texts["docs/benchmarks.md"]))
+        if not stated or stated.group(1) != f"{bound:.4f}":
+            problems.append(
+                f"docs/benchmarks.md: bound {stated and stated.group(1)}, samplers.json {bound:.4f}"
+            )
+    return problems
+
+
+def test_readme_quality_psnr_equals_quality_json():
+    quality = _load("quality_30/quality.json")
+    assert readme_quality_problems((ROOT / "README.md").read_text(), quality) == []
+
+
+def test_benchmark_tables_equal_the_result_files():
+    doc = BENCH.read_text()
+    assert quality_table_problems(doc, _load("quality_30/quality.json")) == []
+    samplers = _load("samplers_edge30/samplers.json")
+    assert sampler_table_problems(doc, samplers) == []
+    texts = {"README.md": (ROOT / "README.md").read_text(), "docs/benchmarks.md": doc}
+    assert dpm_miss_problems(texts, samplers) == []
+
+
+def test_the_benchmark_checkers_catch_a_changed_number():
+    """One digit changed in README's quality row, in a docs table cell and in the DPM++ miss is found."""
+    quality, samplers = _load("quality_30/quality.json"), _load("samplers_edge30/samplers.json")
+    readme, doc = (ROOT / "README.md").read_text(), BENCH.read_text()
+    assert readme_quality_problems(readme.replace("SDM 19.48", "SDM 19.49"), quality)
+    assert readme_quality_problems(readme.replace(", OASIS 17.40", ""), quality)  # a method left out
+    assert quality_table_problems(doc.replace("| 494 / 987 / 2056 |", "| 494 / 987 / 2057 |"), quality)
+    assert quality_table_problems(doc.replace("0.0388 / 0.0362", "0.0388 / 0.0363"), quality)
+    assert sampler_table_problems(
+        doc.replace("| 0.120 | 20.00 ± 0.02 |", "| 0.120 | 20.00 ± 0.03 |"), samplers
+    )
+    assert sampler_table_problems(doc.replace("0.0131 | no |", "0.0131 | yes |", 1), samplers)
+    assert dpm_miss_problems({"README.md": readme.replace("0.0002-0.0006", "0.0002-0.0005")}, samplers)
+    assert dpm_miss_problems({"docs/benchmarks.md": doc.replace("0.0202)", "0.0203)")}, samplers)
+
+
+def test_readme_sampling_speed_ranges_equal_the_docs_table():
+    """README's "SDM 1.00-1.07x ..." are the min-max of docs/benchmarks.md's idle runs."""
+    section = _section(BENCH.read_text(), "### Sampling cost per step, CPU")
+    rows = [_cells(r) for r in section.splitlines() if re.match(r"\| \d+ \|", r)]
+    assert len(rows) >= 3, "docs/benchmarks.md: the sampling-speed table was not found"
+    row = next(
+        r for r in (ROOT / "README.md").read_text().splitlines() if r.startswith("| sampling cost per step")
+    )
+    for name, col in (("SDM", 6), ("mask-guided", 4), ("edge-guided", 5)):
+        values = sorted(float(r[col].rstrip("x")) for r in rows)
+        want = f"{name} {values[0]:.2f}-{values[-1]:.2f}x"
+        assert want in row, f"README's sampling-speed row should state '{want}' (docs/benchmarks.md's runs)"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation but '-' and '_' dropped."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_into_benchmarks_md_land_on_a_heading():
+    doc = BENCH.read_text()
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.*)$", doc, re.MULTILINE)}
+    assert "quality-all-seven-methods-at-the-default-30-minute-budget" in anchors  # the slugging works
+    links = [("docs/benchmarks.md", a) for a in re.findall(r"\]\(#([^)]+)\)", doc)]
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        links += [(path.name, a) for a in re.findall(r"benchmarks\.md#([^)\s]+)", path.read_text())]
+    assert len(links) >= 5
+    broken = [(where, a) for where, a in links if a not in anchors]
+    assert not broken, f"links to headings that docs/benchmarks.md does not have: {broken}"
 
 
 def _fix() -> None:
