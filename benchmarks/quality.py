@@ -46,8 +46,8 @@ on ``--ckpt``), and writes ``samplers.md`` / ``samplers.json``.
     python benchmarks/quality.py --budget 0.5 --seeds 2 --methods conditional_ddpm pix2pix
     python benchmarks/quality.py --samplers --ckpt outputs/quality/checkpoints/mask_guided_ddpm_100.ckpt
     python benchmarks/quality.py --gpu --budget 10                # on a GPU
-    python benchmarks/quality.py --calibration calibration.json --calibrate-only   # idle machine
-    python benchmarks/quality.py --calibration calibration.json   # step budgets from that file
+    python benchmarks/quality.py --calibration outputs/calibration.json --calibrate-only   # idle machine
+    python benchmarks/quality.py --calibration outputs/calibration.json   # step budgets from that file
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
 from benchmarks.protocol import (  # noqa: E402
+    DIFFUSION,
     METHODS,
     CalibrationError,
     ResumeError,
@@ -216,8 +217,7 @@ def run(args: argparse.Namespace) -> None:
         if args.ckpt:
             targets = {Path(args.ckpt).stem: (args.ckpt_method, args.ckpt)}
         else:
-            diffusion = [n for n in args.methods if n.endswith("ddpm") or n == "sdm"]
-            targets = {n: (n, out / "checkpoints" / f"{n}_100.ckpt") for n in diffusion}
+            targets = {n: (n, out / "checkpoints" / f"{n}_100.ckpt") for n in args.methods if n in DIFFUSION}
         run_samplers(s, out, targets, dm, args.settings, args.reference)
     else:
         run_quality(s, args.methods, args.output, dm, train_dm)

@@ -402,3 +402,24 @@ def test_quality_with_a_calibration_trains_the_steps_it_implies(tmp_path: Path, 
     err = capsys.readouterr().err
     assert "other.json: pix2pix was timed with other settings" in err and "model_channels" in err
     assert not fresh.exists()
+
+
+def test_calibrate_only_times_and_records_without_training(tmp_path: Path, keep_threads) -> None:
+    """--calibrate-only writes an entry per method with the settings quality.py will check, a
+    positive s/step and where it was timed, creates no --output, and keeps the entries already
+    in the file as they were."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import main
+
+    cal = tmp_path / "sub" / "cal.json"
+    kept = calibration_entry("spade", {"class": "SPADE"}, 9.0, 30, 5)
+    write_calibration(cal, {"spade": kept})
+    out = tmp_path / "q"
+    args = ["--calibration", str(cal), "--calibrate-only", "--calibration-steps", "1", "--threads", "1"]
+    assert main([*args, "--methods", "pix2pix", "--output", str(out)]) == 0
+    entries = read_calibration(cal)
+    assert entries["spade"] == kept
+    entry = entries["pix2pix"]
+    assert entry["settings"] == json.loads(json.dumps(calibration_settings("pix2pix", Settings(), phantom())))
+    assert entry["seconds_per_step"] > 0 and entry["timed_steps"] == 1 and entry["threads"] == 1
+    assert not out.exists()

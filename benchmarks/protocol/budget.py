@@ -319,7 +319,8 @@ def read_calibration(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def write_calibration(path: str | Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write ``entries`` (``{method: entry}``) as a calibration file, atomically."""
+    """Write ``entries`` (``{method: entry}``) as a calibration file, atomically (its folder made)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     data = {"version": CALIBRATION_VERSION, "methods": {k: dict(v) for k, v in entries.items()}}
     atomic_write(path, json.dumps(data, indent=2) + "\n")
 
