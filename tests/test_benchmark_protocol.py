@@ -423,3 +423,59 @@ def test_calibrate_only_times_and_records_without_training(tmp_path: Path, keep_
     assert entry["settings"] == json.loads(json.dumps(calibration_settings("pix2pix", Settings(), phantom())))
     assert entry["seconds_per_step"] > 0 and entry["timed_steps"] == 1 and entry["threads"] == 1
     assert not out.exists()
+
+
+def test_the_protocol_runs_on_an_nnunet_dataset_with_totalsegmentator_labels(tmp_path: Path) -> None:
+    """A user's data: an nnU-Net dataset labelled with TotalSegmentator ids. The methods train on
+    its own labels ('totalseg'), the segmenter and the scores use the AMOS labels remapped by name,
+    with the organ table of the scoring set. The training class means equal numpy's per-class means
+    of the cached training slices; Pix2Pix trains the 4 steps its calibration entry implies; the
+    result has the phantom's metric keys, the painting row of the richer labels and the title."""
+    from conftest import make_volume, save_nifti
+    from totalsegmentator.map_to_binary import class_map
+
+    from benchmarks.protocol import run_quality, training_class_means
+    from medsynth.data import NNUNetDataModule
+    from medsynth.labels import CLASSES
+
+    ts_ids = {name: int(i) for i, name in class_map["total"].items()}
+    hu, lab, aff = make_volume()  # AMOS ids: liver, spleen, bladder
+    ts = np.zeros_like(lab)
+    for c in CLASSES:
+        if c.totalseg is not None:
+            ts[lab == c.index] = ts_ids[c.totalseg]
+    root = tmp_path / "Dataset004_TS"
+    for split, n in (("Tr", 3), ("Ts", 1)):
+        for k in range(n):
+            save_nifti(root / f"images{split}" / f"{split.lower()}{k:03d}_0000.nii.gz", hu + k, aff)
+            save_nifti(root / f"labels{split}" / f"{split.lower()}{k:03d}.nii.gz", ts, aff)
+    labels = {"background": 0, **ts_ids}
+    meta = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 3, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    kw = {"image_size": 32, "batch_size": 4, "num_workers": 0, "progress": False, "cache_dir": tmp_path / "c"}
+    score_dm = NNUNetDataModule(root, label_set="amos", remap="by_name", **kw)
+    train_dm = NNUNetDataModule(root, label_set="totalseg", **kw)
+
+    s = Settings(budget_min=0.04, seeds=1, num_eval=4, label_set="totalseg", segmenter_steps=2)
+    s.calibration = tmp_path / "cal.json"
+    entry = calibration_entry("pix2pix", calibration_settings("pix2pix", s, train_dm), 0.6, 30, 5)
+    write_calibration(s.calibration, {"pix2pix": entry})
+    header = {"dataset": "nnU-Net CT 32x32"}
+    result = run_quality(
+        s, ["pix2pix"], tmp_path / "q", score_dm, train_dm, header=header, log=lambda t: None
+    )
+
+    train = train_dm.datasets["train"]
+    images, masks = np.concatenate(train.images), np.concatenate(train.masks)  # [S, H, W] each
+    means = training_class_means(train_dm).numpy()
+    for c in np.unique(masks):
+        assert means[c] == pytest.approx(float(images[masks == c].astype(np.float64).mean()), rel=1e-9)
+    assert np.isnan(means[[c for c in range(len(means)) if c not in set(np.unique(masks))]]).all()
+    assert {f: e["step"] for f, e in result["methods"]["pix2pix"].items()} == {"0.25": 1, "0.5": 2, "1.0": 4}
+    committed = json.loads((RESULTS / "quality.json").read_text())
+    assert list(result["methods"]["pix2pix"]["1.0"]["metrics"]) == list(committed["painting"])
+    assert set(result["real"]) == set(committed["real"]) and "painting_rich" in result
+    assert result["label_set"] == "totalseg" and result["dataset"] == header["dataset"]
+    assert (
+        (tmp_path / "q" / "quality.md").read_text().startswith("nnU-Net CT 32x32, trained on totalseg labels")
+    )

@@ -3,6 +3,8 @@
 Any :class:`medsynth.data.datamodule.SliceDataModule` serves (the phantom, AMOS, an nnU-Net
 dataset): the protocol reads ``setup``, ``train_dataloader``, ``test_dataloader`` and
 ``label_set`` of it, and the test items' ``image``, ``mask``, ``case_id`` and ``slice_index``.
+A data module with a slice cache (AMOS, nnU-Net) needs its ``prepare_data()`` called once first;
+:func:`~benchmarks.protocol.run.run_quality` does.
 """
 
 from __future__ import annotations

@@ -113,7 +113,10 @@ def load_model(
     """A checkpoint of ``name`` in eval mode on ``device``; a model with an EMA generator with
     batch norm (OASIS) gets the EMA's batch-norm statistics from ``datamodule``'s training slices
     first, as before its tests."""
-    model = method_class(name, table).load_from_checkpoint(path, map_location=device).eval()
+    # The run's own checkpoints: they may hold a data module's paths, which weights_only refuses.
+    model = (
+        method_class(name, table).load_from_checkpoint(path, map_location=device, weights_only=False).eval()
+    )
     if getattr(model, "ema", None) is not None and getattr(model, "ema_bn_batches", 0) > 0:
         datamodule.setup("fit")
         model.recompute_ema_batch_norm(datamodule.train_dataloader(), model.ema_bn_batches)

@@ -122,6 +122,13 @@ class Settings:
         return {"sampler": self.sampler, "num_steps": self.num_steps}
 
 
+def _prepare(*dms: L.LightningDataModule) -> None:
+    """``prepare_data`` of each distinct data module (a cached dataset validates its cases and
+    builds its slice cache there; the phantom has nothing to do)."""
+    for dm in {id(dm): dm for dm in dms}.values():
+        dm.prepare_data()
+
+
 def figure_slices(n: int, rows: int = 4) -> list[int]:
     """``rows`` slice indices spread evenly over ``n`` evaluation slices (fewer when n < rows)."""
     return sorted({round(i * (n - 1) / max(rows - 1, 1)) for i in range(rows)})
@@ -268,6 +275,15 @@ def run_quality(
         )
     train_dm = score_dm if train_dm is None else train_dm
     todo = [n for n in methods if n not in (prev or {}).get("methods", {})]
+
+    def with_steps(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {
+            n: {**e, "steps": step_budget(s.budget_min, e["seconds_per_step"])} for n, e in entries.items()
+        }
+
+    # Before any long work: a calibration file that cannot serve, an earlier part that differs.
+    calibration = with_steps(known_calibration(methods, s, train_dm, table)) if s.calibration else None
+    _prepare(score_dm, train_dm)
     batch = eval_slices(score_dm, s.num_eval)
     picks = figure_slices(len(batch["mask"]))
     settings = {
@@ -278,14 +294,6 @@ def run_quality(
         "sampler": s.sampler,
         "num_steps": s.num_steps,
     }
-
-    def with_steps(entries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {
-            n: {**e, "steps": step_budget(s.budget_min, e["seconds_per_step"])} for n, e in entries.items()
-        }
-
-    # Before any long work: a calibration file that cannot serve, an earlier part that differs.
-    calibration = with_steps(known_calibration(methods, s, train_dm, table)) if s.calibration else None
     if prev is not None:
         check_settings(prev, {**settings, "calibration": calibration})
     if s.calibration:  # time the methods the file lacks (on an idle machine), record them in it
@@ -397,6 +405,7 @@ def run_samplers(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _prepare(score_dm)
     batch = eval_slices(score_dm, s.num_eval)
     seg_path = Path(s.segmenter or out / "checkpoints" / "segmenter.pt")
     if s.segmenter or seg_path.is_file():
