@@ -408,11 +408,12 @@ class SynthesisMetrics(Callback):
         if "memorization" in self.metrics:
             fake_cpu, real_cpu = fake.cpu(), real.float().cpu()  # [n, 1, H, W]: scaled at the search
             feats = None
-            if self.segmenter is not None:
+            if self.segmenter is not None:  # one slice at a time: independent of batch composition
+                embed = self.segmenter.bottleneck_features
                 feats = [
-                    self.segmenter.bottleneck_features(x.to(self.segmenter.device)).cpu()
+                    torch.cat([embed(x[j : j + 1].to(self.segmenter.device)).cpu() for j in range(len(keys))])
                     for x in (fake, real)
-                ]
+                ]  # 2 x [n, F]
             for j, k in enumerate(keys):
                 query = {"pixel_fake": fake_cpu[j], "pixel_real": real_cpu[j]}
                 if feats is not None:
