@@ -181,6 +181,7 @@ def reference_new_metrics(segmenter) -> dict[str, float]:
             q1, med, q3 = np.quantile(hu, [0.25, 0.5, 0.75])
             stats.update({f"{name}_median": med, f"{name}_q1": q1, f"{name}_q3": q3})
         stats["median_error"] = stats["synthetic_median"] - stats["real_median"]
+        stats["median_error_window"] = stats["median_error"] / 400
         out.update({f"test/hu/{CLASSES[c].name}/{k}": v for k, v in stats.items()})
     train = torch.stack([s["image"] for s in train_slices()])
     spaces = {

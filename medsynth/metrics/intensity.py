@@ -234,8 +234,9 @@ def compare_hu_statistics(
 
     Returns:
         ``{class id: {"real_median", "real_q1", "real_q3", "synthetic_median", "synthetic_q1",
-        "synthetic_q3", "median_error"}}`` for every class but 0 present in the real
-        histogram; ``median_error`` = synthetic median - real median (HU).
+        "synthetic_q3", "median_error", "median_error_window"}}`` for every class but 0
+        present in the real histogram; ``median_error`` = synthetic median - real median (HU),
+        ``median_error_window`` the same in window units (divided by the window's width).
     """
     real, synth = torch.as_tensor(real_hist), torch.as_tensor(synthetic_hist)
     first, count = hu_bins(window)
@@ -258,5 +259,6 @@ def compare_hu_statistics(
             "synthetic_q1": float(s[c, 0]),
             "synthetic_q3": float(s[c, 2]),
             "median_error": float(s[c, 1] - r[c, 1]),
+            "median_error_window": float(s[c, 1] - r[c, 1]) / float(window[1]),
         }
     return out
