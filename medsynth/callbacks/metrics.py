@@ -14,11 +14,12 @@ Exactness under DDP: Lightning's DistributedSampler pads the validation/test set
 samples so that every process gets the same number. The callback keeps one record per slice,
 keyed by ``(case_id, slice_index)``, gathers all records at the end of the epoch and drops
 duplicates, so every slice counts exactly once. A record holds what the metrics need of its
-slice: per-slice PSNR/SSIM, Inception and radiomics features, Dice counts, HU histograms and
-nearest-training distances, each a function of that slice alone; set-level values (FID, FRD,
-medians, copy rates) are computed from all records in sorted key order. Each batch is generated in one call with one
-``torch.Generator`` per slice, seeded by ``(case_id, slice_index, seed)``, so a slice's noise and
-the values do not depend on the number of processes, the batch a slice is in or the batch size.
+slice (PSNR/SSIM, Inception and radiomics features, Dice counts, HU histograms,
+nearest-training distances), each a function of that slice alone; set-level values (FID, FRD,
+medians, copy rates) are computed from all records in sorted key order. Each batch is
+generated in one call with one ``torch.Generator`` per slice, seeded by ``(case_id,
+slice_index, seed)``, so a slice's noise and the values do not depend on the number of
+processes, the batch a slice is in or the batch size.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ class SynthesisMetrics(Callback):
 
     - ``frd``: FRD v1 of the synthetic slices against the real ones (real = reference).
     - ``hu/<class>/real_median``, ``real_q1``, ``real_q3``, ``synthetic_median``,
-      ``synthetic_q1``, ``synthetic_q3``, ``median_error`` (HU) for every class present but
-      background, both inside the slice's mask (from 1-HU histograms: exact to whole HU).
+      ``synthetic_q1``, ``synthetic_q3``, ``median_error`` (HU), ``median_error_window`` for
+      every class present but background, both inside the slice's mask (from 1-HU histograms:
+      exact to whole HU).
     - ``memorization/<space>/copy_rate``, ``threshold``, ``synthetic_qNN``, ``real_qNN`` for
       ``space`` = ``pixel`` and, with a segmenter, ``feature``
       (:func:`~medsynth.metrics.memorization.memorization_summary`). At the end of the epoch
@@ -172,13 +174,12 @@ class SynthesisMetrics(Callback):
         for name, value in (("max_val_batches", max_val_batches), ("max_test_batches", max_test_batches)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        if "dice" in metrics:
-            if segmenter is None:
-                raise ValueError(
-                    "metrics include 'dice' but segmenter is None: pass an OrganSegmenter or its checkpoint"
-                )
-            if isinstance(segmenter, (str, os.PathLike)) and not Path(segmenter).is_file():
-                raise FileNotFoundError(f"segmenter checkpoint not found: {segmenter}")
+        if "dice" in metrics and segmenter is None:
+            raise ValueError(
+                "metrics include 'dice' but segmenter is None: pass an OrganSegmenter or its checkpoint"
+            )
+        if isinstance(segmenter, (str, os.PathLike)) and not Path(segmenter).is_file():
+            raise FileNotFoundError(f"segmenter checkpoint not found: {segmenter}")
         if "fid" in metrics and feature_extractor is None:
             find_inception_weights(fid_weights)  # fail now, not after hours of sampling
         if "frd" in metrics:
@@ -203,7 +204,7 @@ class SynthesisMetrics(Callback):
         self._window = self.window or (WINDOW_LEVEL, WINDOW_WIDTH)
         self._train_dataset: Any = None
         self._frd_memo: dict[str, dict[SliceKey, np.ndarray]] = {}
-        self._queries: dict[SliceKey, dict[str, np.ndarray]] = {}
+        self._queries: dict[SliceKey, dict[str, Tensor]] = {}  # memorization: images, features
         self._records: dict[SliceKey, dict[str, Any]] = {}
         self._real_memo: dict[str, dict[SliceKey, np.ndarray]] = {}
         self._real_dirty: set[str] = set()
