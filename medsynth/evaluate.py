@@ -2,9 +2,10 @@
 
 Every checkpoint is tested on a data module's test split with
 :class:`~medsynth.callbacks.SynthesisMetrics` (PSNR, SSIM, FID, organ Dice; Zhuang et al., Sec. 3
-"Evaluation metrics"), then one report holds a row per method in the layout of the paper's
-Table 2 (with the published rows for reference) as Markdown, CSV and LaTeX, and a figure like
-the paper's Fig. 4 shows masks, real slices and each method's output side by side.
+"Evaluation metrics"; and FRD, organ statistics in HU and the memorization check), then one
+report holds a row per method in the layout of the paper's Table 2 (with the published rows for
+reference) as Markdown, CSV and LaTeX, sections for the other metrics, and a figure like the
+paper's Fig. 4 shows masks, real slices and each method's output side by side.
 """
 
 from __future__ import annotations
@@ -260,12 +261,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics",
         nargs="+",
-        choices=["psnr", "ssim", "fid", "dice"],
+        choices=["psnr", "ssim", "fid", "dice", "frd", "hu", "memorization"],
         default=None,
-        help="metrics to compute (default: psnr ssim, plus fid when the Inception weights are found and "
-        "dice when --segmenter or --totalseg is given; what is left out is said before any work)",
+        help="metrics to compute (default: psnr ssim hu, plus fid when the Inception weights are found, "
+        "dice when --segmenter or --totalseg is given and frd when frd-score is installed; what is left "
+        "out is said before any work; memorization only on request: it reads the training split)",
     )
-    p.add_argument("--segmenter", type=Path, default=None, help="OrganSegmenter checkpoint (needed for dice)")
+    p.add_argument(
+        "--segmenter",
+        type=Path,
+        default=None,
+        help="OrganSegmenter checkpoint (needed for dice; adds the feature space to memorization)",
+    )
     p.add_argument("--fid_weights", type=Path, default=None, help="clean-fid's inception-2015-12-05.pt")
     p.add_argument(
         "--totalseg",
@@ -305,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
 def _choose_metrics(a: argparse.Namespace) -> list[str]:
     """The metrics to run, checked before any work: explicit ``--metrics`` must be runnable (errors
     name the flags to add); the default leaves out what cannot run here, with one warning."""
+    from medsynth.metrics.frd import check_frd_available
     from medsynth.metrics.image import find_inception_weights
 
     fix = "--metrics psnr ssim" + (" dice" if a.segmenter is not None or a.totalseg is not None else "")
@@ -319,14 +327,21 @@ def _choose_metrics(a: argparse.Namespace) -> list[str]:
         if a.segmenter is None and a.totalseg is None
         else None
     )
+    try:
+        check_frd_available()
+        frd_problem = None
+    except ImportError as err:
+        frd_problem = f"frd: {err}"
     if a.metrics is not None:
         if "fid" in a.metrics and fid_problem:
             raise ValueError(f"--metrics {fid_problem}; or leave fid out: {fix}")
         if "dice" in a.metrics and dice_problem:
             raise ValueError(f"--metrics {dice_problem}; or leave dice out: --metrics psnr ssim")
+        if "frd" in a.metrics and frd_problem:
+            raise ValueError(f"--metrics {frd_problem}; or leave frd out")
         return list(dict.fromkeys(a.metrics))
-    metrics, dropped = ["psnr", "ssim"], []
-    for name, problem in (("fid", fid_problem), ("dice", dice_problem)):
+    metrics, dropped = ["psnr", "ssim", "hu"], []
+    for name, problem in (("fid", fid_problem), ("dice", dice_problem), ("frd", frd_problem)):
         (dropped if problem else metrics).append(problem or name)
     if dropped:
         print(

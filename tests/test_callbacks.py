@@ -1,5 +1,6 @@
 """SynthesisMetrics: values against an independent reference, invariance to batch size and to the
-number of processes (2-process DDP on CPU, odd number of slices), early failures; image grid."""
+number of processes (2-process DDP on CPU, odd number of slices), early failures; image grid.
+FRD, organ HU statistics and the memorization check the same way."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from medsynth.callbacks import SynthesisImageGrid, SynthesisMetrics, comparison_grid, slice_seed
 from medsynth.labels import CLASSES, ORGAN_IDS, PAPER_DICE_ORDER
+from medsynth.metrics.frd import frd
 from medsynth.models import OrganSegmenter
 from medsynth.models.base import SynthesisModule
 from medsynth.random import randn
@@ -73,13 +75,23 @@ def make_segmenter() -> OrganSegmenter:
     return OrganSegmenter(SIZE, model_channels=4)
 
 
+def train_slices() -> list[dict]:
+    """5 'training' slices: the masks of the first test slices with independent intensities."""
+    g = torch.Generator().manual_seed(1)
+    return [
+        {**s, "image": (s["mask"].float() / 20 + 0.08 * torch.rand(SIZE, SIZE, generator=g))[None]}
+        for s in make_slices(5)
+    ]
+
+
 def make_callback(segmenter, **kw) -> SynthesisMetrics:
     return SynthesisMetrics(
-        metrics=("psnr", "ssim", "fid", "dice"),
+        metrics=("psnr", "ssim", "fid", "dice", "frd", "hu", "memorization"),
         segmenter=segmenter,
         feature_extractor=TinyFeatures(),
         num_steps=2,
         seed=3,
+        train_data=train_slices(),
         **kw,
     )
 
@@ -106,7 +118,8 @@ def collate(items: list[dict]) -> dict:
 
 def reference(segmenter) -> dict[str, float]:
     """Independent computation: each slice generated with its own seeded generator, scikit-image
-    PSNR/SSIM, scipy sqrtm Fréchet distance, Dice from direct voxel counts."""
+    PSNR/SSIM, scipy sqrtm Fréchet distance, Dice from direct voxel counts; FRD, HU statistics
+    and memorization by :func:`reference_new_metrics`."""
     model, feats = TinySynth(), TinyFeatures()
     ps, ss, fr, ff = [], [], [], []
     inter, psum, tsum = np.zeros(17), np.zeros(17), np.zeros(17)
@@ -143,6 +156,52 @@ def reference(segmenter) -> dict[str, float]:
             if c in PAPER_DICE_ORDER:  # the mean covers the paper's 14 Dice columns
                 dices.append(out[f"test/dice/{CLASSES[c].name}"])
     out["test/dice/mean"] = np.mean(dices)
+    return {**out, **reference_new_metrics(segmenter)}
+
+
+def reference_new_metrics(segmenter) -> dict[str, float]:
+    """Each slice generated with its own generator; FRD by the library function on the whole
+    sets (itself checked against frd-score); HU quantiles by numpy on the clipped, rounded HU
+    values; nearest training slices by numpy brute force, copy threshold by ``np.percentile``."""
+    model = TinySynth()
+    real, fake, masks = [], [], []
+    for s in make_slices():
+        g = torch.Generator().manual_seed(slice_seed(s["case_id"], int(s["slice_index"]), 3))
+        fake.append(model.generate(s["mask"][None], num_steps=2, generator=g).detach())
+        real.append(s["image"][None])
+        masks.append(s["mask"].numpy())
+    real, fake, masks = torch.cat(real), torch.cat(fake), np.stack(masks)
+    out = {"test/frd": frd(real, fake), "test/num_slices": 7.0}
+    for c in np.unique(masks):
+        if c == 0:
+            continue
+        stats = {}
+        for name, x in (("real", real), ("synthetic", fake)):
+            hu = np.clip(np.round(x[:, 0].double().numpy()[masks == c] * 400 - 160), -160, 240)
+            q1, med, q3 = np.quantile(hu, [0.25, 0.5, 0.75])
+            stats.update({f"{name}_median": med, f"{name}_q1": q1, f"{name}_q3": q3})
+        stats["median_error"] = stats["synthetic_median"] - stats["real_median"]
+        stats["median_error_window"] = stats["median_error"] / 400
+        out.update({f"test/hu/{CLASSES[c].name}/{k}": v for k, v in stats.items()})
+    train = torch.stack([s["image"] for s in train_slices()])
+    spaces = {
+        "pixel": lambda x: x.double().flatten(1).numpy() / SIZE,  # RMS: / sqrt(H * W)
+        "feature": lambda x: np.concatenate(
+            [segmenter.bottleneck_features(x[i : i + 1]).numpy() for i in range(len(x))]
+        ),
+    }
+    for space, vec in spaces.items():
+        ref = vec(train)
+        dist = {
+            n: np.sqrt(((vec(x)[:, None] - ref[None]) ** 2).sum(-1)).min(1)
+            for n, x in (("s", fake), ("r", real))
+        }
+        thr = np.percentile(dist["r"], 5)
+        out[f"test/memorization/{space}/copy_rate"] = np.mean(dist["s"] < thr)
+        out[f"test/memorization/{space}/threshold"] = thr
+        for q in (5, 25, 50, 75, 95):
+            out[f"test/memorization/{space}/synthetic_q{q:02d}"] = np.quantile(dist["s"], q / 100)
+            out[f"test/memorization/{space}/real_q{q:02d}"] = np.quantile(dist["r"], q / 100)
     return out
 
 
@@ -153,6 +212,7 @@ def assert_close(got: dict, want: dict, tol: float = 2e-5) -> None:
 
 
 def test_single_process_matches_reference_and_batch_size():
+    """Logged values are float32, hence the bound 2e-5."""
     seg = make_segmenter()
     want = reference(seg)
     assert_close(run_test(1, 2, seg), want)
@@ -160,7 +220,9 @@ def test_single_process_matches_reference_and_batch_size():
 
 
 def test_ddp_two_processes_odd_slices_match_single_process():
-    """7 slices on 2 processes: DistributedSampler pads one duplicate; every slice counts once."""
+    """7 slices on 2 processes: DistributedSampler pads one duplicate; every slice counts once.
+    Radiomics features, HU histograms and nearest-training distances travel per slice, so FRD,
+    the HU medians and the copy rates match too."""
     seg = make_segmenter()
     single = run_test(1, 2, seg)
     ddp = run_test(2, 2, seg)
@@ -208,6 +270,15 @@ def test_fails_early_without_weights(tmp_path):
         SynthesisMetrics(metrics=("dice",), segmenter=tmp_path / "missing.ckpt")
     with pytest.raises(ValueError, match="metrics"):
         SynthesisMetrics(metrics=("psnr", "lpips"))
+    with pytest.raises(ValueError, match="window"):
+        SynthesisMetrics(metrics=("hu",), window=(40.0, -400.0))
+    # memorization without training slices: an error when the test starts, before any sampling
+    model = TinySynth()
+    model.generate = lambda *a, **k: pytest.fail("sampled before the error")
+    with pytest.raises(ValueError, match="no training slices: pass train_data="):
+        trainer(callbacks=[SynthesisMetrics(metrics=("memorization",))]).test(
+            model, dataloaders=DataLoader(make_slices(), batch_size=2, collate_fn=collate)
+        )
 
 
 def test_image_grid():

@@ -12,6 +12,7 @@ from test_synthesis import LutModel
 
 from medsynth.data import PhantomDataModule
 from medsynth.evaluate import build_datamodule, main
+from medsynth.metrics.frd import check_frd_available
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,8 @@ def test_evaluate_bad_input(lut_checkpoint, tmp_path, capsys):
 
 def test_evaluate_metric_choice_before_any_work(lut_checkpoint, tmp_path, capsys, monkeypatch):
     """Offline (no Inception file): the default leaves fid and dice out with one warning naming the
-    flags; an explicit --metrics fid fails at once, in the CLI's words, suggesting a way out."""
+    flags (and keeps frd and hu: no download); an explicit --metrics fid fails at once, in the
+    CLI's words, suggesting a way out."""
     import medsynth.evaluate
     import medsynth.metrics.image
 
@@ -100,7 +102,12 @@ def test_evaluate_metric_choice_before_any_work(lut_checkpoint, tmp_path, capsys
     assert main([*base, "--figure_slices", "0", "--accelerator", "cpu"]) == 0
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "computing psnr ssim only" in warnings[0]
+    try:  # frd is in the default when frd-score is installed (medsynth[dev] installs it)
+        check_frd_available()
+        computed = "psnr ssim hu frd"
+    except ImportError:
+        computed = "psnr ssim hu"
+    assert len(warnings) == 1 and f"computing {computed} only" in warnings[0]
     assert "--fid_weights" in warnings[0] and "--segmenter" in warnings[0]
     rows = {r["Method"]: r for r in csv.DictReader((tmp_path / "o" / "report.csv").open())}
     assert float(rows["LutModel"]["PSNR"]) > 0
@@ -186,3 +193,46 @@ def test_totalseg_option_without_weights_fails_early(lut_checkpoint, tmp_path, c
     assert rc == 2
     err = capsys.readouterr().err
     assert "no_weights" in err and "totalseg_download_weights" in err
+
+
+def test_evaluate_frd_hu_memorization_sections(lut_checkpoint, tmp_path):
+    """``--metrics psnr frd hu memorization`` with a training split: the report gets its sections
+    and CSVs. The LUT model paints class k with k / 16, i.e. 25 k - 160 HU, so its HU medians are
+    known in closed form (liver 6: -10 HU, IQR 0); the real medians and the pixel-space
+    nearest-training distances are recomputed here with numpy from the data module."""
+    cfg = tmp_path / "data.yaml"
+    args = {
+        "num_train_cases": 1,
+        "num_val_cases": 0,
+        "num_test_cases": 1,
+        "depth": 5,
+        "image_size": 32,
+        "batch_size": 2,
+    }
+    cfg.write_text(
+        yaml.safe_dump({"data": {"class_path": "medsynth.data.PhantomDataModule", "init_args": args}})
+    )
+    out = tmp_path / "report"
+    rc = main(["--checkpoint", str(lut_checkpoint), "--name", "LUT", "--data_config", str(cfg), "--output", str(out),
+               "--metrics", "psnr", "frd", "hu", "memorization", "--figure_slices", "0", "--accelerator", "cpu"])  # fmt: skip
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    assert "## Distribution distances" in md and "## Memorization" in md and "## Organ statistics in HU" in md
+    hu = {r["Class"]: r for r in csv.DictReader((out / "report_hu.csv").open())}
+    dm = PhantomDataModule(**args)
+    dm.setup("fit")
+    dm.setup("test")
+    test = [dm.datasets["test"][i] for i in range(len(dm.datasets["test"]))]
+    image = np.stack([t["image"][0].numpy() for t in test])
+    mask = np.stack([t["mask"].numpy() for t in test])
+    liver = hu["liver"]
+    assert float(liver["synthetic_median"]) == -10.0 and float(liver["synthetic_q3"]) == -10.0
+    assert float(liver["real_median"]) == np.median(np.round(image[mask == 6].astype(np.float64) * 400 - 160))
+    assert float(liver["median_error"]) == float(liver["synthetic_median"]) - float(liver["real_median"])
+    memo = {r["Space"]: r for r in csv.DictReader((out / "report_memorization.csv").open())}
+    assert set(memo) == {"pixel"}  # no --segmenter: no feature space
+    train = np.stack([dm.datasets["train"][i]["image"][0].numpy() for i in range(len(dm.datasets["train"]))])
+    d = np.sqrt(((image[:, None].astype(np.float64) - train[None]) ** 2).mean(axis=(2, 3))).min(1)  # RMS
+    assert float(memo["pixel"]["Real q50"]) == pytest.approx(np.median(d), rel=1e-5)  # logged as float32
+    dist = {r["Method"]: r for r in csv.DictReader((out / "report_distances.csv").open())}
+    assert np.isfinite(float(dist["LUT"]["FRD"]))

@@ -1,4 +1,5 @@
-"""Mask-region intensity metrics against direct numpy computation (loops over pixels in float64)."""
+"""Mask-region intensity metrics against direct numpy computation (loops over pixels in float64);
+organ statistics in HU against hand-made volumes with known medians and quartiles."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from medsynth.metrics import (
     organ_intensity_error,
     region_means,
     region_sums,
+)
+from medsynth.metrics.intensity import (
+    compare_hu_statistics,
+    histogram_quantiles,
+    hu_bins,
+    hu_histogram,
+    organ_hu_statistics,
 )
 
 
@@ -77,3 +85,72 @@ def test_errors_name_the_argument() -> None:
         region_means(synth, mask, num_classes=3)
     with pytest.raises(ValueError, match="entries"):
         class_mean_painting(torch.from_numpy(mask), torch.zeros(2))
+
+
+def _window_units(hu: np.ndarray, level: float = 40.0, width: float = 400.0) -> torch.Tensor:
+    """HU -> float32 window units, the way slices are stored."""
+    return torch.from_numpy(((hu - (level - width / 2)) / width).astype(np.float32))
+
+
+def test_organ_hu_statistics_on_a_hand_made_volume() -> None:
+    """Two 4x5 slices: liver (6) holds 60, 61, ..., 69 HU once each (median 64.5; numpy's
+    linear quartiles at positions 2.25 and 6.75: 62.25 and 66.75), spleen (1) is 45 HU
+    everywhere (IQR 0), the body (16) is fat at -100 HU and one pixel of air at -1000 HU, which
+    the window clips to its lower edge, -160."""
+    hu = np.full((2, 4, 5), -100.0)
+    mask = np.full((2, 4, 5), 16)
+    liver = [(0, 0, j) for j in range(5)] + [(1, 3, j) for j in range(5)]
+    for v, (b, i, j) in zip(range(60, 70), liver):
+        hu[b, i, j], mask[b, i, j] = v, 6
+    hu[0, 2, 1:4], mask[0, 2, 1:4] = 45.0, 1
+    hu[1, 1, 1:3], mask[1, 1, 1:3] = 45.0, 1
+    hu[1, 0, 0] = -1000.0
+    x = _window_units(np.clip(hu, -160, 240))[:, None]  # [2, 1, 4, 5]
+    stats = organ_hu_statistics(x, torch.from_numpy(mask))
+    assert set(stats) == {1, 6, 16}
+    assert stats[6] == {"median": 64.5, "q1": 62.25, "q3": 66.75, "iqr": 4.5, "pixels": 10.0}
+    assert stats[1] == {"median": 45.0, "q1": 45.0, "q3": 45.0, "iqr": 0.0, "pixels": 5.0}
+    body = np.sort(np.clip(hu[mask == 16], -160, 240))
+    assert stats[16]["median"] == np.median(body) == -100.0 and body[0] == -160.0
+    assert organ_hu_statistics(x, torch.from_numpy(mask), organs=[6, 7]).keys() == {6}  # 7 absent
+    # a shifted copy as the synthetic slices: the median error is the shift
+    shifted = _window_units(np.clip(hu + 12.0, -160, 240))[:, None]
+    first, count = hu_bins()
+    cmp = compare_hu_statistics(hu_histogram(x, mask), hu_histogram(shifted, mask))
+    assert (first, count) == (-160, 401)
+    assert cmp[6]["median_error"] == 12.0 and cmp[6]["median_error_window"] == 0.03
+    assert cmp[6]["synthetic_q3"] == 78.75 and cmp[6]["real_q1"] == 62.25
+
+
+def test_hu_quantiles_equal_numpy_on_rounded_values_and_add_over_batches() -> None:
+    """Random slices under another window (level 50, width 350: -125 .. 225 HU): histogram
+    quantiles equal numpy's ``quantile`` of the values rounded to whole HU (to 1e-9, float64
+    interpolation), lie within 0.5 HU of the unrounded quantiles, and histograms of two halves
+    add up to the histogram of the whole."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((4, 1, 9, 8)).astype(np.float32))
+    mask = torch.from_numpy(rng.integers(0, 4, (4, 9, 8)))
+    window = (50.0, 350.0)
+    hist = hu_histogram(x, mask, num_classes=4, window=window)
+    assert torch.equal(
+        hist, hu_histogram(x[:2], mask[:2], 4, window) + hu_histogram(x[2:], mask[2:], 4, window)
+    )
+    qs = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+    got = histogram_quantiles(hist, qs, first=-125).numpy()  # [4, 7]
+    hu = x[:, 0].double().numpy() * 350 - 125
+    for c in range(4):
+        vals = hu[mask.numpy() == c]
+        np.testing.assert_allclose(got[c], np.quantile(np.round(vals), qs), rtol=0, atol=1e-9)
+        assert np.max(np.abs(got[c] - np.quantile(vals, qs))) <= 0.5
+    assert torch.isnan(histogram_quantiles(torch.zeros(3, 5), (0.5,), first=0)).all()
+
+
+def test_hu_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="window"):
+        hu_bins((40.0, 0.0))
+    with pytest.raises(ValueError, match="quantiles"):
+        histogram_quantiles(torch.ones(5), (1.5,), first=0)
+    with pytest.raises(ValueError, match="organs"):
+        organ_hu_statistics(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), organs=[40])
+    with pytest.raises(ValueError, match="histograms"):
+        compare_hu_statistics(torch.zeros(17, 401), torch.zeros(17, 400))

@@ -17,8 +17,10 @@ from medsynth.metrics.report import (
     PAPER_TABLE1,
     PAPER_TABLE2,
     comparison_figure,
+    format_sections,
     format_table,
     paper_rows,
+    section_tables,
     write_report,
 )
 
@@ -119,3 +121,44 @@ def test_comparison_figure_legend_and_titles_fit():
         assert title.y1 <= fig_box.y1
     leg_box = legend.get_window_extent(renderer)
     assert leg_box.y0 >= 0 and leg_box.y1 <= min(a.get_window_extent(renderer).y0 for a in fig.axes) + 1
+
+
+def test_sections_for_frd_memorization_and_hu(tmp_path):
+    """Rows with FRD, memorization and HU metrics get their sections (Markdown after the paper
+    table, one CSV each) with the logged numbers; rows without them get none."""
+    row = {"test/frd": 3.25, "test/fid": 9.5, "test/psnr": 17.0}
+    row.update(
+        {
+            f"test/memorization/pixel/{k}": v
+            for k, v in (("copy_rate", 0.5), ("threshold", 0.07), ("synthetic_q50", 0.01), ("real_q50", 0.1))
+        }
+    )
+    row.update(
+        {
+            f"test/hu/liver/{k}": v
+            for k, v in (
+                ("real_median", 60.0),
+                ("real_q1", 50.0),
+                ("real_q3", 70.0),
+                ("synthetic_median", 72.0),
+                ("synthetic_q1", 61.0),
+                ("synthetic_q3", 80.0),
+                ("median_error", 12.0),
+                ("median_error_window", 0.03),
+            )
+        }
+    )
+    tables = section_tables({"Ours": row, "Other": {"psnr": 1.0}})
+    assert tables["distances"] == (["Method", "FRD", "FID"], [["Ours", 3.25, 9.5]])
+    headers, body = tables["memorization"]
+    assert body[0][:4] == ["Ours", "pixel", 0.5, 0.07] and np.isnan(body[0][4])  # q05 not given
+    assert tables["hu"][1] == [["Ours", "liver", 60.0, 50.0, 70.0, 72.0, 61.0, 80.0, 12.0, 0.03]]
+    md = format_sections({"Ours": row})
+    assert "| Ours | liver | 60.0 [50.0, 70.0] | 72.0 [61.0, 80.0] | +12.0 | +0.0300 |" in md
+    assert "| Ours | 3.25 | 9.50 |" in md and "|:---|---:|---:|" in md
+    paths = write_report({"Ours": row}, tmp_path, reference=None, name="r")
+    assert "## Organ statistics in HU" in paths["markdown"].read_text()
+    hu = list(csv.DictReader(paths["hu"].open()))
+    assert hu[0]["Class"] == "liver" and float(hu[0]["median_error"]) == 12.0
+    assert set(paths) == {"markdown", "csv", "latex", "distances", "memorization", "hu"}
+    assert section_tables({"Other": {"psnr": 1.0}}) == {} and format_sections({"Other": {"psnr": 1.0}}) == ""

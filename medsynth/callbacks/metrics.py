@@ -6,12 +6,20 @@ comparing with the input mask (Dice). Here the segmenter is the in-domain
 :class:`medsynth.models.OrganSegmenter` (TotalSegmentator on volumes is
 :class:`medsynth.metrics.TotalSegmentatorScorer`).
 
+Beyond the paper: the Fréchet Radiomics Distance (:mod:`medsynth.metrics.frd`, no download),
+a memorization check (:mod:`medsynth.metrics.memorization`: nearest training slices) and organ
+statistics in HU (:func:`medsynth.metrics.intensity.compare_hu_statistics`).
+
 Exactness under DDP: Lightning's DistributedSampler pads the validation/test sets with repeated
 samples so that every process gets the same number. The callback keeps one record per slice,
 keyed by ``(case_id, slice_index)``, gathers all records at the end of the epoch and drops
-duplicates, so every slice counts exactly once. Each batch is generated in one call with one
-``torch.Generator`` per slice, seeded by ``(case_id, slice_index, seed)``, so a slice's noise and
-the values do not depend on the number of processes, the batch a slice is in or the batch size.
+duplicates, so every slice counts exactly once. A record holds what the metrics need of its
+slice (PSNR/SSIM, Inception and radiomics features, Dice counts, HU histograms,
+nearest-training distances), each a function of that slice alone; set-level values (FID, FRD,
+medians, copy rates) are computed from all records in sorted key order. Each batch is
+generated in one call with one ``torch.Generator`` per slice, seeded by ``(case_id,
+slice_index, seed)``, so a slice's noise and the values do not depend on the number of
+processes, the batch a slice is in or the batch size.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH
 from medsynth.labels import NUM_CLASSES, PAPER_DICE_ORDER, get_label_set
 from medsynth.metrics.dice import dice_counts, dice_from_counts
+from medsynth.metrics.frd import check_frd_available, frd_from_features, radiomics_features
 from medsynth.metrics.image import (
     InceptionFeatures,
     find_inception_weights,
@@ -39,6 +49,8 @@ from medsynth.metrics.image import (
     psnr_per_image,
     ssim_per_image,
 )
+from medsynth.metrics.intensity import compare_hu_statistics, hu_bins, hu_histogram
+from medsynth.metrics.memorization import NearestNeighbors, memorization_summary, pixel_vectors
 from medsynth.models.base import check_batch
 from medsynth.precision import trainer_precision
 from medsynth.random import slice_generators, slice_seed
@@ -48,12 +60,18 @@ __all__ = [
     "slice_seed",
     "slice_generators",
     "METRICS",
+    "PAPER_METRICS",
     "FAST_DEV_RUN_STEPS",
     "dev_run_options",
 ]
 
-METRICS: tuple[str, ...] = ("psnr", "ssim", "fid", "dice")
+#: Every metric name the callback knows.
+METRICS: tuple[str, ...] = ("psnr", "ssim", "fid", "dice", "frd", "memorization", "hu")
+#: The default: the paper's metrics (Zhuang et al., Sec. 4).
+PAPER_METRICS: tuple[str, ...] = ("psnr", "ssim", "fid", "dice")
 SliceKey = tuple[str, int]
+#: Training slices per batch while the memorization check streams the training set.
+TRAIN_SCAN_BATCH = 64
 #: Sampling steps of the callbacks under ``Trainer(fast_dev_run=...)``: it checks the code path, not quality.
 FAST_DEV_RUN_STEPS = 2
 
@@ -83,13 +101,25 @@ class SynthesisMetrics(Callback):
     all scored slices (a split-level Dice per organ). Under ``Trainer(fast_dev_run=...)``
     diffusion models sample with :data:`FAST_DEV_RUN_STEPS` steps (a code check, not a score).
 
+    - ``frd``: FRD v1 of the synthetic slices against the real ones (real = reference).
+    - ``hu/<class>/real_median``, ``real_q1``, ``real_q3``, ``synthetic_median``,
+      ``synthetic_q1``, ``synthetic_q3``, ``median_error`` (HU), ``median_error_window`` for
+      every class present but background, both inside the slice's mask (from 1-HU histograms:
+      exact to whole HU).
+    - ``memorization/<space>/copy_rate``, ``threshold``, ``synthetic_qNN``, ``real_qNN`` for
+      ``space`` = ``pixel`` and, with a segmenter, ``feature``
+      (:func:`~medsynth.metrics.memorization.memorization_summary`). At the end of the epoch
+      every process streams the whole training set once in order to find each of its slices'
+      nearest training slices (synthetic and real).
+
     Args:
-        metrics: Any of "psnr", "ssim", "fid", "dice".
+        metrics: Any of "psnr", "ssim", "fid", "dice", "frd" (needs ``pip install
+            'medsynth[frd]'``), "memorization", "hu".
         num_steps: ``generate(num_steps=...)`` at test time (None: the method's default).
         sampler: ``generate(sampler=...)`` at test time.
         guidance_scale: ``generate(guidance_scale=...)`` (validation and test).
         segmenter: An :class:`~medsynth.models.OrganSegmenter` or the path of its checkpoint
-            (required for "dice").
+            (required for "dice"; with "memorization" it adds the feature space).
         fid_weights: clean-fid's ``inception-2015-12-05.pt`` (file or folder); None searches
             clean-fid's cache folder. Checked when the callback is built.
         feature_extractor: Replaces the Inception network: ``[B, 1, H, W]`` in [0, 1] -> ``[B, D]``.
@@ -106,11 +136,17 @@ class SynthesisMetrics(Callback):
             identity and feature extractor); None keeps them in memory only.
         fid_cache_key: Identity of the data for the cache; None derives it from the data
             module's class and hyperparameters (no disk cache when it has none).
+        window: ``(level, width)`` in HU of the slices' window, for "hu" and "frd"; None: the
+            data module's preprocessing window (``datamodule.config``) when it has one, else
+            the paper's 40 / 400.
+        train_data: The training slices for "memorization": a dataset of dicts with ``image``
+            or a data module (its ``train_dataloader().dataset``); None: the trainer's data
+            module.
     """
 
     def __init__(
         self,
-        metrics: Sequence[str] = METRICS,
+        metrics: Sequence[str] = PAPER_METRICS,
         num_steps: int | None = None,
         sampler: str | None = None,
         guidance_scale: float | None = None,
@@ -125,6 +161,8 @@ class SynthesisMetrics(Callback):
         seed: int = 0,
         fid_cache_dir: str | os.PathLike | None = None,
         fid_cache_key: str | None = None,
+        window: tuple[float, float] | None = None,
+        train_data: Any = None,
     ) -> None:
         super().__init__()
         metrics = tuple(metrics)
@@ -136,15 +174,18 @@ class SynthesisMetrics(Callback):
         for name, value in (("max_val_batches", max_val_batches), ("max_test_batches", max_test_batches)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        if "dice" in metrics:
-            if segmenter is None:
-                raise ValueError(
-                    "metrics include 'dice' but segmenter is None: pass an OrganSegmenter or its checkpoint"
-                )
-            if isinstance(segmenter, (str, os.PathLike)) and not Path(segmenter).is_file():
-                raise FileNotFoundError(f"segmenter checkpoint not found: {segmenter}")
+        if "dice" in metrics and segmenter is None:
+            raise ValueError(
+                "metrics include 'dice' but segmenter is None: pass an OrganSegmenter or its checkpoint"
+            )
+        if isinstance(segmenter, (str, os.PathLike)) and not Path(segmenter).is_file():
+            raise FileNotFoundError(f"segmenter checkpoint not found: {segmenter}")
         if "fid" in metrics and feature_extractor is None:
             find_inception_weights(fid_weights)  # fail now, not after hours of sampling
+        if "frd" in metrics:
+            check_frd_available()
+        if window is not None:
+            hu_bins(window)  # ValueError naming a bad window
         self.metrics = metrics
         self.num_steps, self.sampler, self.guidance_scale = num_steps, sampler, guidance_scale
         self.val_num_steps = num_steps if val_num_steps is None else val_num_steps
@@ -158,6 +199,12 @@ class SynthesisMetrics(Callback):
         self._segmenter_arg = segmenter
         self.segmenter: L.LightningModule | None = None
         self.feature_extractor = feature_extractor
+        self.window = None if window is None else (float(window[0]), float(window[1]))
+        self.train_data = train_data
+        self._window = self.window or (WINDOW_LEVEL, WINDOW_WIDTH)
+        self._train_dataset: Any = None
+        self._frd_memo: dict[str, dict[SliceKey, np.ndarray]] = {}
+        self._queries: dict[SliceKey, dict[str, Tensor]] = {}  # memorization: images, features
         self._records: dict[SliceKey, dict[str, Any]] = {}
         self._real_memo: dict[str, dict[SliceKey, np.ndarray]] = {}
         self._real_dirty: set[str] = set()
@@ -169,21 +216,24 @@ class SynthesisMetrics(Callback):
         device = pl_module.device
         if "fid" in self.metrics and self.feature_extractor is None:
             self.feature_extractor = InceptionFeatures(self.fid_weights, device=device)
-        if "dice" in self.metrics and self.segmenter is None:
+        wants_segmenter = "dice" in self.metrics or "memorization" in self.metrics
+        if wants_segmenter and self.segmenter is None and self._segmenter_arg is not None:
             seg = self._segmenter_arg
             if isinstance(seg, (str, os.PathLike)):
                 from medsynth.models.segmenter import OrganSegmenter
 
                 seg = OrganSegmenter.load_from_checkpoint(str(seg), map_location="cpu")
-            if not callable(getattr(seg, "segment", None)):
-                raise TypeError(f"segmenter must have a segment(image) method, got {type(seg).__name__}")
+            for method, metric in (("segment", "dice"), ("bottleneck_features", "memorization")):
+                if metric in self.metrics and not callable(getattr(seg, method, None)):
+                    raise TypeError(f"segmenter must have a {method}(image) method, got {type(seg).__name__}")
             self.segmenter = seg
         if self.segmenter is not None:
             self.segmenter.to(device).eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ per batch
-    def _split_id(self, trainer: L.Trainer, stage: str) -> str | None:
-        feature_id = getattr(self.feature_extractor, "feature_id", None)
+    def _split_id(self, trainer: L.Trainer, stage: str, feature_id: str | None = None) -> str | None:
+        """Identity of ``stage``'s real slices and a feature extractor (default: the FID one)."""
+        feature_id = feature_id or getattr(self.feature_extractor, "feature_id", None)
         if feature_id is None:
             return None
         if self.fid_cache_key is not None:
@@ -224,6 +274,32 @@ class SynthesisMetrics(Callback):
                 net.to(pl_module.device)
         if "fid" in self.metrics:
             self._real_features(trainer, stage)
+        dm = getattr(trainer, "datamodule", None)
+        config = getattr(dm, "config", None)
+        if self.window is None and hasattr(config, "window_level") and hasattr(config, "window_width"):
+            self._window = (float(config.window_level), float(config.window_width))
+        self._queries = {}
+        if "memorization" in self.metrics and self._train_dataset is None:
+            self._train_dataset = self._training_slices(dm)  # fail before any sampling
+
+    def _training_slices(self, dm: Any) -> Any:
+        """The dataset of training slices for the memorization check (``train_data`` or ``dm``)."""
+        source = self.train_data if self.train_data is not None else dm
+        if source is None:
+            raise ValueError(
+                "metrics include 'memorization' but there are no training slices: pass train_data= "
+                "(a dataset or data module) or run with a data module that has a training split"
+            )
+        if isinstance(source, L.LightningDataModule):
+            try:
+                source = source.train_dataloader().dataset
+            except Exception as err:
+                raise ValueError(
+                    f"metrics include 'memorization' but {type(source).__name__} has no training split: {err}"
+                ) from err
+        if len(source) == 0:
+            raise ValueError("metrics include 'memorization' but the training set is empty")
+        return source
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset(trainer, pl_module, "val")
@@ -316,9 +392,39 @@ class SynthesisMetrics(Callback):
             for j, k in enumerate(keys):
                 recs[j]["fake"] = fake_feats[j].astype(np.float32)
                 recs[j]["real"] = memo[k]
+        labels = getattr(pl_module, "label_set", None) or get_label_set("amos")
+        self._label_set = labels
+        if "frd" in self.metrics:
+            memo = self._frd_memo.setdefault(
+                self._split_id(trainer, stage, f"frd-v1|window={self._window}") or f"<memory>|{stage}", {}
+            )
+            fake_rad = radiomics_features(fake, self._window)  # [n, D]
+            missing = [j for j, k in enumerate(keys) if k not in memo]
+            if missing:
+                for j, f in zip(missing, radiomics_features(real[missing], self._window)):
+                    memo[keys[j]] = f
+            for j, k in enumerate(keys):
+                recs[j]["frd_fake"], recs[j]["frd_real"] = fake_rad[j], memo[k]
+        if "hu" in self.metrics:
+            for j in range(len(keys)):
+                for name, img in (("hu_real", real), ("hu_fake", fake)):
+                    hist = hu_histogram(img[j : j + 1], m[j : j + 1], labels.num_classes, self._window)
+                    recs[j][name] = _sparse(hist.numpy())
+        if "memorization" in self.metrics:
+            fake_cpu, real_cpu = fake.cpu(), real.float().cpu()  # [n, 1, H, W]: scaled at the search
+            feats = None
+            if self.segmenter is not None:  # one slice at a time: independent of batch composition
+                embed = self.segmenter.bottleneck_features
+                feats = [
+                    torch.cat([embed(x[j : j + 1].to(self.segmenter.device)).cpu() for j in range(len(keys))])
+                    for x in (fake, real)
+                ]  # 2 x [n, F]
+            for j, k in enumerate(keys):
+                query = {"pixel_fake": fake_cpu[j], "pixel_real": real_cpu[j]}
+                if feats is not None:
+                    query.update(feature_fake=feats[0][j], feature_real=feats[1][j])
+                self._queries[k] = query
         if "dice" in self.metrics:
-            labels = getattr(pl_module, "label_set", None) or get_label_set("amos")
-            self._label_set = labels
             if getattr(self.segmenter, "num_classes", labels.num_classes) != labels.num_classes:
                 raise ValueError(
                     f"the segmenter has {self.segmenter.num_classes} classes, the model's label set "
@@ -331,6 +437,35 @@ class SynthesisMetrics(Callback):
             self._records[k] = r
 
     # ------------------------------------------------------------------ epoch end
+    @torch.no_grad()
+    def _nearest_training(self, pl_module: L.LightningModule) -> None:
+        """Nearest-training distances of this process's slices (synthetic and real; pixels and,
+        with a segmenter, its features), into their records."""
+        if not self._queries:
+            return
+        from torch.utils.data import DataLoader
+
+        keys = sorted(self._queries)
+        names = list(self._queries[keys[0]])  # pixel_fake, pixel_real[, feature_fake, feature_real]
+        device = pl_module.device
+        search = {}
+        for n in names:
+            rows = torch.stack([self._queries[k][n] for k in keys])  # [Q, 1, H, W] or [Q, F]
+            search[n] = NearestNeighbors(
+                pixel_vectors(rows) if n.startswith("pixel") else rows, device=device
+            )
+        loader = DataLoader(self._train_dataset, batch_size=TRAIN_SCAN_BATCH, shuffle=False)
+        for batch in loader:  # the training set in order: ties resolve the same on every process
+            image = batch["image"].to(device)  # [b, 1, H, W]
+            pixels = pixel_vectors(image)
+            feats = self.segmenter.bottleneck_features(image) if "feature_fake" in search else None
+            for n, nn in search.items():
+                nn.update(pixels if n.startswith("pixel") else feats)
+        for n, nn in search.items():
+            for k, d in zip(keys, nn.distances.cpu().tolist()):
+                self._records[k][f"nn_{n}"] = d
+        self._queries = {}
+
     def _gather(self, trainer: L.Trainer) -> dict[SliceKey, dict[str, Any]]:
         records = self._records
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -359,10 +494,32 @@ class SynthesisMetrics(Callback):
                 out["fid"] = frechet_distance(real, fake)
             else:
                 warnings.warn("FID needs at least 2 slices; not logged", stacklevel=2)
+        if "frd" in self.metrics:
+            if len(keys) >= 2:
+                real = np.stack([records[k]["frd_real"] for k in keys])
+                fake = np.stack([records[k]["frd_fake"] for k in keys])
+                out["frd"] = frd_from_features(real, fake)
+            else:
+                warnings.warn("FRD needs at least 2 slices; not logged", stacklevel=2)
+        labels = getattr(self, "_label_set", None) or get_label_set("amos")
+        if "hu" in self.metrics:
+            shape = (labels.num_classes, hu_bins(self._window)[1])
+            real = sum(_dense(records[k]["hu_real"], shape) for k in keys)
+            fake = sum(_dense(records[k]["hu_fake"], shape) for k in keys)
+            for c, stats in compare_hu_statistics(real, fake, self._window).items():
+                for name, value in stats.items():
+                    out[f"hu/{labels.classes[c].name}/{name}"] = value
+        if "memorization" in self.metrics:
+            for space in ("pixel", "feature"):
+                if f"nn_{space}_fake" in records[keys[0]]:
+                    summary = memorization_summary(
+                        [records[k][f"nn_{space}_fake"] for k in keys],
+                        [records[k][f"nn_{space}_real"] for k in keys],
+                    )
+                    out.update({f"memorization/{space}/{n}": v for n, v in summary.items()})
         if "dice" in self.metrics:
             counts = np.sum([records[k]["counts"] for k in keys], axis=0)
             dice = dice_from_counts(counts).numpy()
-            labels = getattr(self, "_label_set", None) or get_label_set("amos")
             if labels.name == "amos":
                 organ = [dice[i] for i in PAPER_DICE_ORDER]  # the paper's 14 organ columns
             else:
@@ -376,6 +533,8 @@ class SynthesisMetrics(Callback):
         return out
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if "memorization" in self.metrics:
+            self._nearest_training(pl_module)
         records = self._gather(trainer)
         values = self.compute(records)
         values["num_slices"] = float(len(records))
@@ -411,3 +570,15 @@ class SynthesisMetrics(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish(trainer, pl_module, "test")
+
+
+def _sparse(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram as (flat indices, counts) of its non-empty bins (records stay small)."""
+    idx = np.flatnonzero(hist)
+    return idx.astype(np.int32), hist.reshape(-1)[idx].astype(np.int64)
+
+
+def _dense(sparse: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(int(np.prod(shape)), np.int64)
+    out[sparse[0]] = sparse[1]
+    return out.reshape(shape)

@@ -1,5 +1,6 @@
 """Metrics of Zhuang et al., Sec. 4: FID, PSNR, SSIM on slices and organ Dice (TotalSegmentator or
-the in-domain :class:`medsynth.models.OrganSegmenter`); the paper-style report."""
+the in-domain :class:`medsynth.models.OrganSegmenter`); the paper-style report. Beyond the paper:
+the Fréchet Radiomics Distance (offline), a memorization check and organ statistics in HU."""
 
 from medsynth.metrics.dice import (
     TotalSegmentatorScorer,
@@ -9,6 +10,7 @@ from medsynth.metrics.dice import (
     dice_per_class,
     reassemble_volume,
 )
+from medsynth.metrics.frd import check_frd_available, frd, frd_from_features, radiomics_features
 from medsynth.metrics.image import (
     InceptionFeatures,
     clean_resize,
@@ -24,9 +26,20 @@ from medsynth.metrics.image import (
 from medsynth.metrics.intensity import (
     background_mean,
     class_mean_painting,
+    compare_hu_statistics,
+    histogram_quantiles,
+    hu_bins,
+    hu_histogram,
+    organ_hu_statistics,
     organ_intensity_error,
     region_means,
     region_sums,
+)
+from medsynth.metrics.memorization import (
+    NearestNeighbors,
+    memorization_summary,
+    nearest_neighbors,
+    pixel_vectors,
 )
 from medsynth.metrics.volume import adjacent_slice_difference
 
@@ -52,5 +65,18 @@ __all__ = [
     "background_mean",
     "organ_intensity_error",
     "class_mean_painting",
+    "hu_bins",
+    "hu_histogram",
+    "histogram_quantiles",
+    "organ_hu_statistics",
+    "compare_hu_statistics",
+    "frd",
+    "frd_from_features",
+    "radiomics_features",
+    "check_frd_available",
+    "NearestNeighbors",
+    "nearest_neighbors",
+    "pixel_vectors",
+    "memorization_summary",
     "adjacent_slice_difference",
 ]

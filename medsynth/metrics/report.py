@@ -5,6 +5,10 @@ A row maps metric names as logged by :class:`medsynth.callbacks.SynthesisMetrics
 stripped) to values. Tables list FID, PSNR, SSIM, then the 14 organ Dice columns of the paper
 in its order (:data:`medsynth.labels.PAPER_DICE_ORDER`), Dice in percent; the best value of
 each column is bold in Markdown and LaTeX.
+
+Metrics beyond the paper get sections of their own (:func:`section_tables`), after the table in
+the Markdown file and one CSV each: FRD beside FID, the memorization check, organ statistics
+in HU.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ __all__ = [
     "normalize_row",
     "format_table",
     "write_report",
+    "section_tables",
+    "format_sections",
     "comparison_figure",
 ]
 
@@ -168,6 +174,119 @@ def format_table(rows: Mapping[str, Mapping[str, float | Tensor]], fmt: str = "m
     return "\n".join(lines) + "\n"
 
 
+#: Section name -> (title, what it shows), in the order they appear.
+SECTIONS: dict[str, tuple[str, str]] = {
+    "distances": (
+        "Distribution distances",
+        "FRD v1 (ln d², radiomics features, no download) beside FID; lower is better; compare "
+        "methods on the same slices only.",
+    ),
+    "memorization": (
+        "Memorization",
+        "Nearest-training-slice distances of the synthetic slices and of the real held-out slices "
+        "(quantiles); copy rate = share of synthetic slices nearer than the 5th percentile of the real "
+        "ones (about 5 % for a generator that does not copy). Pixel distances are RMS in window units "
+        "(x 400 = HU).",
+    ),
+    "hu": (
+        "Organ statistics in HU",
+        "Median [Q1, Q3] in HU inside each class of the input masks, real vs synthetic, from 1-HU "
+        "histograms; error = synthetic median - real median (HU, and in window units).",
+    ),
+}
+_MEMO_QUANTILES = ("q05", "q50", "q95")
+_HU_STATS = (
+    "real_median",
+    "real_q1",
+    "real_q3",
+    "synthetic_median",
+    "synthetic_q1",
+    "synthetic_q3",
+    "median_error",
+    "median_error_window",
+)
+
+
+def section_tables(
+    rows: Mapping[str, Mapping[str, float | Tensor]],
+) -> dict[str, tuple[list[str], list[list[str | float]]]]:
+    """The extra sections' tables, ``{section: (headers, rows)}``, for the sections with data.
+
+    Args:
+        rows: Method -> metrics as logged (``frd``, ``memorization/<space>/<stat>``,
+            ``hu/<class>/<stat>``; prefixes stripped as in :func:`normalize_row`).
+    """
+    norm = {name: normalize_row(r) for name, r in rows.items()}
+    tables: dict[str, tuple[list[str], list[list[str | float]]]] = {}
+    dist = [[n, r.get("frd", math.nan), r.get("fid", math.nan)] for n, r in norm.items() if "frd" in r]
+    if dist:
+        tables["distances"] = (["Method", "FRD", "FID"], dist)
+    memo = []
+    for n, r in norm.items():
+        for space in ("pixel", "feature"):
+            k = f"memorization/{space}/"
+            if k + "copy_rate" in r:
+                memo.append(
+                    [n, space, r[k + "copy_rate"], r[k + "threshold"]]
+                    + [r.get(f"{k}synthetic_{q}", math.nan) for q in _MEMO_QUANTILES]
+                    + [r.get(f"{k}real_{q}", math.nan) for q in _MEMO_QUANTILES]
+                )
+    if memo:
+        headers = ["Method", "Space", "Copy rate", "Threshold"]
+        headers += [f"Synthetic {q}" for q in _MEMO_QUANTILES] + [f"Real {q}" for q in _MEMO_QUANTILES]
+        tables["memorization"] = (headers, memo)
+    hu = []
+    for n, r in norm.items():
+        organs = dict.fromkeys(k.split("/")[1] for k in r if k.startswith("hu/") and k.count("/") == 2)
+        for organ in organs:
+            g = {stat: r.get(f"hu/{organ}/{stat}", math.nan) for stat in _HU_STATS}
+            hu.append([n, organ, *g.values()])
+    if hu:
+        tables["hu"] = (["Method", "Class", *_HU_STATS], hu)
+    return tables
+
+
+def _md_cell(value: str | float, spec: str) -> str:
+    if isinstance(value, str):
+        return value
+    return "-" if math.isnan(value) else format(value, spec)
+
+
+def format_sections(rows: Mapping[str, Mapping[str, float | Tensor]]) -> str:
+    """The extra sections as Markdown (empty when the rows hold none of their metrics)."""
+    parts = []
+    for key, (headers, body) in section_tables(rows).items():
+        title, text = SECTIONS[key]
+        left = [isinstance(v, str) for v in body[0]]  # label columns left, numbers right
+        if key == "hu":  # median [Q1, Q3] per set in one cell each
+            headers = [
+                "Method",
+                "Class",
+                "Real median [Q1, Q3]",
+                "Synthetic median [Q1, Q3]",
+                "Error (HU)",
+                "Error (window)",
+            ]
+            body = [
+                [
+                    r[0],
+                    r[1],
+                    f"{r[2]:.1f} [{r[3]:.1f}, {r[4]:.1f}]",
+                    f"{r[5]:.1f} [{r[6]:.1f}, {r[7]:.1f}]",
+                    f"{r[8]:+.1f}",
+                    f"{r[9]:+.4f}",
+                ]
+                for r in body
+            ]
+            left = left[:6]
+        spec = ".3g" if key == "memorization" else ".2f"  # distances span orders of magnitude
+        lines = [f"## {title}", "", text, "", "| " + " | ".join(headers) + " |"]
+        lines.append("|" + "|".join(":---" if t else "---:" for t in left) + "|")
+        lines += ["| " + " | ".join(_md_cell(v, spec) for v in r) + " |" for r in body]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
 def write_report(
     rows: Mapping[str, Mapping[str, float | Tensor]],
     out_dir: str | os.PathLike,
@@ -175,7 +294,9 @@ def write_report(
     name: str = "results",
 ) -> dict[str, Path]:
     """Write ``<name>.md``, ``<name>.csv`` and ``<name>.tex``; ``reference`` appends the paper's
-    Table 1 or 2 rows (None: none). Returns the paths by format."""
+    Table 1 or 2 rows (None: none). Rows with FRD, memorization or HU metrics add their sections
+    to the Markdown file and ``<name>_<section>.csv`` files (:func:`section_tables`). Returns the
+    paths by format / section."""
     all_rows = dict(rows)
     if reference is not None:
         all_rows.update(paper_rows(reference))
@@ -184,8 +305,19 @@ def write_report(
     paths = {}
     for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
         p = out / f"{name}.{ext}"
-        p.write_text(format_table(all_rows, fmt))
+        text = format_table(all_rows, fmt)
+        if fmt == "markdown" and (sections := format_sections(rows)):
+            text += "\n" + sections
+        p.write_text(text)
         paths[fmt] = p
+    for key, (headers, body) in section_tables(rows).items():
+        p = out / f"{name}_{key}.csv"
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(headers)
+        w.writerows([[v if isinstance(v, str) else repr(float(v)) for v in r] for r in body])
+        p.write_text(buf.getvalue())
+        paths[key] = p
     return paths
 
 

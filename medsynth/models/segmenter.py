@@ -10,7 +10,8 @@ slices of the same split family is the offline counterpart used by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -86,15 +87,33 @@ class OrganSegmenter(L.LightningModule):
     @torch.no_grad()
     def segment(self, image: Tensor) -> Tensor:
         """``[B, 1, H, W]`` in [0, 1] -> label map ``[B, H, W]`` int64 (eval mode)."""
+        with self._evaluating(image):
+            logits = self(image.to(self.device, torch.float32))  # [B, C, H, W]
+        return logits.argmax(dim=1).long()
+
+    @torch.no_grad()
+    def bottleneck_features(self, image: Tensor) -> Tensor:
+        """Pooled bottleneck features ``[B, 8c]``: the deepest encoder block's output averaged over
+        its pixels (eval mode). The in-domain feature space of the memorization check
+        (:mod:`medsynth.metrics.memorization`) and the segmenter Fréchet distance of
+        ``benchmarks/quality.py``; only the encoder runs."""
+        with self._evaluating(image):
+            x = self.net.conv_0(image.to(self.device, torch.float32))  # [B, c, H, W]
+            for block in (self.net.down_1, self.net.down_2, self.net.down_3, self.net.down_4):
+                x = block(x)  # [B, 8c, H/16, W/16] after down_4
+        return x.mean(dim=(2, 3))  # [B, 8c]
+
+    @contextmanager
+    def _evaluating(self, image: Tensor) -> Iterator[None]:
+        """Check ``image`` is ``[B, 1, H, W]`` and run in eval mode, restoring the mode after."""
         if image.dim() != 4 or image.shape[1] != 1:
             raise ValueError(f"image must have shape [B, 1, H, W], got {tuple(image.shape)}")
         was_training = self.training
         self.eval()
         try:
-            logits = self(image.to(self.device, torch.float32))  # [B, C, H, W]
+            yield
         finally:
             self.train(was_training)
-        return logits.argmax(dim=1).long()
 
     def _loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         image, mask = check_batch(batch, self.num_classes)
