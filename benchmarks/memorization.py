@@ -28,16 +28,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from quality import DIFFUSION_RECIPE, load_segmenter, trainer
 
-from medsynth.callbacks import SynthesisMetrics
-from medsynth.data import PhantomDataModule
-from medsynth.models import MaskGuidedDDPM, OrganSegmenter
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import DIFFUSION_RECIPE, load_segmenter  # noqa: E402
+from benchmarks.protocol import quiet_trainer as trainer  # noqa: E402
+from medsynth.callbacks import SynthesisMetrics  # noqa: E402
+from medsynth.data import PhantomDataModule  # noqa: E402
+from medsynth.models import MaskGuidedDDPM, OrganSegmenter  # noqa: E402
 
 QUANTILES = ("q05", "q50", "q95")
 
