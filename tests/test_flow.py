@@ -388,6 +388,16 @@ def test_every_diffusion_method_trains_and_samples_as_a_flow(cls: type) -> None:
         assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="'dpm\\+\\+' belongs to process 'ddpm'.*'rflow'"):
         flow.generate(mask, sampler="dpm++")
+    if cls is SDM:  # guidance on the 1-channel velocity (ClassifierFreeGuidance, guided_channels=1)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # zero-initialised output convs make a fresh net ignore the mask: perturb
+            for p in flow.ema.shadow.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        seeded = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+        with pytest.warns(UserWarning, match="never trained"):
+            guided = flow.generate(mask, num_steps=2, guidance_scale=2.0, generator=seeded())
+        plain = flow.generate(mask, num_steps=2, guidance_scale=1.0, generator=seeded())
+        assert torch.isfinite(guided).all() and not torch.equal(guided, plain)
 
 
 def test_flow_checkpoint_loads_through_medsynth_load_model(tmp_path) -> None:
