@@ -254,7 +254,7 @@ def synthesize_volume(
         coherent: Draw every slice from the same noise (seeded from ``(seed, case name)``), so
             neighbouring slices, whose masks differ little, get consistent texture and brightness
             (slices drawn independently jump from one to the next along z, which a 3D segmenter
-            sees). With a deterministic sampler (``ddim``) the whole chain is then a fixed
+            sees). With a deterministic sampler (``ddim``; a flow's ``euler``/``heun``) the chain is a fixed
             function of the mask; with ancestral sampling every step's noise is shared.
 
     Returns:
