@@ -423,3 +423,25 @@ def test_flow_checkpoint_loads_through_medsynth_load_model(tmp_path) -> None:
         ValueError, match="'ddpm' belongs to process 'ddpm', but this model's is process 'rflow'"
     ):
         loaded.generate(mask, sampler="ddpm")
+
+
+def test_callbacks_refuse_a_sampler_of_the_other_process_before_training() -> None:
+    """A metrics or image-grid callback configured with a DDPM sampler fails at setup for a flow,
+    naming the callback and the argument, before any weight changes (and the reverse)."""
+    from medsynth.callbacks import SynthesisImageGrid, SynthesisMetrics
+
+    cases = (
+        ("rflow", SynthesisImageGrid(sampler="ddpm"), r"SynthesisImageGrid\(sampler='ddpm'\)"),
+        (
+            "rflow",
+            SynthesisMetrics(metrics=["psnr"], val_sampler="ddim"),
+            r"SynthesisMetrics\(val_sampler='ddim'\)",
+        ),
+        ("ddpm", SynthesisMetrics(metrics=["psnr"], sampler="heun"), r"SynthesisMetrics\(sampler='heun'\)"),
+    )
+    for process, callback, message in cases:
+        model = ConditionalDDPM(32, process=process, **TINY)
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=message + ".*process"):
+            tiny_trainer(max_steps=1, callbacks=[callback]).fit(model, datamodule=tiny_phantom())
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
