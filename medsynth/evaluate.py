@@ -287,15 +287,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler",
         default=None,
-        help="diffusion models: ddpm (ancestral), ddim or dpm++ (default None: the model's own, the "
-        "1000-step ancestral chain)",
+        help="diffusion models: ddpm (ancestral), ddim or dpm++; euler or heun for a rectified-flow model "
+        "(default None: the model's own, for a DDPM the 1000-step ancestral chain)",
     )
     p.add_argument(
         "--num_steps",
         type=int,
         default=None,
-        help="diffusion models: sampling steps, each one network evaluation per slice, so time grows "
-        "linearly (default None: the model's 1000 steps, 10x the 100 the demo and docs use)",
+        help="diffusion models: network evaluations per slice (one per step; two per Heun step), so time grows "
+        "linearly (default None: the model's 1000 steps, 10x the 100 the demo and docs use; 30 for a flow)",
     )
     p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
     p.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")

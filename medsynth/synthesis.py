@@ -254,7 +254,7 @@ def synthesize_volume(
         coherent: Draw every slice from the same noise (seeded from ``(seed, case name)``), so
             neighbouring slices, whose masks differ little, get consistent texture and brightness
             (slices drawn independently jump from one to the next along z, which a 3D segmenter
-            sees). With a deterministic sampler (``ddim``) the whole chain is then a fixed
+            sees). With a deterministic sampler (``ddim``; a flow's ``euler``/``heun``) the chain is a fixed
             function of the mask; with ancestral sampling every step's noise is shared.
 
     Returns:
@@ -408,14 +408,14 @@ def _parser() -> argparse.ArgumentParser:
         "--num_steps",
         type=int,
         default=None,
-        help="diffusion models: sampling steps, each one network evaluation per slice, so time grows "
-        "linearly (default None: the model's 1000 steps, 10x the 100 the docs use)",
+        help="diffusion models: network evaluations per slice (one per step; two per Heun step), so time grows "
+        "linearly (default None: the model's 1000 steps, 10x the 100 the docs use; 30 for a flow)",
     )
     p.add_argument(
         "--sampler",
         default=None,
-        help="diffusion models: ddpm (ancestral), ddim or dpm++ (default None: the model's own, "
-        "the 1000-step ancestral chain)",
+        help="diffusion models: ddpm (ancestral), ddim or dpm++; euler or heun for a rectified-flow "
+        "model (default None: the model's own, for a DDPM the 1000-step ancestral chain)",
     )
     p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
     p.add_argument("--batch_size", type=int, default=16, help="slices per generate() call")

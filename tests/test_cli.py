@@ -193,7 +193,11 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
     assert "LearningRateMonitor" not in names  # no method configures an LR scheduler
     for cb in cli.trainer.callbacks:
         if type(cb).__name__ == "SynthesisMetrics" and getattr(cli.model, "generate_options", ()):
-            assert cb.val_sampler == "ddpm"  # respaced ancestral, as docs/methods recommend
+            # the sampler validation runs: respaced ancestral for a DDPM, as docs/methods recommend;
+            # the flow's default (Euler) for a rectified flow
+            sampler = cb.val_sampler or cli.model.hparams.sampler or cli.model.diffusion.samplers[0]
+            assert sampler == {"ddpm": "ddpm", "rflow": "euler"}[cli.model.hparams.get("process", "ddpm")]
+            assert config.stem.endswith("_rflow") == (cli.model.hparams.get("process") == "rflow")
 
 
 def test_every_piece_is_used_and_method_files_are_short():

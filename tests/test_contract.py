@@ -2,7 +2,9 @@
 
 Methods are discovered (every concrete :class:`SynthesisModule` in ``medsynth.models.__all__``),
 so a new method is covered as soon as it is exported and has an entry in ``tests/conftest.py``
-``TINY``; without one, ``test_every_method_has_tiny_settings`` fails.
+``TINY``; without one, ``test_every_method_has_tiny_settings`` fails. Every diffusion method runs
+twice: with its default process (Improved DDPM) and as a rectified flow (``process="rflow"``,
+ids ``<Method>-rflow``), since a flow is the same class with another process.
 
 Covered: generate() output and errors, seeding and per-slice generators (batch independence),
 fast_dev_run on the phantom, checkpoint round trip, bf16-mixed training on CPU, and golden
@@ -25,15 +27,33 @@ from torch import nn
 
 import medsynth.models
 from medsynth.models.base import SynthesisModule, is_method
+from medsynth.models.ddpm import DiffusionModel
 
 METHODS = [
     getattr(medsynth.models, n) for n in medsynth.models.__all__ if is_method(getattr(medsynth.models, n))
 ]
 ids = [c.__name__ for c in METHODS]
+#: The rectified-flow variant of a diffusion method: extra constructor arguments.
+FLOW: dict[str, Any] = {"process": "rflow"}
+#: (class, extra constructor arguments): every method, then each diffusion method as a flow.
+CASES = [(c, {}) for c in METHODS] + [(c, FLOW) for c in METHODS if issubclass(c, DiffusionModel)]
+
+
+def case_id(cls: type, extra: dict[str, Any]) -> str:
+    return cls.__name__ + ("-rflow" if extra == FLOW else "")
+
+
+case_ids = [case_id(*c) for c in CASES]
+#: The second sampler whose pixels are pinned, per process: diffusers' DPM-Solver++ for Improved
+#: DDPM, Heun with an odd count (Heun steps and a last Euler step) for a flow.
+SECOND_SAMPLER: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddpm": ("pixels_dpm++", {"sampler": "dpm++"}),
+    "rflow": ("pixels_heun", {"sampler": "heun", "num_steps": 3}),
+}
 
 # Golden values, from `PYTHONPATH=. python tests/test_contract.py` (torch 2.14.1, diffusers 0.42.1,
 # CPU). "loss": the train/* metrics after the first step of a seeded fast_dev_run; "pixels" (and
-# "pixels_dpm++" for the diffusion methods: that sampler is diffusers'): mean
+# SECOND_SAMPLER's for the diffusion methods: DPM-Solver++ is diffusers'; Heun for the flows): mean
 # of generate() and four pixels, for a seeded, perturbed (perturbed_model) model on the phantom's first validation
 # masks with generator seed 0. Relative tolerance 1e-4 (losses also absolute 1e-4): float32 reductions vary by ~1e-6 across
 # CPUs and thread counts, an algorithmic change moves these by far more.
@@ -91,6 +111,28 @@ GOLDEN: dict[str, dict[str, Any]] = {
         },
         "pixels": [0.246821, 0.98691, 0.2721, 0.349858, 0.244742],
     },
+    # The diffusion methods as rectified flows (process="rflow"): the loss is the velocity MSE;
+    # "pixels" sample with Euler (the flow's default, num_steps 2), "pixels_heun" with Heun at 3.
+    "ConditionalDDPM-rflow": {
+        "loss": {"train/loss": 1.817149},
+        "pixels": [0.549467, 0.651956, 0.0, 1.0, 0.456359],
+        "pixels_heun": [0.550107, 0.658944, 0.0, 1.0, 0.45346],
+    },
+    "MaskGuidedDDPM-rflow": {
+        "loss": {"train/loss": 1.877311},
+        "pixels": [0.437924, 0.191951, 0.0, 1.0, 0.088238],
+        "pixels_heun": [0.437801, 0.18708, 0.0, 1.0, 0.101044],
+    },
+    "EdgeGuidedDDPM-rflow": {
+        "loss": {"train/loss": 1.834739},
+        "pixels": [0.525494, 0.182159, 0.0, 1.0, 0.397049],
+        "pixels_heun": [0.5255, 0.181494, 0.0, 1.0, 0.40789],
+    },
+    "SDM-rflow": {
+        "loss": {"train/loss": 1.840573},
+        "pixels": [0.529733, 0.149418, 0.0, 1.0, 0.49933],
+        "pixels_heun": [0.529914, 0.152385, 0.0, 1.0, 0.517841],
+    },
 }
 PIXELS = ((0, 16, 16), (0, 8, 20), (1, 20, 11), (1, 25, 6))
 
@@ -107,10 +149,12 @@ def options(cls: type) -> dict[str, Any]:
     return dict(TINY[cls.__name__]["options"])
 
 
-def fit_once(cls: type, precision: str = "32-true") -> tuple[SynthesisModule, L.Trainer]:
+def fit_once(
+    cls: type, precision: str = "32-true", extra: dict[str, Any] | None = None
+) -> tuple[SynthesisModule, L.Trainer]:
     """A seeded tiny model after one fast_dev_run step (one training and one validation batch)."""
     L.seed_everything(0, verbose=False)
-    model = tiny_model(cls)
+    model = tiny_model(cls, **(extra or {}))
     trainer = tiny_trainer(fast_dev_run=1, precision=precision)
     trainer.fit(model, datamodule=tiny_phantom())
     return model, trainer
@@ -118,18 +162,19 @@ def fit_once(cls: type, precision: str = "32-true") -> tuple[SynthesisModule, L.
 
 @pytest.fixture(scope="module")
 def fitted() -> Any:
-    """``fitted(cls) -> (model, trainer)``, fitted once per module (fast_dev_run is the slow part)."""
-    cache: dict[type, tuple[SynthesisModule, L.Trainer]] = {}
+    """``fitted(cls, extra) -> (model, trainer)``, fitted once per module (fast_dev_run is the slow part)."""
+    cache: dict[str, tuple[SynthesisModule, L.Trainer]] = {}
 
-    def get(cls: type) -> tuple[SynthesisModule, L.Trainer]:
-        if cls not in cache:
-            cache[cls] = fit_once(cls)
-        return cache[cls]
+    def get(cls: type, extra: dict[str, Any]) -> tuple[SynthesisModule, L.Trainer]:
+        key = case_id(cls, extra)
+        if key not in cache:
+            cache[key] = fit_once(cls, extra=extra)
+        return cache[key]
 
     return get
 
 
-def perturbed_model(cls: type) -> SynthesisModule:
+def perturbed_model(cls: type, extra: dict[str, Any] | None = None) -> SynthesisModule:
     """A seeded tiny model with every weight moved by seeded noise (std 0.05).
 
     The diffusion UNets zero their output layer at initialisation (Improved DDPM), so an untouched
@@ -137,7 +182,7 @@ def perturbed_model(cls: type) -> SynthesisModule:
     makes the samples depend on every layer of the network, EMA copy included.
     """
     L.seed_everything(0, verbose=False)
-    model = tiny_model(cls)
+    model = tiny_model(cls, **(extra or {}))
     g = torch.Generator().manual_seed(0)
     params = list(model.parameters())
     ema = getattr(model, "ema", None)
@@ -149,21 +194,31 @@ def perturbed_model(cls: type) -> SynthesisModule:
     return model
 
 
-def sampled_pixels(cls: type, masks: torch.Tensor, **extra: Any) -> list[float]:
-    opts = {**options(cls), **extra}
-    out = perturbed_model(cls).generate(masks, generator=torch.Generator().manual_seed(0), **opts)
+def sampled_pixels(
+    cls: type, masks: torch.Tensor, extra: dict[str, Any] | None = None, **opts: Any
+) -> list[float]:
+    opts = {**options(cls), **opts}
+    out = perturbed_model(cls, extra).generate(masks, generator=torch.Generator().manual_seed(0), **opts)
     return [float(out.mean()), *(float(out[b, 0, i, j]) for b, i, j in PIXELS)]
 
 
-def golden_values(cls: type, masks: torch.Tensor) -> dict[str, Any]:
-    """The values GOLDEN pins for ``cls`` (see the comment there)."""
-    _, trainer = fit_once(cls)
+def second_sampler(cls: type, extra: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The key and generate() options of the second pinned sampler, or None for a GAN."""
+    if "sampler" not in cls.generate_options:
+        return None
+    return SECOND_SAMPLER[extra.get("process", "ddpm")]
+
+
+def golden_values(cls: type, masks: torch.Tensor, extra: dict[str, Any]) -> dict[str, Any]:
+    """The values GOLDEN pins for ``cls`` with ``extra`` (see the comment there)."""
+    _, trainer = fit_once(cls, extra=extra)
     loss = {
         k: round(float(v), 6) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("train/")
     }
-    out = {"loss": loss, "pixels": [round(v, 6) for v in sampled_pixels(cls, masks)]}
-    if "sampler" in cls.generate_options:  # DPM-Solver++ comes from diffusers
-        out["pixels_dpm++"] = [round(v, 6) for v in sampled_pixels(cls, masks, sampler="dpm++")]
+    out = {"loss": loss, "pixels": [round(v, 6) for v in sampled_pixels(cls, masks, extra)]}
+    second = second_sampler(cls, extra)
+    if second is not None:
+        out[second[0]] = [round(v, 6) for v in sampled_pixels(cls, masks, extra, **second[1])]
     return out
 
 
@@ -181,15 +236,16 @@ def test_methods_are_discovered() -> None:
     assert not any(c.__name__ in ("SynthesisModule", "DiffusionModel", "GANModule") for c in METHODS)
 
 
-@pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_every_method_has_tiny_settings(cls: type) -> None:
+@pytest.mark.parametrize("cls,extra", CASES, ids=case_ids)
+def test_every_method_has_tiny_settings(cls: type, extra: dict[str, Any]) -> None:
     assert cls.__name__ in TINY, f"add {cls.__name__} to TINY in tests/conftest.py"
-    assert cls.__name__ in GOLDEN, f"add golden values for {cls.__name__}: PYTHONPATH=. python {__file__}"
+    key = case_id(cls, extra)
+    assert key in GOLDEN, f"add golden values for {key}: PYTHONPATH=. python {__file__}"
 
 
-@pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_generate_output_and_errors(cls: type, masks: torch.Tensor) -> None:
-    model = tiny_model(cls)
+@pytest.mark.parametrize("cls,extra", CASES, ids=case_ids)
+def test_generate_output_and_errors(cls: type, extra: dict[str, Any], masks: torch.Tensor) -> None:
+    model = tiny_model(cls, **extra)
     out = model.generate(masks, generator=torch.Generator().manual_seed(0), **options(cls))
     assert out.shape == (2, 1, TINY_SIZE, TINY_SIZE) and out.dtype == torch.float32 and out.std() > 0
     for name, value in (("num_steps", 3), ("sampler", "ddim"), ("guidance_scale", 2.0)):
@@ -210,13 +266,13 @@ def test_generate_output_and_errors(cls: type, masks: torch.Tensor) -> None:
         model.generate(masks, generator=[torch.Generator()], **options(cls))  # 1 generator for 2 slices
 
 
-@pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_seeding_and_batch_independence(cls: type, masks: torch.Tensor) -> None:
+@pytest.mark.parametrize("cls,extra", CASES, ids=case_ids)
+def test_seeding_and_batch_independence(cls: type, extra: dict[str, Any], masks: torch.Tensor) -> None:
     """Same generator -> same output; slice i with its own generator is the same alone or in a batch.
 
     Tolerance 1e-5: a convolution over a batch of 2 and of 1 may sum in another order (~1e-7).
     """
-    model = tiny_model(cls)
+    model = tiny_model(cls, **extra)
     g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
     a = model.generate(masks, generator=g(0), **options(cls))
     torch.testing.assert_close(model.generate(masks, generator=g(0), **options(cls)), a, rtol=0, atol=0)
@@ -229,15 +285,15 @@ def test_seeding_and_batch_independence(cls: type, masks: torch.Tensor) -> None:
     torch.testing.assert_close(batch[1:], alone, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_fast_dev_run_trains(cls: type, fitted: Any) -> None:
+@pytest.mark.parametrize("cls,extra", CASES, ids=case_ids)
+def test_fast_dev_run_trains(cls: type, extra: dict[str, Any], fitted: Any) -> None:
     """One step changes the weights and logs finite train/ losses (val/ too where a method has one).
 
     Only "some weights changed": a diffusion UNet's zero-initialised output layer blocks the
     gradient to every earlier layer on the first step.
     """
-    model, trainer = fitted(cls)
-    fresh = (L.seed_everything(0, verbose=False), tiny_model(cls))[1]
+    model, trainer = fitted(cls, extra)
+    fresh = (L.seed_everything(0, verbose=False), tiny_model(cls, **extra))[1]
     changed = [not torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters())]
     assert any(changed)
     train = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
@@ -245,25 +301,29 @@ def test_fast_dev_run_trains(cls: type, fitted: Any) -> None:
     assert all(k.split("/")[0] in ("train", "val") for k in trainer.callback_metrics)
 
 
-@pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_checkpoint_round_trip(cls: type, fitted: Any, masks: torch.Tensor, tmp_path) -> None:
-    """A checkpoint saved by the Trainer loads with load_from_checkpoint and generates identically."""
-    model, trainer = fitted(cls)
+@pytest.mark.parametrize("cls,extra", CASES, ids=case_ids)
+def test_checkpoint_round_trip(
+    cls: type, extra: dict[str, Any], fitted: Any, masks: torch.Tensor, tmp_path
+) -> None:
+    """A checkpoint saved by the Trainer loads with load_from_checkpoint and generates identically
+    (a flow's process comes back from its hyperparameters)."""
+    model, trainer = fitted(cls, extra)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     loaded = cls.load_from_checkpoint(path)
     assert type(loaded) is cls and loaded.hparams == model.hparams
+    assert type(getattr(loaded, "diffusion", None)) is type(getattr(model, "diffusion", None))
     a = model.generate(masks, generator=torch.Generator().manual_seed(3), **options(cls))
     b = loaded.generate(masks, generator=torch.Generator().manual_seed(3), **options(cls))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_bf16_mixed_fit_step(cls: type) -> None:
+@pytest.mark.parametrize("cls,extra", CASES, ids=case_ids)
+def test_bf16_mixed_fit_step(cls: type, extra: dict[str, Any]) -> None:
     """bf16-mixed on CPU: the convolutions run in bfloat16 (autocast is active) and losses stay finite."""
     seen: set[torch.dtype] = set()
     L.seed_everything(0, verbose=False)
-    model = tiny_model(cls)
+    model = tiny_model(cls, **extra)
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     conv.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype) if mod.training else None)
     trainer = tiny_trainer(fast_dev_run=1, precision="bf16-mixed", limit_val_batches=0)
@@ -272,23 +332,23 @@ def test_bf16_mixed_fit_step(cls: type) -> None:
     assert all(torch.isfinite(v) for v in trainer.callback_metrics.values())
 
 
-@pytest.mark.parametrize("cls", METHODS, ids=ids)
-def test_golden_values(cls: type, fitted: Any, masks: torch.Tensor) -> None:
+@pytest.mark.parametrize("cls,extra", CASES, ids=case_ids)
+def test_golden_values(cls: type, extra: dict[str, Any], fitted: Any, masks: torch.Tensor) -> None:
     """First training losses and sampled pixels match the pinned values (module docstring)."""
-    want = GOLDEN[cls.__name__]
-    _, trainer = fitted(cls)
+    want = GOLDEN[case_id(cls, extra)]
+    _, trainer = fitted(cls, extra)
     loss = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     assert set(loss) == set(want["loss"])
     for k, v in want["loss"].items():
         # abs 1e-4: float32 reductions differ with the thread count; measured 5e-5 on SPADE's
         # train/g_gan (a hinge term near 0.05) between 1 and 2 threads. Algorithmic changes move more.
         assert math.isclose(loss[k], v, rel_tol=1e-4, abs_tol=1e-4), (k, loss[k], v)
-    assert ("pixels_dpm++" in want) == ("sampler" in cls.generate_options)
-    for key, extra in (("pixels", {}), ("pixels_dpm++", {"sampler": "dpm++"})):
-        if key in want:
-            got = sampled_pixels(cls, masks, **extra)
-            for g, w in zip(got, want[key]):
-                assert math.isclose(g, w, rel_tol=1e-4, abs_tol=1e-6), (key, got, want[key])
+    second = second_sampler(cls, extra)
+    assert set(want) == {"loss", "pixels"} | ({second[0]} if second else set())
+    for key, opts in (("pixels", {}), second or ("pixels", {})):
+        got = sampled_pixels(cls, masks, extra, **opts)
+        for g, w in zip(got, want[key]):
+            assert math.isclose(g, w, rel_tol=1e-4, abs_tol=1e-6), (key, got, want[key])
 
 
 class _Stub(SynthesisModule):
@@ -315,4 +375,4 @@ if __name__ == "__main__":
     m = tiny_phantom(batch_size=2)
     m.setup("fit")
     first = next(iter(m.val_dataloader()))["mask"]
-    pprint.pprint({c.__name__: golden_values(c, first) for c in METHODS}, width=110, sort_dicts=False)
+    pprint.pprint({case_id(c, e): golden_values(c, first, e) for c, e in CASES}, width=110, sort_dicts=False)

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
-from medsynth.callbacks.metrics import dev_run_options
+from medsynth.callbacks.metrics import check_callback_samplers, dev_run_options
 from medsynth.labels import colorize
 from medsynth.models.base import check_batch
 from medsynth.precision import trainer_precision
@@ -100,6 +100,9 @@ class SynthesisImageGrid(Callback):
         self.options = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
         #: The last grid, uint8 ``[n*H, 3*W, 3]``.
         self.last_grid: np.ndarray | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_callback_samplers(self, pl_module, sampler=self.options["sampler"])
 
     @torch.no_grad()
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, tag: str) -> None:

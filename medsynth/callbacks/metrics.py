@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH
+from medsynth.diffusion import check_sampler
 from medsynth.labels import NUM_CLASSES, PAPER_DICE_ORDER, get_label_set
 from medsynth.metrics.dice import dice_counts, dice_from_counts
 from medsynth.metrics.frd import check_frd_available, frd_from_features, radiomics_features
@@ -63,6 +64,7 @@ __all__ = [
     "PAPER_METRICS",
     "FAST_DEV_RUN_STEPS",
     "dev_run_options",
+    "check_callback_samplers",
 ]
 
 #: Every metric name the callback knows.
@@ -85,6 +87,21 @@ def dev_run_options(trainer: L.Trainer | None, pl_module: Any, options: dict[str
         return options
     steps = options.get("num_steps")
     return {**options, "num_steps": FAST_DEV_RUN_STEPS if steps is None else min(steps, FAST_DEV_RUN_STEPS)}
+
+
+def check_callback_samplers(callback: Callback, pl_module: Any, **samplers: str | None) -> None:
+    """Raise a ValueError at setup, before any training, when a sampler a callback will pass to
+    ``generate()`` is not one of the model's process (a DDPM sampler for a rectified flow, or the
+    reverse); the message names the callback, the argument and the process's samplers."""
+    process = getattr(pl_module, "diffusion", None)
+    if process is None or "sampler" not in getattr(pl_module, "generate_options", ()):
+        return
+    for name, sampler in samplers.items():
+        if sampler is not None:
+            try:
+                check_sampler(process, sampler)
+            except ValueError as err:
+                raise ValueError(f"{type(callback).__name__}({name}={sampler!r}): {err}") from None
 
 
 def _unit_hash(key: SliceKey, seed: int) -> float:
@@ -213,6 +230,7 @@ class SynthesisMetrics(Callback):
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_callback_samplers(self, pl_module, sampler=self.sampler, val_sampler=self.val_sampler)
         device = pl_module.device
         if "fid" in self.metrics and self.feature_extractor is None:
             self.feature_extractor = InceptionFeatures(self.fid_weights, device=device)

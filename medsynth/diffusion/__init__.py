@@ -1,5 +1,7 @@
-"""Gaussian diffusion (Improved DDPM) and its samplers, shared by the DDPM variants and SDM."""
+"""The processes of the diffusion methods and their samplers: Gaussian diffusion (Improved DDPM, the
+paper's) and rectified flow, shared by the DDPM variants and SDM."""
 
+from medsynth.diffusion.flow import FLOW_SAMPLERS, TIMESTEP_SAMPLING, RectifiedFlow, heun_schedule, shift_time
 from medsynth.diffusion.gaussian import (
     NOISE_SCHEDULES,
     PREDICTION_TYPES,
@@ -12,10 +14,12 @@ from medsynth.diffusion.gaussian import (
     normal_kl,
     space_timesteps,
 )
+from medsynth.diffusion.process import PROCESSES, build_process
 from medsynth.diffusion.sampling import (
     DEFAULT_NUM_STEPS,
     SAMPLERS,
     ClassifierFreeGuidance,
+    check_sampler,
     guided_output,
     sample,
 )
@@ -31,8 +35,16 @@ __all__ = [
     "PREDICTION_TYPES",
     "normal_kl",
     "space_timesteps",
+    "RectifiedFlow",
+    "FLOW_SAMPLERS",
+    "TIMESTEP_SAMPLING",
+    "heun_schedule",
+    "shift_time",
+    "PROCESSES",
+    "build_process",
     "DEFAULT_NUM_STEPS",
     "SAMPLERS",
+    "check_sampler",
     "ClassifierFreeGuidance",
     "guided_output",
     "sample",

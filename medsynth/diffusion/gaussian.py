@@ -13,6 +13,7 @@ network calls are routed back to the original timestep indices through a timeste
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from medsynth.random import GeneratorLike, randn
 
 __all__ = [
     "GaussianDiffusion",
+    "SAMPLERS",
     "linear_betas",
     "cosine_betas",
     "named_betas",
@@ -75,6 +77,8 @@ NOISE_SCHEDULES: tuple[str, ...] = ("linear", "cosine")
 # What the network's first C output channels estimate: the noise (the paper's), the clean image,
 # or the velocity v = sqrt(abar) eps - sqrt(1 - abar) x_0.
 PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
+#: Samplers of the Gaussian process (medsynth.diffusion.sample): ancestral, DDIM, DPM-Solver++.
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
 
 
 def named_betas(noise_schedule: str, num_timesteps: int = 1000) -> np.ndarray:
@@ -151,6 +155,11 @@ class GaussianDiffusion:
             "eps" (the paper's), "x0" or "v" (see :data:`PREDICTION_TYPES`).
     """
 
+    #: The name ``DiffusionModel(process=...)`` selects this process by.
+    name = "ddpm"
+    label = "Improved DDPM"
+    samplers = SAMPLERS
+
     def __init__(
         self,
         betas: np.ndarray | Sequence[float] | None = None,
@@ -201,6 +210,29 @@ class GaussianDiffusion:
         self.log_betas = np.log(betas)
         self._device_tables: dict[torch.device, dict[int, tuple[np.ndarray, Tensor]]] = {}
         self._wrapped: TimestepMap | None = None
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The constructor's defaults (one source for the options a model passes on)."""
+        return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+
+    @staticmethod
+    def output_channels(channels: int) -> int:
+        """Network output channels for ``channels`` image channels: the prediction and ``v``, 2C."""
+        return 2 * channels
+
+    @property
+    def max_num_steps(self) -> int:
+        """The most network evaluations a chain can take: T."""
+        return self.num_timesteps
+
+    def sample_timesteps(
+        self, batch: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Training timesteps ``[B]``, int64 uniform in 0..T-1 (drawn on the CPU with a generator)."""
+        if generator is None:  # drawn on the device: no host-to-device copy (a stream sync) per step
+            return torch.randint(0, self.num_timesteps, (batch,), device=device)
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator).to(device)
 
     def __getstate__(self) -> dict[str, Any]:
         # The device copies of the tables and the wrapped network are caches: not pickled.

@@ -1,10 +1,15 @@
-"""Samplers over a :class:`GaussianDiffusion` and classifier-free guidance as a model wrapper.
+"""Samplers over a :class:`GaussianDiffusion` or a :class:`RectifiedFlow`, and classifier-free guidance.
+
+Gaussian process (Improved DDPM):
 
 - ``"ddpm"``: ancestral sampling with the learned variance (Improved DDPM); ``num_steps=None``
   is the full T-step chain (the paper's setting), fewer steps respace the schedule.
 - ``"ddim"``: deterministic DDIM (eta = 0, Song et al. 2021) on the respaced schedule.
 - ``"dpm++"``: DPM-Solver++(2M) (Lu et al. 2022) through diffusers' DPMSolverMultistepScheduler
   built from the same betas; it gets only the eps channels, never the variance channels.
+
+Rectified flow: ``"euler"`` and ``"heun"`` (:mod:`medsynth.diffusion.flow`). A process accepts only
+its own samplers (``process.samplers``); :func:`check_sampler` names the process and its samplers.
 """
 
 from __future__ import annotations
@@ -14,26 +19,41 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from medsynth.diffusion.gaussian import GaussianDiffusion, ModelFn, randn_like
+from medsynth.diffusion.flow import FLOW_SAMPLERS, RectifiedFlow
+from medsynth.diffusion.gaussian import SAMPLERS, GaussianDiffusion, ModelFn, randn_like
+from medsynth.diffusion.process import PROCESSES
 from medsynth.random import GeneratorLike
 
-__all__ = ["SAMPLERS", "DEFAULT_NUM_STEPS", "sample", "ClassifierFreeGuidance", "guided_output"]
+__all__ = [
+    "SAMPLERS",
+    "FLOW_SAMPLERS",
+    "DEFAULT_NUM_STEPS",
+    "check_sampler",
+    "sample",
+    "ClassifierFreeGuidance",
+    "guided_output",
+]
 
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
-# Network evaluations when num_steps is None: the paper's full chain for "ddpm" (None = T).
-DEFAULT_NUM_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpm++": 20}
+# Network evaluations when num_steps is None: the paper's full chain for "ddpm" (None = T); 30 for
+# the flow samplers, the setting of MONAI's MAISI rectified-flow inference config.
+DEFAULT_NUM_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpm++": 20, "euler": 30, "heun": 30}
 
 
-def guided_output(cond: Tensor, uncond: Tensor, guidance_scale: float) -> Tensor:
-    """Classifier-free guidance on (eps, v) outputs ``[B, 2C, H, W]`` (Ho & Salimans 2021; SDM).
+def guided_output(cond: Tensor, uncond: Tensor, guidance_scale: float, channels: int | None = None) -> Tensor:
+    """Classifier-free guidance on network outputs ``[B, K, H, W]`` (Ho & Salimans 2021; SDM).
 
-    eps = eps_u + s (eps_c - eps_u); the variance channels are the conditional pass's. The same
-    formula on an x_0 or v prediction gives the same step: both are affine in eps at fixed x_t and t,
-    with weights (1 - s) + s = 1.
+    The first ``channels`` channels (the prediction) become p_u + s (p_c - p_u); the rest (Improved
+    DDPM's variance channels) are the conditional pass's. ``channels=None``: the first half, the
+    (eps, v) layout of Improved DDPM. On eps this is the guidance of the papers; on an x_0, v or
+    flow-velocity prediction it gives the same step, since each is affine in eps at fixed x_t and t
+    (rectified flow: eps = x_t + (1 - t) v) and the weights (1 - s) + s sum to 1.
     """
-    eps_c, v_c = cond.chunk(2, dim=1)
-    eps_u = uncond.chunk(2, dim=1)[0]
-    return torch.cat([eps_u + guidance_scale * (eps_c - eps_u), v_c], dim=1)
+    c = cond.shape[1] // 2 if channels is None else channels
+    if not 1 <= c <= cond.shape[1]:
+        raise ValueError(f"channels must lie in 1..{cond.shape[1]} for outputs {tuple(cond.shape)}, got {c}")
+    p_c, rest = cond[:, :c], cond[:, c:]
+    p_u = uncond[:, :c]
+    return torch.cat([p_u + guidance_scale * (p_c - p_u), rest], dim=1)
 
 
 class ClassifierFreeGuidance(nn.Module):
@@ -44,18 +64,25 @@ class ClassifierFreeGuidance(nn.Module):
     the network's own ``encode_condition`` where it has one; ``forward(x, t, guided=...)`` takes it.
 
     Args:
-        model: ``model(x, t, **kwargs) -> [B, 2C, H, W]``.
+        model: ``model(x, t, **kwargs) -> [B, K, H, W]``.
         guidance_scale: s (1.5 in SDM; 1.0 = no guidance).
         cond_key: The keyword carrying the condition (the one-hot mask); the null condition is zeros.
+        guided_channels: How many leading output channels are the prediction that guidance acts on
+            (see :func:`guided_output`); None: the first half, Improved DDPM's (eps, v) layout.
     """
 
-    def __init__(self, model: ModelFn, guidance_scale: float, cond_key: str = "seg") -> None:
+    def __init__(
+        self, model: ModelFn, guidance_scale: float, cond_key: str = "seg", guided_channels: int | None = None
+    ) -> None:
         super().__init__()
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale!r}")
+        if guided_channels is not None and guided_channels < 1:
+            raise ValueError(f"guided_channels must be positive or None, got {guided_channels!r}")
         self.model = model
         self.guidance_scale = float(guidance_scale)
         self.cond_key = cond_key
+        self.guided_channels = guided_channels
 
     def _network_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The keywords of the network call: the condition, then (when guiding) the null one, as 2B."""
@@ -84,24 +111,29 @@ class ClassifierFreeGuidance(nn.Module):
         both = guided if guided is not None else self._network_kwargs(kwargs)
         if self.guidance_scale == 1.0:
             return self.model(x, t, **both)
-        out = self.model(torch.cat([x, x]), torch.cat([t, t]), **both).float()  # [2B, 2C, H, W]
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]), **both).float()  # [2B, K, H, W]
         out_c, out_u = out.chunk(2, dim=0)
-        return guided_output(out_c, out_u, self.guidance_scale)
+        return guided_output(out_c, out_u, self.guidance_scale, self.guided_channels)
 
 
-def _check_sampler(sampler: str) -> str:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    return sampler
+def check_sampler(process: GaussianDiffusion | RectifiedFlow, sampler: str) -> str:
+    """``sampler`` if ``process`` has it; else a ValueError naming the process and its samplers."""
+    if sampler in process.samplers:
+        return sampler
+    have = f"process {process.name!r} ({process.label}), whose samplers are {', '.join(process.samplers)}"
+    owner = next((name for name, cls in PROCESSES.items() if sampler in cls.samplers), None)
+    if owner is not None:
+        raise ValueError(f"sampler {sampler!r} belongs to process {owner!r}, but this model's is {have}")
+    raise ValueError(f"unknown sampler {sampler!r} for {have}")
 
 
 @torch.no_grad()
 def sample(
-    diffusion: GaussianDiffusion,
+    diffusion: GaussianDiffusion | RectifiedFlow,
     model: ModelFn,
     shape: tuple[int, ...],
     *,
-    sampler: str = "ddpm",
+    sampler: str | None = None,
     num_steps: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     generator: GeneratorLike = None,
@@ -111,25 +143,31 @@ def sample(
     """Draw samples ``[B, C, H, W]`` in [-1, 1] (approximately) from pure noise.
 
     Args:
-        diffusion: The trained T-step process.
-        model: ``model(x_t, t, **model_kwargs) -> [B, 2C, H, W]`` (eps, v).
+        diffusion: The trained process: a T-step :class:`GaussianDiffusion` or a :class:`RectifiedFlow`.
+        model: ``model(x_t, t, **model_kwargs)``: ``[B, 2C, H, W]`` (prediction, v) for the Gaussian
+            process, ``[B, C, H, W]`` (the velocity) for a flow.
         shape: Output shape.
-        sampler: "ddpm", "ddim" or "dpm++".
+        sampler: One of ``diffusion.samplers``: "ddpm", "ddim" or "dpm++" (Gaussian), "euler" or
+            "heun" (flow); None: the first ("ddpm"; "euler").
         num_steps: Network evaluations; None = ``DEFAULT_NUM_STEPS[sampler]`` (T for "ddpm").
         model_kwargs: Conditioning passed to every network call.
-        generator: Seeds the initial noise and the ancestral noise.
+        generator: Seeds the initial noise and the ancestral noise (one, or one per sample).
         device: Where to sample.
         clip_denoised: Clip the predicted x_0 to [-1, 1] (every sampler).
     """
-    _check_sampler(sampler)
+    sampler = check_sampler(diffusion, diffusion.samplers[0] if sampler is None else sampler)
+    limit = diffusion.max_num_steps  # T for the Gaussian process; None (no limit) for a flow
     if num_steps is None:
-        num_steps = DEFAULT_NUM_STEPS[sampler] or diffusion.num_timesteps
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= diffusion.num_timesteps:
-        raise ValueError(f"num_steps must be an int in 1..{diffusion.num_timesteps}, got {num_steps!r}")
+        num_steps = DEFAULT_NUM_STEPS[sampler] or limit
+    if not isinstance(num_steps, int) or num_steps < 1 or (limit is not None and num_steps > limit):
+        bound = "a positive int" if limit is None else f"an int in 1..{limit}"
+        raise ValueError(f"num_steps must be {bound}, got {num_steps!r}")
     model_kwargs = model_kwargs or {}
-    x = randn_like(torch.empty(shape, device=device), generator)
+    x = randn_like(torch.empty(shape, device=device), generator)  # [B, C, H, W]: x_T (x_1 for a flow)
     batch = shape[0]
 
+    if sampler in FLOW_SAMPLERS:
+        return diffusion.solve(model, x, sampler, num_steps, model_kwargs, clip_denoised)
     if sampler == "dpm++":
         return _dpm_solver(diffusion, model, x, num_steps, model_kwargs, clip_denoised)
 

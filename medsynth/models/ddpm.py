@@ -1,9 +1,9 @@
 """The paper's three conditional DDPMs (Zhuang et al., Sec. 2.2, Fig. 2) over one shared base.
 
-:class:`DiffusionModel` holds everything the variants share: the Gaussian diffusion with the
-hybrid loss (Improved DDPM), the EMA denoiser used for validation and generation, the optimiser,
-logging and the samplers. A variant only says how to build its network and which
-``model_kwargs`` carry the mask to it:
+:class:`DiffusionModel` holds everything the variants share: the process (the Gaussian diffusion
+with the hybrid loss of Improved DDPM, the paper's; or a rectified flow, ``process="rflow"``), the
+EMA denoiser used for validation and generation, the optimiser, logging and the samplers. A
+variant only says how to build its network and which ``model_kwargs`` carry the mask to it:
 
 - :class:`ConditionalDDPM` (Fig. 2a): one-hot mask concatenated to x_t.
 - :class:`MaskGuidedDDPM` (Fig. 2b): one-hot mask through a separate encoder branch whose
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from medsynth.data import semantic_edges
-from medsynth.diffusion import SAMPLERS, GaussianDiffusion, sample
+from medsynth.diffusion import build_process, check_sampler, sample
 from medsynth.labels import LabelSet
 from medsynth.models.base import SynthesisModule, check_batch, one_hot
 from medsynth.nn.ema import EMA
@@ -62,8 +62,10 @@ class DiffusionModel(SynthesisModule):
             initialisation: 0.9999^2000 = 0.82).
         lr_warmup_steps: Linear learning-rate warm-up from lr / lr_warmup_steps to lr over this
             many optimiser steps (0: none, the paper's setting).
-        sampler: Default sampler of ``generate`` ("ddpm": the paper's ancestral sampling).
-        num_steps: Default network evaluations of ``generate`` (None: 1000 for "ddpm").
+        sampler: Default sampler of ``generate``; None: the process's first, "ddpm" (the paper's
+            ancestral sampling) or "euler" for ``process="rflow"``.
+        num_steps: Default network evaluations of ``generate`` (None: 1000 for "ddpm"; see
+            medsynth.diffusion.DEFAULT_NUM_STEPS).
         init_from: A medsynth checkpoint whose weights (network and EMA) start training, with a
             fresh optimiser and step count: fine-tuning, e.g. SDM's guidance stage. Loaded when
             fitting starts; resuming with ``ckpt_path`` then overrides it as usual.
@@ -73,6 +75,15 @@ class DiffusionModel(SynthesisModule):
         organ_dropout: Mask-ablated training (Konz et al., SegGuidedDiff, MICCAI 2024): each
             structure present in a training mask is dropped with this probability (its pixels
             become body), so ``generate()`` stays faithful to the structures a partial mask gives (0).
+        process: "ddpm" (Improved DDPM, the paper's) or "rflow" (rectified flow: the same network
+            predicts the velocity eps - x_0 on x_t = (1 - t) x_0 + t eps and samples with "euler" or
+            "heun"; docs/methods/rectified_flow.md). ``timesteps``, ``noise_schedule`` and
+            ``prediction_type`` belong to "ddpm", the four below to "rflow"; one of the other
+            process's set off its default is a ValueError.
+        timestep_sampling: How a flow draws training times: "logit-normal" (SD3's) or "uniform".
+        logit_mean: m of the logit-normal t = sigmoid(m + s n) (0, SD3).
+        logit_std: s of the logit-normal (1, SD3).
+        time_shift: SD3's time shift of a flow's training times and sampling grid (1: none).
 
     Attributes:
         condition_cache: Whether ``generate()`` encodes the condition once per call instead of at
@@ -97,7 +108,7 @@ class DiffusionModel(SynthesisModule):
         timesteps: int = 1000,
         lr: float = 1e-4,
         ema_decay: float = 0.9999,
-        sampler: str = "ddpm",
+        sampler: str | None = None,
         num_steps: int | None = None,
         init_from: str | None = None,
         organ_dropout: float = 0.0,
@@ -107,22 +118,40 @@ class DiffusionModel(SynthesisModule):
         lr_warmup_steps: int = 0,
         channels_last: bool = False,
         compile: bool = False,
+        process: str = "ddpm",
+        timestep_sampling: str = "logit-normal",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        time_shift: float = 1.0,
     ) -> None:
         super().__init__(image_size, num_classes, label_set)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        diffusion = build_process(
+            process,
+            timesteps=timesteps,
+            noise_schedule=noise_schedule,
+            prediction_type=prediction_type,
+            timestep_sampling=timestep_sampling,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+            time_shift=time_shift,
+        )
+        if sampler is not None:
+            check_sampler(diffusion, sampler)
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
-        if num_steps is not None and (not isinstance(num_steps, int) or not 1 <= num_steps <= timesteps):
-            raise ValueError(f"num_steps must be None or an int in 1..{timesteps}, got {num_steps!r}")
+        limit = diffusion.max_num_steps
+        if num_steps is not None and (
+            not isinstance(num_steps, int) or num_steps < 1 or (limit is not None and num_steps > limit)
+        ):
+            bound = "a positive int" if limit is None else f"an int in 1..{limit}"
+            raise ValueError(f"num_steps must be None or {bound}, got {num_steps!r}")
         if not isinstance(lr_warmup_steps, int) or lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps must be an int >= 0, got {lr_warmup_steps!r}")
         if not 0.0 <= organ_dropout < 1.0:
             raise ValueError(f"organ_dropout must lie in [0, 1), got {organ_dropout!r}")
         self.save_hyperparameters()
-        self.diffusion = GaussianDiffusion(
-            num_timesteps=timesteps, noise_schedule=noise_schedule, prediction_type=prediction_type
-        )
+        #: The process (GaussianDiffusion or RectifiedFlow): loss, training times and samplers.
+        self.diffusion = diffusion
         self.net = self.build_network()
         self.ema = EMA(self.net, ema_decay, warmup=ema_warmup)
         for net in (self.net, self.ema.shadow):
@@ -133,8 +162,9 @@ class DiffusionModel(SynthesisModule):
 
     # ---- what a variant defines ------------------------------------------------------------
     def build_network(self) -> nn.Module:
-        """The denoiser ``net(x_t, t, **model_kwargs) -> [B, 2, H, W]`` (epsilon and the variance
-        interpolation of Improved DDPM).
+        """The denoiser ``net(x_t, t, **model_kwargs) -> [B, K, H, W]``: K = 2 for Improved DDPM (the
+        prediction and the variance interpolation), 1 for a flow (the velocity); :meth:`unet` sets it
+        from ``self.diffusion.output_channels``.
 
         Called once from ``DiffusionModel.__init__``, before the EMA copy is made: set whatever it
         reads other than ``self.hparams`` before ``super().__init__``. :meth:`unet` builds a
@@ -169,7 +199,7 @@ class DiffusionModel(SynthesisModule):
         cls = overrides.pop("cls", DiffusionUNet)
         return cls(
             image_size=self.image_size,
-            out_channels=2,
+            out_channels=self.diffusion.output_channels(1),  # 1 image channel
             model_channels=hp.model_channels,
             channel_mult=hp.channel_mult,
             num_res_blocks=hp.num_res_blocks,
@@ -203,11 +233,7 @@ class DiffusionModel(SynthesisModule):
     ) -> dict[str, Tensor]:
         image, mask = check_batch(batch, self.num_classes, check_values=not self.consume_host_check())
         x0 = image * 2.0 - 1.0  # [B, 1, H, W] in [-1, 1]
-        b = x0.shape[0]
-        if generator is None:  # drawn on the device: no host-to-device copy (a stream sync) per step
-            t = torch.randint(0, self.diffusion.num_timesteps, (b,), device=self.device)
-        else:
-            t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator).to(self.device)
+        t = self.diffusion.sample_timesteps(x0.shape[0], self.device, generator)  # [B]
         noise = None
         if generator is not None:
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)

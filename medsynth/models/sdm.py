@@ -2,8 +2,9 @@
 
 The encoder of the denoiser sees only x_t; the mask enters the middle block and every decoder
 res block through SPADE group norm. Classifier-free guidance: while training the whole one-hot
-map is zeroed with probability ``drop_rate``; at sampling eps = eps_u + s (eps_c - eps_u).
-Diffusion, loss, EMA and samplers are the DDPMs' (:class:`~medsynth.models.ddpm.DiffusionModel`).
+map is zeroed with probability ``drop_rate``; at sampling eps = eps_u + s (eps_c - eps_u) (the
+same on a flow's velocity). Process, loss, EMA and samplers are the DDPMs'
+(:class:`~medsynth.models.ddpm.DiffusionModel`), ``process="rflow"`` included.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class SDM(DiffusionModel):
         return scale
 
     def denoiser(self, guidance_scale: float | None = None) -> nn.Module:
+        # Guidance acts on the prediction, channel 0 (eps, x_0 or v; a flow's velocity); Improved
+        # DDPM's variance channel comes from the conditional pass.
         return ClassifierFreeGuidance(
-            self.ema.shadow, self.effective_guidance_scale(guidance_scale), cond_key="seg"
+            self.ema.shadow, self.effective_guidance_scale(guidance_scale), cond_key="seg", guided_channels=1
         )

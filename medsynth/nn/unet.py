@@ -204,7 +204,8 @@ class DiffusionUNet(nn.Module):
     Args:
         image_size: Input side (selects the attention resolutions).
         in_channels: Channels of x_t plus any map concatenated to it (1 + 17 for the conditional DDPM).
-        out_channels: 2 per image channel (eps and the variance interpolation v).
+        out_channels: 2 per image channel for Improved DDPM (eps and the variance interpolation v);
+            1 for a rectified flow (the velocity): ``DiffusionModel`` asks its process.
         model_channels: Base width (128 in Improved DDPM at 256px).
         channel_mult: Width multipliers per resolution; default by image size ((1,1,2,2,4,4) at 256).
         num_res_blocks: Res blocks per resolution (2).
@@ -365,11 +366,11 @@ class DiffusionUNet(nn.Module):
         cond_features: Sequence[Tensor] | None = None,
         seg_features: Sequence[Any] | None = None,
     ) -> Tensor:
-        """Predict (eps, v).
+        """Predict (eps, v) for Improved DDPM, or a flow's velocity (``out_channels`` channels).
 
         Args:
             x: x_t ``[B, C, H, W]``.
-            timesteps: ``[B]`` original timestep indices.
+            timesteps: ``[B]`` original timestep indices (a flow's float t * 1000).
             concat: Map concatenated to x_t along channels (conditional DDPM's one-hot mask).
             cond: Input of the conditioning encoder branch (mask-guided: one-hot; edge-guided: edges).
             seg: Label map for SPADE blocks (SDM).

@@ -1,0 +1,283 @@
+"""Rectified flow against Improved DDPM on the phantom: quality at 1 to 32 network evaluations.
+
+Takes two checkpoints of one method (e.g. MaskGuidedDDPM) trained for the same wall-clock budget:
+a rectified flow (``process="rflow"``, experiments/phantom/<method>_rflow.yaml) and the DDPM
+(experiments/phantom/<method>.yaml). It samples the evaluation slices of benchmarks/quality.py
+(``--num-eval`` slices of the phantom's test split, one generator per slice, ``--seeds`` seeds)
+with the flow's Euler and Heun samplers at ``--nfe`` network evaluations (1, 2, 4, 8, 16, 32;
+Heun from 2: a Heun step takes 2), and with the DDPM's ancestral sampler at ``--ddpm-settings``
+(100 steps) and at the reference ``--reference`` (the paper's 1000-step chain). Every setting is
+scored as quality.py scores a method: PSNR and SSIM against the real slice, the per-organ
+mean-intensity error, the in-domain segmenter's Dice and the Fréchet distance of its features
+(NOT FID: comparable only within one table), mean ± SD over seeds.
+
+"within 2 %" compares a setting with the reference chain: Dice and organ error as quality.py's
+``within_2pct`` (|Dice - Dice_ref| <= 2 % of Dice_ref; error <= 1.02 err_ref + 0.002 window units),
+and FD <= 1.02 FD_ref (lower FD is better). Writes ``flow.md`` and ``flow.json`` to ``--output``
+(refused when they exist there; written atomically). Seconds per slice are the wall clock of
+this run's device, comparable only within one table.
+
+    python benchmarks/flow.py --flow runs/phantom/mask_guided_ddpm_rflow/checkpoints/last.ckpt \\
+        --ddpm runs/phantom/mask_guided_ddpm/checkpoints/last.ckpt \\
+        --segmenter outputs/quality/checkpoints/segmenter.pt --gpu --output outputs/flow/mask_guided
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import (  # noqa: E402  (the scoring protocol of the quality benchmark)
+    SegmenterFeatures,
+    aggregate,
+    eval_slices,
+    fmt,
+    load_segmenter,
+    phantom,
+    reference_rows,
+    score,
+    synthesize,
+    within_2pct,
+)
+from medsynth.diffusion import FLOW_SAMPLERS  # noqa: E402
+from medsynth.synthesis import load_model  # noqa: E402
+
+NFE: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+
+
+def within(metrics: Mapping[str, Any], ref: Mapping[str, Any]) -> bool:
+    """Organ error and Dice within 2 % of the reference (quality.py's rule), and FD <= 1.02 FD_ref."""
+    return within_2pct(metrics, ref) and metrics["frechet_seg"]["mean"] <= 1.02 * ref["frechet_seg"]["mean"]
+
+
+def settings(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """``(model, sampler, nfe)`` in table order: the DDPM's reference and settings, then the flow's."""
+    rows = []
+    if args.ddpm:
+        rows += [("ddpm", s, n) for s, n in (*args.reference, *args.ddpm_settings)]
+    rows += [("flow", s, n) for s in args.samplers for n in args.nfe if not (s == "heun" and n < 2)]
+    return rows
+
+
+def load_pair(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow (and DDPM) models, checked to be one method with the expected processes."""
+    models = {"flow": load_model(args.flow, map_location=args.device).eval()}
+    if models["flow"].hparams.get("process", "ddpm") != "rflow":
+        raise ValueError(
+            f"--flow {args.flow}: a DDPM checkpoint (process 'ddpm'); give a process='rflow' model"
+        )
+    if args.ddpm:
+        models["ddpm"] = load_model(args.ddpm, map_location=args.device).eval()
+        if models["ddpm"].hparams.get("process", "ddpm") != "ddpm":
+            raise ValueError(f"--ddpm {args.ddpm}: a rectified-flow checkpoint; give a process='ddpm' model")
+        a, b = type(models["flow"]).__name__, type(models["ddpm"]).__name__
+        if a != b:
+            raise ValueError(f"--flow is a {a}, --ddpm a {b}: compare one method's two processes")
+        if models["flow"].image_size != models["ddpm"].image_size:
+            raise ValueError(
+                f"--flow has image_size {models['flow'].image_size}, --ddpm {models['ddpm'].image_size}"
+            )
+    return models
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    cols = [
+        ("PSNR", "psnr", 2),
+        ("SSIM", "ssim", 3),
+        ("organ err mean", "err/mean", 3),
+        ("organ err max", "err/max", 3),
+        ("Dice", "dice/mean", 3),
+        ("FD (segmenter)", "frechet_seg", 4),
+    ]
+    rule = (
+        f"'within 2%' of the DDPM's {results['reference']}: Dice within 2%, organ error <= 1.02 ref + 0.002, "
+        "FD <= 1.02 ref"
+        if results["reference"]
+        else "no DDPM given, so no 'within 2%' verdicts"
+    )
+    lines = [
+        f"{results['method']} on the phantom ({results['image_size']} px), {results['num_eval']} test slices, "
+        f"seeds {results['seeds']}; mean ± SD over seeds; device {results['device']}. Flow: {results['flow']}; "
+        f"DDPM: {results['ddpm'] or '—'}. {rule}. FD (segmenter) is NOT FID: comparable only within this table.",
+        "",
+        "| model | sampler | NFE | s/slice | " + " | ".join(c[0] for c in cols) + " | within 2% |",
+        "|---|---|---|---|" + "---|" * len(cols) + "---|",
+    ]
+    for label, key in (("real slices", "real"), ("class-mean painting", "painting")):
+        lines.append(
+            f"| {label} | — | — | — | "
+            + " | ".join(fmt(results[key].get(k), d) for _, k, d in cols)
+            + " | — |"
+        )
+    for r in results["rows"]:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['model']} | {r['sampler']} | {r['nfe']} | {r['seconds_per_slice']:.4f} | "
+            + " | ".join(fmt(m.get(k), d) for _, k, d in cols)
+            + f" | {r['within_2pct']} |"
+        )
+    best = results.get("fewest_nfe_within_2pct")
+    lines += [
+        "",
+        f"Fewest flow evaluations within 2% of the reference: {best or 'none of the settings run'}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.output)
+    for name in ("flow.json", "flow.md"):
+        if (out / name).exists():
+            raise FileExistsError(f"--output {out} already holds {name}; choose another --output")
+    models = load_pair(args)  # before any sampling: a wrong pair fails here
+    seg = load_segmenter(args.segmenter).to(args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    dm = phantom(image_size=models["flow"].image_size)
+    batch = eval_slices(dm, args.num_eval)
+    features = SegmenterFeatures(seg)
+    real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
+    ref_label = f"{args.reference[0][0]}:{args.reference[0][1]}" if args.ddpm else None
+    results: dict[str, Any] = {
+        "method": type(models["flow"]).__name__,
+        "image_size": models["flow"].image_size,
+        "flow": str(args.flow),
+        "ddpm": str(args.ddpm) if args.ddpm else None,
+        "segmenter": str(args.segmenter),
+        "num_eval": len(batch["mask"]),
+        "seeds": list(range(args.seeds)),
+        "device": torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads",
+        "reference": ref_label,
+        "real": aggregate([real_row]),
+        "painting": aggregate([painting_row]),
+        "rows": [],
+    }
+    ref = None
+    for model_name, sampler, nfe in settings(args):
+        model = models[model_name]
+        t0 = time.perf_counter()
+        per_seed = [
+            score(
+                synthesize(model, batch, s, {"sampler": sampler, "num_steps": nfe}),
+                batch,
+                features,
+                real_feats,
+            )
+            for s in range(args.seeds)
+        ]
+        metrics = aggregate(per_seed)
+        row = {
+            "model": model_name,
+            "sampler": sampler,
+            "nfe": nfe,
+            "seconds_per_slice": (time.perf_counter() - t0) / (args.seeds * len(batch["mask"])),
+            "metrics": metrics,
+            "per_seed": per_seed,
+        }
+        if ref is None and args.ddpm:
+            ref, row["within_2pct"] = metrics, "reference"
+        else:
+            row["within_2pct"] = "n/a" if ref is None else ("yes" if within(metrics, ref) else "no")
+        results["rows"].append(row)
+        print(
+            f"  {model_name} {sampler}:{nfe} "
+            + json.dumps(
+                {k: round(metrics[k]["mean"], 4) for k in ("psnr", "err/mean", "dice/mean", "frechet_seg")}
+            )
+            + f" within 2%: {row['within_2pct']}",
+            flush=True,
+        )
+    passing = [r for r in results["rows"] if r["model"] == "flow" and r["within_2pct"] == "yes"]
+    if passing:
+        best = min(passing, key=lambda r: r["nfe"])
+        results["fewest_nfe_within_2pct"] = f"{best['sampler']} at {best['nfe']}"
+    write_atomic(out / "flow.json", json.dumps(results, indent=2, default=float))
+    write_atomic(out / "flow.md", markdown(results))
+    return results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("--flow", required=True, type=Path, help="checkpoint of the rectified-flow model")
+    p.add_argument("--ddpm", type=Path, default=None, help="checkpoint of the same method trained as a DDPM")
+    p.add_argument(
+        "--segmenter",
+        required=True,
+        type=Path,
+        help="OrganSegmenter: quality.py's segmenter.pt or a checkpoint",
+    )
+    p.add_argument(
+        "--nfe", type=int, nargs="+", default=list(NFE), help="flow network evaluations (1 2 4 8 16 32)"
+    )
+    p.add_argument("--samplers", nargs="+", default=list(FLOW_SAMPLERS), choices=FLOW_SAMPLERS)
+    p.add_argument(
+        "--ddpm-settings",
+        nargs="*",
+        default=["ddpm:100"],
+        metavar="SAMPLER:STEPS",
+        help="DDPM settings besides the reference (ddpm:100)",
+    )
+    p.add_argument(
+        "--reference", default="ddpm:1000", metavar="SAMPLER:STEPS", help="the DDPM reference (ddpm:1000)"
+    )
+    p.add_argument("--seeds", type=int, default=4, help="noise seeds 0..n-1 (4)")
+    p.add_argument("--num-eval", type=int, default=64, help="test slices (64; 0: all 128)")
+    p.add_argument("--output", default="outputs/flow")
+    p.add_argument("--gpu", action="store_true", help="sample on the GPU")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    a = p.parse_args(argv)
+
+    def setting(text: str, flag: str) -> tuple[str, int]:
+        sampler, _, steps = text.partition(":")
+        if sampler not in ("ddpm", "ddim", "dpm++") or not steps.isdigit() or int(steps) < 1:
+            p.error(f"{flag}: a DDPM setting looks like ddpm:100, got {text!r}")
+        return sampler, int(steps)
+
+    a.reference = [setting(a.reference, "--reference")]
+    a.ddpm_settings = [setting(x, "--ddpm-settings") for x in a.ddpm_settings]
+    if a.seeds < 1 or any(n < 1 for n in a.nfe):
+        p.error(f"--seeds and --nfe must be positive, got --seeds {a.seeds} --nfe {a.nfe}")
+    for flag, path in (("--flow", a.flow), ("--ddpm", a.ddpm), ("--segmenter", a.segmenter)):
+        if path is not None and not path.is_file():
+            p.error(f"{flag}: {path} does not exist")
+    a.num_eval = None if a.num_eval == 0 else a.num_eval
+    a.device = "cuda" if a.gpu else "cpu"
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        run(args)
+    except (ValueError, FileExistsError) as e:
+        print(f"flow.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min; wrote {args.output}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

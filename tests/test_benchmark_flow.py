@@ -1,0 +1,131 @@
+"""benchmarks/flow.py at tiny size: two 1-step checkpoints of one method (a flow and a DDPM), 4
+slices, 2 seeds, short chains; the rows, the scores against a direct computation, the "within 2 %"
+verdicts against their definition, and the errors it reports before sampling."""
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_phantom, tiny_trainer
+
+from benchmarks.protocol import eval_slices, phantom, save_segmenter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from flow import main  # noqa: E402
+
+from medsynth.metrics import psnr  # noqa: E402
+from medsynth.models import ConditionalDDPM, MaskGuidedDDPM, OrganSegmenter  # noqa: E402
+from medsynth.random import slice_generators  # noqa: E402
+from medsynth.synthesis import load_model  # noqa: E402
+
+TINY = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=())
+
+
+def checkpoint(path: Path, cls: type = ConditionalDDPM, **kwargs) -> Path:
+    """A medsynth checkpoint of a tiny 32x32 model after one training step, its weights then moved by
+    seeded noise (std 0.05): the zero-initialised output layers would otherwise make the velocity
+    nearly constant, and every sampler and step count give the same slices."""
+    L.seed_everything(0, verbose=False)
+    model = cls(32, **TINY, **kwargs)
+    trainer = tiny_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=tiny_phantom(depth=2))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in [*model.parameters(), *model.ema.shadow.parameters()]:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("flowbench")
+    save_segmenter(OrganSegmenter(image_size=32, model_channels=4), d / "segmenter.pt")
+    return {
+        "flow": checkpoint(d / "flow.ckpt", process="rflow"),
+        "ddpm": checkpoint(d / "ddpm.ckpt"),
+        "other": checkpoint(d / "other.ckpt", MaskGuidedDDPM),
+        "segmenter": d / "segmenter.pt",
+    }
+
+
+@pytest.fixture
+def keep_threads():
+    """main(--threads 1) sets torch's global thread count: restore it afterwards."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def args(files: dict[str, Path], out: Path, flow: str = "flow", ddpm: str = "ddpm") -> list[str]:
+    return [
+        *("--flow", str(files[flow]), "--ddpm", str(files[ddpm]), "--segmenter", str(files["segmenter"])),
+        *("--nfe", "1", "2", "--seeds", "2", "--num-eval", "4", "--threads", "1"),
+        *("--reference", "ddpm:3", "--ddpm-settings", "ddpm:3", "ddpm:2", "--output", str(out)),
+    ]
+
+
+def test_rows_scores_and_verdicts(files, tmp_path, keep_threads) -> None:
+    out = tmp_path / "out"
+    assert main(args(files, out)) == 0
+    res = json.loads((out / "flow.json").read_text())
+    got = [(r["model"], r["sampler"], r["nfe"]) for r in res["rows"]]
+    # Heun starts at 2 evaluations (one Heun step); the DDPM reference comes first
+    assert got == [
+        ("ddpm", "ddpm", 3),
+        ("ddpm", "ddpm", 3),
+        ("ddpm", "ddpm", 2),
+        ("flow", "euler", 1),
+        ("flow", "euler", 2),
+        ("flow", "heun", 2),
+    ]
+    assert res["method"] == "ConditionalDDPM" and res["reference"] == "ddpm:3"
+    # the reference itself again: the same slices (seeded), so within 2 % ("yes" is reachable)
+    assert [r["within_2pct"] for r in res["rows"]][:2] == ["reference", "yes"]
+    psnrs = [r["metrics"]["psnr"]["mean"] for r in res["rows"][3:]]
+    assert len(set(psnrs)) == 3, psnrs  # Euler 1, Euler 2 and Heun 2 sample different slices
+    ref = res["rows"][0]["metrics"]
+    for r in res["rows"][1:]:  # the verdict against its definition, from the stored means
+        m = r["metrics"]
+        d, d0 = m["dice/mean"]["mean"], ref["dice/mean"]["mean"]
+        e, e0 = m["err/mean"]["mean"], ref["err/mean"]["mean"]
+        f, f0 = m["frechet_seg"]["mean"], ref["frechet_seg"]["mean"]
+        ok = abs(d - d0) <= 0.02 * d0 and e <= 1.02 * e0 + 0.002 and f <= 1.02 * f0
+        assert r["within_2pct"] == ("yes" if ok else "no"), r
+        assert len(r["per_seed"]) == 2 and r["seconds_per_slice"] > 0
+    # The Heun row's seed-1 PSNR, recomputed: the flow samples the slices with per-slice generators
+    model = load_model(files["flow"])
+    batch = eval_slices(phantom(image_size=32), 4)
+    synth = model.generate(
+        batch["mask"], sampler="heun", num_steps=2, generator=slice_generators(batch["keys"], 1, "cpu")
+    )
+    assert res["rows"][5]["per_seed"][1]["psnr"] == pytest.approx(
+        float(psnr(synth, batch["image"])), rel=1e-5
+    )
+    text = (out / "flow.md").read_text()
+    assert "| flow | heun | 2 |" in text and "Fewest flow evaluations within 2%" in text
+    assert not list(out.glob("*.tmp"))  # written atomically
+    # an --output that holds results is refused, the files left as they were
+    before = (out / "flow.json").read_bytes()
+    assert main(args(files, out)) == 2
+    assert (out / "flow.json").read_bytes() == before
+
+
+def test_wrong_pairs_fail_before_sampling(files, tmp_path, capsys, keep_threads) -> None:
+    """A DDPM given as --flow, a flow as --ddpm, or two different methods: exit 2 naming the flag,
+    nothing written."""
+    for flow, ddpm, message in (
+        ("ddpm", "ddpm", "--flow"),
+        ("flow", "flow", "--ddpm"),
+        ("flow", "other", "ConditionalDDPM, --ddpm a MaskGuidedDDPM"),
+    ):
+        out = tmp_path / f"{flow}-{ddpm}"
+        assert main(args(files, out, flow, ddpm)) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["--flow", str(tmp_path / "missing.ckpt"), "--segmenter", str(files["segmenter"])])
+    assert "--flow" in capsys.readouterr().err
