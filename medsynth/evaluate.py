@@ -149,9 +149,10 @@ def totalseg_dice(
     import nibabel as nib
     import numpy as np
 
+    from medsynth.io import read_label_case
     from medsynth.labels import PAPER_DICE_ORDER
     from medsynth.metrics.dice import dice_per_class
-    from medsynth.synthesis import read_label_case, synthesize_volume
+    from medsynth.synthesis import synthesize_volume
 
     if not cases:
         raise ValueError("no test cases to score")

@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     import zlib
 
     from medsynth.callbacks.progress import progress_bar
-    from medsynth.synthesis import _NIFTI_SUFFIXES, _save_atomic, find_image, nifti_inputs, read_label_case
+    from medsynth.io import find_image, is_nifti, nifti_inputs, read_label_case, save_nifti
 
     a = _parser().parse_args(argv)
     try:
@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(
                 f"--num {a.num} variants would be identical: add --deform MM or a range --scale ORGAN=LO:HI"
             )
-        inputs = nifti_inputs(a.input)
-        if a.output.exists() and any(p.name.endswith(_NIFTI_SUFFIXES) for p in a.output.iterdir()):
+        inputs = nifti_inputs(a.input, "--input")
+        if a.output.exists() and any(is_nifti(p) for p in a.output.iterdir()):
             raise ValueError(f"--output {a.output} already holds NIfTI files; refusing to overwrite")
         cases = [read_label_case(p, find_image(p, a.images) if a.images else None) for p in inputs]
         volumes = []
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     seed = int(rng.integers(2**31))
                     out = deform(out, case.geometry.affine, a.deform, a.smoothness, seed)
                 name = f"{case.name}_var{k:03d}.nii.gz"
-                _save_atomic(out.astype(np.uint8), case.geometry.affine, staging / name)
+                save_nifti(staging / name, out.astype(np.uint8), case.geometry.affine)
                 written += 1
                 bar.update(1)
         bar.close()
