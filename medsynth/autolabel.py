@@ -14,8 +14,6 @@ skips the finished cases. ``dataset.json`` is rewritten after every case.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 
 from medsynth.io import atomic_path, case_name, copy_file, nifti_files, save_nifti, write_json
 
-__all__ = ["label_folder", "main"]
+__all__ = ["label_folder"]
 
 
 def label_folder(
@@ -139,45 +137,3 @@ def label_folder(
     meta["numTraining"] = len(list(labels.glob("*.nii.gz")))
     write_json(output_dir / "dataset.json", meta)
     return done
-
-
-def _parser() -> argparse.ArgumentParser:
-    from medsynth.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(
-        prog="medsynth label",
-        description="Unlabelled CT -> TotalSegmentator masks -> an nnU-Net v2 raw dataset (resumable).",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--input", required=True, type=Path, help="folder of CT volumes (.nii.gz)")
-    p.add_argument("--output", required=True, type=Path, help="dataset folder, e.g. Dataset600_MyCT")
-    p.add_argument(
-        "--roi", nargs="+", default=None, help="TotalSegmentator structures to segment (default: all)"
-    )
-    p.add_argument("--fast", action="store_true", help="TotalSegmentator's 3 mm model")
-    p.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
-    p.add_argument(
-        "--weights", type=Path, default=None, help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR)"
-    )
-    p.add_argument("--no_progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        done = label_folder(
-            a.input,
-            a.output,
-            roi_subset=a.roi,
-            fast=a.fast,
-            device=a.device,
-            weights_dir=a.weights,
-            progress=not a.no_progress,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        msg = str(err).replace("pass weights_dir=<that folder>", "pass --weights <that folder>")
-        print(f"medsynth label: error: {msg}", file=sys.stderr)
-        return 2
-    print(f"labelled {len(done)} case(s) into {a.output}")
-    return 0

@@ -10,12 +10,10 @@ generated, and every file is written atomically (temporary name, then rename).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +25,6 @@ from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH, reassemble_volume
 from medsynth.io import LabelCase, find_image, nifti_inputs, read_label_case, save_nifti
 from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, LABEL_SET_KEY, SynthesisModule
-from medsynth.precision import PRECISIONS
 from medsynth.random import slice_generators
 
 __all__ = [
@@ -39,7 +36,6 @@ __all__ = [
     "read_label_case",
     "synthesize_volume",
     "synthesize_files",
-    "main",
 ]
 
 _SEGMENTER = "medsynth.models.segmenter.OrganSegmenter"
@@ -258,81 +254,3 @@ def synthesize_files(
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return written
-
-
-def _parser() -> argparse.ArgumentParser:
-    from medsynth.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(
-        prog="medsynth synthesize",
-        description="Label volumes (NIfTI, AMOS ids) -> synthetic CT volumes (NIfTI, HU).",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--checkpoint", required=True, type=Path, help="a medsynth model checkpoint (.ckpt)")
-    p.add_argument("--input", required=True, type=Path, help="a label volume .nii.gz or a folder of them")
-    p.add_argument("--output", required=True, type=Path, help="output folder")
-    p.add_argument(
-        "--images", type=Path, default=None, help="folder of the matching CT volumes (for the body class)"
-    )
-    p.add_argument(
-        "--num_steps",
-        type=int,
-        default=None,
-        help="diffusion models: sampling steps, each one network evaluation per slice, so time grows "
-        "linearly (default None: the model's 1000 steps, 10x the 100 the docs use)",
-    )
-    p.add_argument(
-        "--sampler",
-        default=None,
-        help="diffusion models: ddpm (ancestral), ddim or dpm++ (default None: the model's own, "
-        "the 1000-step ancestral chain)",
-    )
-    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
-    p.add_argument("--batch_size", type=int, default=16, help="slices per generate() call")
-    p.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")
-    p.add_argument(
-        "--coherent",
-        action="store_true",
-        help="the same noise for every slice of a volume: consistent texture along z (see docs/synthesis.md)",
-    )
-    p.add_argument(
-        "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="32",
-        help="sampling precision: 32 (fp32) or bf16 (autocast; fast on CUDA, also allowed on CPU)",
-    )
-    p.add_argument("--no_progress", action="store_true", help="no progress bar / progress lines")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        inputs = nifti_inputs(a.input, "--input")
-        model = load_model(a.checkpoint, map_location=a.device)
-        written = synthesize_files(
-            model,
-            inputs,
-            a.output,
-            images=a.images,
-            nnunet=a.nnunet,
-            batch_size=a.batch_size,
-            num_steps=a.num_steps,
-            sampler=a.sampler,
-            guidance_scale=a.guidance_scale,
-            seed=a.seed,
-            progress=not a.no_progress,
-            precision=a.precision,
-            coherent=a.coherent,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"medsynth synthesize: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(written)} synthetic CT volume(s) to {a.output}")
-    if a.nnunet:
-        print(f"nnU-Net dataset: {a.output / a.nnunet}")
-    return 0
