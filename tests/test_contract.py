@@ -184,9 +184,11 @@ def perturbed_model(cls: type, extra: dict[str, Any] | None = None) -> Synthesis
     L.seed_everything(0, verbose=False)
     model = tiny_model(cls, **(extra or {}))
     g = torch.Generator().manual_seed(0)
-    params = list(model.parameters())
+    # The trained networks first, then the EMA copy (the order the golden values were drawn in).
     ema = getattr(model, "ema", None)
-    if ema is not None:  # the EMA copy is held outside the module tree (medsynth.nn.ema)
+    averaged = {id(p) for p in ema.parameters()} if ema is not None else set()
+    params = [p for p in model.parameters() if id(p) not in averaged]
+    if ema is not None:
         params += list(ema.shadow.parameters())
     with torch.no_grad():
         for p in params:

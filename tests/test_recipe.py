@@ -134,7 +134,8 @@ def test_ema_state_dict_resumes_the_warmup_and_moves_with_the_module() -> None:
     for _ in range(3):
         a.update(net)
     state = a.state_dict()
-    assert set(state) == {"num_updates"} | {f"shadow.{k}" for k in net.state_dict()}
+    assert set(state) == {"n_averaged"} | {f"module.{k}" for k in net.state_dict()}
+    assert int(state["n_averaged"]) == 4  # the copy made at construction counts as the first average
     b = EMA(_Net(), 0.999, warmup=True)
     b.load_state_dict(state)
     assert int(b.num_updates) == 3 and b.current_decay() == a.current_decay() == pytest.approx(5 / 14)
@@ -145,15 +146,28 @@ def test_ema_state_dict_resumes_the_warmup_and_moves_with_the_module() -> None:
     b.update(net)
     for x, y in zip(a.shadow.state_dict().values(), b.shadow.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
-    # a checkpoint written before the counter existed still loads (the counter is kept)
-    legacy = {k: v for k, v in state.items() if k != "num_updates"}
-    EMA(_Net(), 0.999).load_state_dict(legacy)
-    with pytest.raises(RuntimeError, match="shadow.a.weight"):
-        EMA(_Net(), 0.999).load_state_dict({k: v for k, v in state.items() if k != "shadow.a.weight"})
-    # the hidden copy follows dtype moves, stays in eval mode, and is not a trainable parameter
+    # the earlier layout (shadow.*, num_updates), and one from before the counter existed
+    earlier = {"num_updates": torch.tensor(3), **{f"shadow.{k}": v for k, v in a.shadow.state_dict().items()}}
+    c = EMA(_Net(), 0.999, warmup=True)
+    c.load_state_dict(earlier)
+    assert int(c.num_updates) == 3
+    for x, y in zip(a.shadow.state_dict().values(), c.shadow.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    d = EMA(_Net(), 0.999)
+    d.load_state_dict({k: v for k, v in earlier.items() if k != "num_updates"})
+    assert int(d.num_updates) == 0
+    with pytest.raises(RuntimeError, match="module.a.weight"):
+        EMA(_Net(), 0.999).load_state_dict({k: v for k, v in state.items() if k != "module.a.weight"})
+    # a registered submodule: follows dtype moves, stays in eval mode, trains nothing
     b.double().train()
-    assert next(b.shadow.parameters()).dtype == torch.float64 and not b.shadow.training
-    assert list(b.parameters()) == [] and not any(p.requires_grad for p in b.shadow.parameters())
+    assert next(b.shadow.parameters()).dtype == torch.float64 and not b.shadow.training and not b.training
+    assert [m for m in b.modules() if m.training] == []
+    assert dict(b.named_children()) == {"module": b.shadow} and not any(
+        p.requires_grad for p in b.parameters()
+    )
+    # an update from a float32 network into the float64 copy: the step in the copy's precision
+    b.update(net)
+    assert next(b.shadow.parameters()).dtype == torch.float64 and int(b.num_updates) == 5
 
 
 class _Record(Callback):

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH
 from medsynth.diffusion import check_sampler
+from medsynth.io import atomic_path
 from medsynth.labels import NUM_CLASSES, PAPER_DICE_ORDER, get_label_set
 from medsynth.metrics.dice import dice_counts, dice_from_counts
 from medsynth.metrics.frd import check_frd_available, frd_from_features, radiomics_features
@@ -574,12 +575,9 @@ class SynthesisMetrics(Callback):
         if self.fid_cache_dir is None or split_id.startswith("<memory>") or split_id not in self._real_dirty:
             return
         if trainer.is_global_zero:
-            path = self._cache_file(split_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
             keys = sorted(memo)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"split_id": split_id, "keys": keys, "features": [memo[k] for k in keys]}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(self._cache_file(split_id)) as tmp:
+                torch.save({"split_id": split_id, "keys": keys, "features": [memo[k] for k in keys]}, tmp)
         self._real_dirty.discard(split_id)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

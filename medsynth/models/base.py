@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -10,13 +11,23 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch import Tensor, nn
 
 from medsynth.labels import NUM_CLASSES, LabelSet, get_label_set
+from medsynth.nn.ema import EMA
 from medsynth.precision import sampling_autocast
 from medsynth.random import GeneratorLike, check_generator
 
-__all__ = ["check_data_label_set", "SynthesisModule", "is_method", "check_mask", "one_hot", "check_batch"]
+__all__ = [
+    "check_data_label_set",
+    "SynthesisModule",
+    "is_method",
+    "check_mask",
+    "one_hot",
+    "check_batch",
+    "averaged_module_names",
+]
 
 # SynthesisModule checks mask values on the host in on_before_batch_transfer, which is meant to
 # run whatever data module feeds it; Lightning warns about every such pairing. Only that warning.
@@ -241,6 +252,37 @@ class SynthesisModule(L.LightningModule):
         # timesteps, noise and dropout for its (different) images. Offset the RNG by the rank.
         if self.trainer.world_size > 1:
             torch.manual_seed((torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63)
+        self._quiet_eval_mode_notice()
+
+    def on_train_start(self) -> None:
+        self._end_quiet_eval_mode_notice()
+
+    _eval_notice_filter: warnings.catch_warnings | None = None
+
+    def _quiet_eval_mode_notice(self) -> None:
+        """Filter Lightning's fit-start notice about modules in eval mode when the EMA copies
+        (:func:`averaged_module_names`) are the only such modules.
+
+        Lightning checks the modes between ``on_fit_start`` and ``on_train_start`` and warns
+        "Found N module(s) in eval mode at the start of training". The filter matches that notice
+        with exactly this N, and only while those hooks run (a ``warnings.catch_warnings`` entered
+        here and left in ``on_train_start``); any other module left in eval mode, or an EMA copy
+        put in train mode, leaves the notice as Lightning writes it.
+        """
+        self._end_quiet_eval_mode_notice()  # one left open by an interrupted fit
+        in_eval = {name for name, module in self.named_modules() if not module.training}
+        if not in_eval or in_eval != averaged_module_names(self):
+            return
+        self._eval_notice_filter = warnings.catch_warnings()
+        self._eval_notice_filter.__enter__()
+        notice = f"Found {len(in_eval)} module(s) in eval mode at the start of training"
+        warnings.filterwarnings("ignore", message=re.escape(notice), category=PossibleUserWarning)
+
+    def _end_quiet_eval_mode_notice(self) -> None:
+        quiet = self._eval_notice_filter
+        if quiet is not None:
+            self._eval_notice_filter = None
+            quiet.__exit__(None, None, None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lets medsynth.synthesis.load_model rebuild the right class from a checkpoint alone,
@@ -258,3 +300,13 @@ class SynthesisModule(L.LightningModule):
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         return self.generate(batch["mask"])
+
+
+def averaged_module_names(module: nn.Module) -> set[str]:
+    """Names (as in ``module.named_modules()``) of every :class:`~medsynth.nn.ema.EMA` in ``module``
+    and of its averaged copy's submodules: the modules kept in eval mode by design."""
+    names = set()
+    for name, ema in module.named_modules():
+        if isinstance(ema, EMA):
+            names.update(".".join(p for p in (name, sub) if p) for sub, _ in ema.named_modules())
+    return names
