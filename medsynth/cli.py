@@ -14,7 +14,7 @@ from pathlib import Path
 from medsynth import __version__
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-OWN_COMMANDS = ("synthesize", "evaluate", "phantom", "demo", "masks", "label", "version")
+OWN_COMMANDS = ("synthesize", "evaluate", "phantom", "demo", "masks", "label", "dataset", "version")
 
 USAGE = """usage: medsynth <command> [options]
 
@@ -28,6 +28,7 @@ medsynth's own commands:
   synthesize  label volumes (NIfTI) -> synthetic CT volumes, optionally as an nnU-Net dataset
   evaluate    metric suite for one or more checkpoints -> paper-style report (Markdown, CSV, LaTeX, PNG)
   label       unlabelled CT -> TotalSegmentator masks -> an nnU-Net raw dataset
+  dataset     CT + label volumes you have (and their id -> name table) -> an nnU-Net raw dataset
   masks       varied label volumes from existing ones (organ scaling, elastic deformation)
   phantom     write the built-in phantom as an AMOS22-layout dataset
   demo        the main job on the phantom: train, sample, evaluate, write a report
@@ -157,6 +158,44 @@ def _phantom(argv: list[str]) -> int:
     return 0
 
 
+def _dataset_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medsynth dataset",
+        description="CT volumes (HU) and their label volumes (e.g. TotalSegmentator masks) -> an nnU-Net v2 raw "
+        "dataset whose dataset.json names every label id, ready for NNUNetDataModule (remap='by_name').",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--images", required=True, type=Path, help="a CT volume (.nii.gz, HU) or a folder of them")
+    p.add_argument(
+        "--labels", required=True, type=Path, help="its label volume, or a folder of them (same file names)"
+    )
+    p.add_argument(
+        "--names",
+        required=True,
+        help="the id -> name table that came with the labels: a CSV with columns id and structure (or name), "
+        "a dataset.json, or 'totalseg' for labels of the installed TotalSegmentator's total task",
+    )
+    p.add_argument(
+        "--output", required=True, type=Path, help="dataset folder to create, e.g. Dataset700_MyCT"
+    )
+    p.add_argument("--case", default=None, help="case name of a single pair (default: the CT's file name)")
+    return p
+
+
+def _dataset(argv: list[str]) -> int:
+    from medsynth.data.nnunet import dataset_pairs, write_nnunet_dataset
+
+    a = _dataset_parser().parse_args(argv)
+    try:
+        pairs = dataset_pairs(a.images, a.labels, a.case)
+        root = write_nnunet_dataset(pairs, a.output, a.names)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"medsynth dataset: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(pairs)} case(s) to {root}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and ``python -m medsynth``."""
     from_sys_argv = argv is None
@@ -173,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cmd == "phantom":
         return _phantom(rest)
+    if cmd == "dataset":
+        return _dataset(rest)
     if cmd == "synthesize":
         from medsynth.synthesis import main as synthesize_main
 

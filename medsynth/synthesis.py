@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH, VolumeGeometry, reassemble_volume, window_to_hu
+from medsynth.data.geometry import VolumeGeometry, reassemble_volume, window_to_hu
 from medsynth.data.transforms import (
     CANONICAL_AXCODES,
     add_body_class,
@@ -233,7 +233,7 @@ def synthesize_volume(
     sampler: str | None = None,
     guidance_scale: float | None = None,
     seed: int = 0,
-    window: tuple[float, float] = (WINDOW_LEVEL, WINDOW_WIDTH),
+    window: tuple[float, float] | None = None,
     progress: bool = True,
     precision: str | None = None,
     coherent: bool = False,
@@ -247,7 +247,8 @@ def synthesize_volume(
         num_steps, sampler, guidance_scale: Passed to ``generate()`` (None = method default).
         seed: Seeds each slice's noise from ``(seed, case name, slice index)``; the output does not
             depend on ``batch_size``.
-        window: (level, width) of the training window, to map [0, 1] back to HU.
+        window: (level, width) of the training window, to map [0, 1] back to HU (None: the
+            model's, ``model.window``).
         progress: Show a progress bar.
         precision: ``generate()`` precision: None/"32" (fp32) or "bf16" (autocast; see
             :meth:`SynthesisModule.autocast`).
@@ -262,7 +263,7 @@ def synthesize_volume(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    level, width = window
+    level, width = model.window if window is None else window
     size = model.image_size
     mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.mask, 2, 0))).long()  # [D, H, W]
     depth = mask.shape[0]

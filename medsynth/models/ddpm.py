@@ -73,6 +73,8 @@ class DiffusionModel(SynthesisModule):
         organ_dropout: Mask-ablated training (Konz et al., SegGuidedDiff, MICCAI 2024): each
             structure present in a training mask is dropped with this probability (its pixels
             become body), so ``generate()`` stays faithful to the structures a partial mask gives (0).
+        window_level, window_width: The CT window (HU) of the [0, 1] images it learns and makes
+            (the paper's 40/400; must equal the data module's, see :class:`~medsynth.models.SynthesisModule`).
 
     Attributes:
         condition_cache: Whether ``generate()`` encodes the condition once per call instead of at
@@ -107,8 +109,10 @@ class DiffusionModel(SynthesisModule):
         lr_warmup_steps: int = 0,
         channels_last: bool = False,
         compile: bool = False,
+        window_level: float = 40.0,
+        window_width: float = 400.0,
     ) -> None:
-        super().__init__(image_size, num_classes, label_set)
+        super().__init__(image_size, num_classes, label_set, window_level, window_width)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if lr <= 0:
