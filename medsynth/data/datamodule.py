@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medsynth.data.amos import AMOSCase, index_amos, load_checked
+from medsynth.data.augment import AugmentedSlices, SliceAugmentation
 from medsynth.data.cache import BadCaseError, CacheEntry, SliceCache, files_fingerprint
 from medsynth.data.transforms import (
     WINDOW_LEVEL,
@@ -124,6 +125,8 @@ class SliceDataModule(L.LightningDataModule):
         window_level: CT window centre in HU (40, the paper's).
         window_width: CT window width in HU (400, the paper's: [-160, 240] HU -> [0, 1]; e.g. level 0,
             width 2000 keeps air at -1000 and bone up to 1000 HU, at a cost in soft-tissue contrast).
+        augment: Random flips and small affines of the training slices with their masks (False;
+            True: :class:`~medsynth.data.augment.SliceAugmentation`'s defaults, or one of them).
     """
 
     def __init__(
@@ -133,8 +136,11 @@ class SliceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         window_level: float = WINDOW_LEVEL,
         window_width: float = WINDOW_WIDTH,
+        augment: bool | SliceAugmentation = False,
     ) -> None:
         super().__init__()
+        if not isinstance(augment, (bool, SliceAugmentation)):
+            raise ValueError(f"augment must be a bool or a SliceAugmentation, got {augment!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -146,6 +152,7 @@ class SliceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.datasets: dict[str, SliceDataset] = {}
+        self.augmentation = SliceAugmentation() if augment is True else (augment or None)
 
     @property
     def window(self) -> tuple[float, float]:
@@ -157,8 +164,11 @@ class SliceDataModule(L.LightningDataModule):
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         if split not in self.datasets:
             raise ValueError(f"{type(self).__name__} has no {split!r} split (0 cases)")
+        dataset = self.datasets[split]
+        if split == "train" and self.augmentation is not None:
+            dataset = AugmentedSlices(dataset, self.augmentation, self.image_size)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -226,6 +236,7 @@ class PhantomDataModule(SliceDataModule):
             ellipse IoU of stomach, bladder and spleen 0.79-0.82, see docs/data.md).
         window_level, window_width: The CT window in HU (the paper's 40/400; see
             :class:`SliceDataModule`).
+        augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
     """
 
     def __init__(
@@ -243,8 +254,9 @@ class PhantomDataModule(SliceDataModule):
         irregularity: float = 0.0,
         window_level: float = WINDOW_LEVEL,
         window_width: float = WINDOW_WIDTH,
+        augment: bool = False,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, window_level, window_width)
+        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
         from medsynth.data.phantom import check_irregularity
 
         irregularity = check_irregularity(irregularity)
@@ -425,6 +437,7 @@ class AMOSDataModule(_CachedDataModule):
             test set).
         window_level: CT window centre in HU.
         window_width: CT window width in HU.
+        augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
         progress: Show a progress bar while the cache is built.
     """
 
@@ -442,8 +455,9 @@ class AMOSDataModule(_CachedDataModule):
         window_level: float = WINDOW_LEVEL,
         window_width: float = WINDOW_WIDTH,
         progress: bool = True,
+        augment: bool = False,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, window_level, window_width)
+        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
         if on_bad_case not in ("raise", "skip"):
             raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
         for name, value in (
@@ -526,6 +540,7 @@ class NNUNetDataModule(_CachedDataModule):
         progress: Show a progress bar while the cache is built.
         window_level, window_width: The CT window in HU (the paper's 40/400; see
             :class:`SliceDataModule`).
+        augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
         test_slab: ``(start, stop)``: split along z instead of by case, for one patient or a few.
             The axial slices ``start..stop-1`` (canonical indices, 0 = most inferior) of every
             imagesTr case are the val and test splits; training gets the slices below
@@ -554,11 +569,12 @@ class NNUNetDataModule(_CachedDataModule):
         window_width: float = WINDOW_WIDTH,
         test_slab: tuple[int, int] | None = None,
         slab_gap: int = 4,
+        augment: bool = False,
     ) -> None:
         from medsynth.data.nnunet import read_dataset_json
         from medsynth.labels import get_label_set
 
-        super().__init__(image_size, batch_size, num_workers, window_level, window_width)
+        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
         if on_bad_case not in ("raise", "skip"):
             raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
         for name, value in (("num_val_cases", num_val_cases), ("max_train_cases", max_train_cases)):
