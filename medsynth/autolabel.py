@@ -14,33 +14,14 @@ skips the finished cases. ``dataset.json`` is rewritten after every case.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shutil
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["label_folder", "main"]
+from medsynth.io import atomic_path, case_name, copy_file, nifti_files, save_nifti, write_json
 
-_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _case_name(path: Path) -> str:
-    for suffix in _SUFFIXES:
-        if path.name.endswith(suffix):
-            name = path.name[: -len(suffix)]
-            return name[:-5] if name.endswith("_0000") else name
-    return path.stem
-
-
-def _write_json(meta: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path)
+__all__ = ["label_folder"]
 
 
 def label_folder(
@@ -83,10 +64,10 @@ def label_folder(
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"--input {input_dir} is not a folder")
-    files = sorted(p for p in input_dir.iterdir() if p.name.endswith(_SUFFIXES))
+    files = nifti_files(input_dir)
     if not files:
         raise ValueError(f"--input {input_dir}: no .nii or .nii.gz files")
-    names = [_case_name(p) for p in files]
+    names = [case_name(p) for p in files]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"--input {input_dir}: several files give the case name(s) {dup}")
@@ -140,63 +121,19 @@ def label_folder(
                     f"{path}: segmentation ids {seg.min()}..{seg.max()} outside 0..{ts.body - 1}"
                 )
             image_out = images / f"{name}_0000.nii.gz"
-            tmp = images / f".{name}_0000.partial.nii.gz"
             if path.name.endswith(".nii.gz"):
-                shutil.copyfile(path, tmp)
+                copy_file(path, image_out)
             else:
-                nib.save(ct, str(tmp))
-            os.replace(tmp, image_out)
-            tmp = labels / f".{name}.partial.nii.gz"
-            nib.save(nib.Nifti1Image(seg.astype(np.uint8), ct.affine), str(tmp))
-            os.replace(tmp, labels / f"{name}.nii.gz")  # last: the case now counts as done
+                with atomic_path(image_out) as tmp:
+                    nib.save(ct, str(tmp))
+            # The label last: the case now counts as done.
+            save_nifti(labels / f"{name}.nii.gz", seg.astype(np.uint8), ct.affine)
             done.append(name)
             meta["numTraining"] = len(list(labels.glob("*.nii.gz")))
-            _write_json(meta, output_dir / "dataset.json")
+            write_json(output_dir / "dataset.json", meta)
             bar.update(1)
     finally:
         bar.close()
     meta["numTraining"] = len(list(labels.glob("*.nii.gz")))
-    _write_json(meta, output_dir / "dataset.json")
+    write_json(output_dir / "dataset.json", meta)
     return done
-
-
-def _parser() -> argparse.ArgumentParser:
-    from medsynth.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(
-        prog="medsynth label",
-        description="Unlabelled CT -> TotalSegmentator masks -> an nnU-Net v2 raw dataset (resumable).",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--input", required=True, type=Path, help="folder of CT volumes (.nii.gz)")
-    p.add_argument("--output", required=True, type=Path, help="dataset folder, e.g. Dataset600_MyCT")
-    p.add_argument(
-        "--roi", nargs="+", default=None, help="TotalSegmentator structures to segment (default: all)"
-    )
-    p.add_argument("--fast", action="store_true", help="TotalSegmentator's 3 mm model")
-    p.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N")
-    p.add_argument(
-        "--weights", type=Path, default=None, help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR)"
-    )
-    p.add_argument("--no_progress", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        done = label_folder(
-            a.input,
-            a.output,
-            roi_subset=a.roi,
-            fast=a.fast,
-            device=a.device,
-            weights_dir=a.weights,
-            progress=not a.no_progress,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        msg = str(err).replace("pass weights_dir=<that folder>", "pass --weights <that folder>")
-        print(f"medsynth label: error: {msg}", file=sys.stderr)
-        return 2
-    print(f"labelled {len(done)} case(s) into {a.output}")
-    return 0

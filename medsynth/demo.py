@@ -14,13 +14,12 @@ interrupted demo leaves what it had. The docs' description of the demo is genera
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["DemoConfig", "run_demo", "settings_markdown", "main", "SAMPLER_NAMES", "QUICK"]
+__all__ = ["DemoConfig", "run_demo", "settings_markdown", "SAMPLER_NAMES", "QUICK"]
 
 #: How the docs name the samplers (``generate(sampler=...)``).
 SAMPLER_NAMES = {
@@ -84,39 +83,6 @@ QUICK = {
     "image_size": 32, "num_train_cases": 2, "num_test_cases": 1, "depth": 8,
     "model_channels": 8, "train_steps": 4, "segmenter_steps": 4, "num_steps": 4,
 }  # fmt: skip
-
-_HELP = {
-    "output": "folder for checkpoints, TensorBoard logs, the report and the figure",
-    "image_size": "slice size (pixels)",
-    "num_train_cases": "phantom training volumes",
-    "num_test_cases": "phantom test volumes",
-    "depth": "slices per phantom volume",
-    "batch_size": "training batch size",
-    "model_channels": "base width of the mask-guided DDPM",
-    "train_steps": "optimiser steps of the DDPM",
-    "lr": "DDPM learning rate",
-    "ema_decay": "DDPM EMA decay",
-    "noise_schedule": "DDPM noise schedule: linear (the paper's) or cosine",
-    "prediction_type": "what the DDPM predicts: eps (the paper's), x0 or v",
-    "ema_warmup": "warm the EMA decay up as min(decay, (1+n)/(10+n))",
-    "lr_warmup_steps": "linear learning-rate warm-up steps",
-    "segmenter_steps": "optimiser steps of the organ segmenter",
-    "sampler": "sampler for the evaluation: ddpm (ancestral), ddim or dpm++",
-    "num_steps": "sampling steps for the evaluation (network evaluations per slice)",
-    "fid_weights": "clean-fid's inception-2015-12-05.pt (FID is skipped when absent)",
-    "seed": "seeds the phantom, training and sampling",
-    "accelerator": "Lightning accelerator (auto: a GPU when there is one)",
-    "checkpoint_every": "steps between refreshes of the DDPM checkpoint while it trains",
-    "grid_images": "rows of the image grid logged to TensorBoard",
-}
-
-
-def _parse_bool(text: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no) for a boolean flag; anything else is an error."""
-    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
 
 
 def _make_demo_args(makefile: str | Path) -> str:
@@ -283,49 +249,3 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     for f in files:
         print(f"  wrote {f}")
     return results
-
-
-def _parser() -> argparse.ArgumentParser:
-    from medsynth.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(
-        prog="medsynth demo",
-        description=__doc__.splitlines()[0],
-        epilog="Sampling cost: every sampling step is one network evaluation per slice, so --num_steps "
-        "scales the evaluation time linearly (the methods' own default, the 1000-step chain, is 10x "
-        "the demo's 100).",
-        formatter_class=HelpFormatter,
-    )
-    from medsynth.diffusion import NOISE_SCHEDULES, PREDICTION_TYPES, SAMPLERS
-
-    # Checked by the parser, before any training starts.
-    choices = {"noise_schedule": NOISE_SCHEDULES, "prediction_type": PREDICTION_TYPES, "sampler": SAMPLERS}
-    for f in fields(DemoConfig):
-        value = f.default
-        kind = type(value) if value is not None else str
-        kind = _parse_bool if kind is bool else kind
-        p.add_argument(
-            f"--{f.name}",
-            type=kind,
-            default=value,
-            choices=choices.get(f.name),
-            help=_HELP.get(f.name, f.name),
-        )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny settings (about a minute): checks the pipeline, not quality; sets "
-        + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
-    )
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = vars(_parser().parse_args(argv))
-    quick = args.pop("quick")
-    cfg = DemoConfig(**args)
-    if quick:
-        for key, value in QUICK.items():
-            setattr(cfg, key, value)
-    run_demo(cfg)
-    return 0

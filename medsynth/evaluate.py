@@ -9,8 +9,6 @@ the paper's Fig. 4 shows masks, real slices and each method's output side by sid
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,16 @@ import torch
 
 from medsynth.models.base import SynthesisModule
 
-__all__ = ["build_datamodule", "evaluate_models", "totalseg_dice", "figure_batch", "write_evaluation", "main"]
+__all__ = [
+    "METRICS",
+    "build_datamodule",
+    "evaluate_models",
+    "totalseg_dice",
+    "figure_batch",
+    "write_evaluation",
+    "metric_problems",
+    "evaluate_checkpoints",
+]
 
 
 def build_datamodule(
@@ -149,9 +156,10 @@ def totalseg_dice(
     import nibabel as nib
     import numpy as np
 
+    from medsynth.io import read_label_case
     from medsynth.labels import PAPER_DICE_ORDER
     from medsynth.metrics.dice import dice_per_class
-    from medsynth.synthesis import read_label_case, synthesize_volume
+    from medsynth.synthesis import synthesize_volume
 
     if not cases:
         raise ValueError("no test cases to score")
@@ -238,184 +246,155 @@ def write_evaluation(
     return paths
 
 
-def _parser() -> argparse.ArgumentParser:
-    from medsynth.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(
-        prog="medsynth evaluate",
-        description="The metric suite for one or more checkpoints, written as the paper's tables and figure.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument(
-        "--checkpoint", nargs="+", required=True, type=Path, help="one or more medsynth checkpoints"
-    )
-    p.add_argument("--name", nargs="+", default=None, help="row names (default: the method class names)")
-    p.add_argument(
-        "--data_config",
-        type=Path,
-        default=None,
-        help="experiment YAML whose data: section gives the test split",
-    )
-    p.add_argument("--output", type=Path, required=True, help="folder for the report and figure")
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        choices=["psnr", "ssim", "fid", "dice"],
-        default=None,
-        help="metrics to compute (default: psnr ssim, plus fid when the Inception weights are found and "
-        "dice when --segmenter or --totalseg is given; what is left out is said before any work)",
-    )
-    p.add_argument("--segmenter", type=Path, default=None, help="OrganSegmenter checkpoint (needed for dice)")
-    p.add_argument("--fid_weights", type=Path, default=None, help="clean-fid's inception-2015-12-05.pt")
-    p.add_argument(
-        "--totalseg",
-        nargs="?",
-        const="default",
-        default=None,
-        metavar="WEIGHTS_DIR",
-        help="organ Dice as in the paper: TotalSegmentator on synthetic volumes of the test cases (needs an "
-        "AMOS-layout data module and the TotalSegmentator weights; WEIGHTS_DIR defaults to $TOTALSEG_HOME_DIR)",
-    )
-    p.add_argument("--totalseg_fast", action="store_true", help="TotalSegmentator's 3 mm model")
-    p.add_argument(
-        "--sampler",
-        default=None,
-        help="diffusion models: ddpm (ancestral), ddim or dpm++ (default None: the model's own, the "
-        "1000-step ancestral chain)",
-    )
-    p.add_argument(
-        "--num_steps",
-        type=int,
-        default=None,
-        help="diffusion models: sampling steps, each one network evaluation per slice, so time grows "
-        "linearly (default None: the model's 1000 steps, 10x the 100 the demo and docs use)",
-    )
-    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
-    p.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")
-    p.add_argument("--figure_slices", type=int, default=4, help="rows of report.png (0: no figure)")
-    p.add_argument(
-        "--reference", type=int, choices=(0, 1, 2), default=2, help="paper table for reference rows (0: none)"
-    )
-    p.add_argument(
-        "--accelerator", default="auto", help="Lightning accelerator (auto: a GPU when there is one)"
-    )
-    return p
+#: The metrics of the suite (Zhuang et al., Sec. 3).
+METRICS = ("psnr", "ssim", "fid", "dice")
 
 
-def _choose_metrics(a: argparse.Namespace) -> list[str]:
-    """The metrics to run, checked before any work: explicit ``--metrics`` must be runnable (errors
-    name the flags to add); the default leaves out what cannot run here, with one warning."""
+def metric_problems(
+    *, fid_weights: str | Path | None = None, segmenter: str | Path | None = None, totalseg: bool = False
+) -> dict[str, str]:
+    """Why a metric cannot be computed with these arguments: ``{"fid": reason, "dice": reason}``.
+
+    FID needs clean-fid's Inception file (:func:`medsynth.metrics.image.find_inception_weights`);
+    organ Dice an OrganSegmenter checkpoint or TotalSegmentator. A metric that can run is absent.
+    The reasons name the argument to give (``fid_weights=...``, ``segmenter=...``).
+    """
     from medsynth.metrics.image import find_inception_weights
 
-    fix = "--metrics psnr ssim" + (" dice" if a.segmenter is not None or a.totalseg is not None else "")
+    problems = {}
     try:
-        find_inception_weights(a.fid_weights)
-        fid_problem = None
-    except FileNotFoundError as err:  # say it in the CLI's words: --fid_weights, not fid_weights=
-        fid_problem = "fid: " + str(err).replace("as fid_weights=...", "with --fid_weights PATH").rstrip(".")
-    dice_problem = (
-        "dice needs --segmenter ORGAN_SEGMENTER.ckpt (e.g. outputs/demo/checkpoints/organ_segmenter.ckpt) "
-        "or --totalseg [WEIGHTS_DIR]"
-        if a.segmenter is None and a.totalseg is None
-        else None
-    )
-    if a.metrics is not None:
-        if "fid" in a.metrics and fid_problem:
-            raise ValueError(f"--metrics {fid_problem}; or leave fid out: {fix}")
-        if "dice" in a.metrics and dice_problem:
-            raise ValueError(f"--metrics {dice_problem}; or leave dice out: --metrics psnr ssim")
-        return list(dict.fromkeys(a.metrics))
-    metrics, dropped = ["psnr", "ssim"], []
-    for name, problem in (("fid", fid_problem), ("dice", dice_problem)):
-        (dropped if problem else metrics).append(problem or name)
-    if dropped:
-        print(
-            f"medsynth evaluate: warning: computing {' '.join(metrics)} only: {'; '.join(dropped)}.",
-            file=sys.stderr,
+        find_inception_weights(fid_weights)
+    except FileNotFoundError as err:
+        problems["fid"] = f"fid: {str(err).rstrip('.')}"
+    if segmenter is None and not totalseg:
+        problems["dice"] = (
+            "dice needs segmenter=ORGAN_SEGMENTER.ckpt (e.g. outputs/demo/checkpoints/organ_segmenter.ckpt) "
+            "or totalseg=True"
         )
-    return metrics
+    return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def evaluate_checkpoints(
+    checkpoints: Sequence[str | Path],
+    output: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    data_config: str | Path | None = None,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    segmenter: str | Path | None = None,
+    fid_weights: str | Path | None = None,
+    totalseg: bool = False,
+    totalseg_weights: str | Path | None = None,
+    totalseg_fast: bool = False,
+    sampler: str | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    figure_slices: int = 4,
+    reference: int | None = 2,
+    accelerator: str = "auto",
+) -> list[Path]:
+    """``medsynth evaluate`` as a function: checkpoints -> the paper-style report in ``output``.
+
+    Checks every argument and that the checkpoints fit together (one image size, one label set)
+    before any slice is generated; then tests each model on the data module's test split
+    (:func:`evaluate_models`; with ``totalseg``, organ Dice from TotalSegmentator on synthetic
+    volumes, :func:`totalseg_dice`), and writes the tables and figure (:func:`write_evaluation`).
+
+    Args:
+        checkpoints: medsynth synthesis checkpoints (:func:`medsynth.synthesis.load_model`).
+        output: Folder for ``report.md/.csv/.tex/.png`` and the TensorBoard logs.
+        names: Row names, one per checkpoint (None: the method class names).
+        data_config: Experiment YAML whose ``data:`` section gives the test split
+            (:func:`build_datamodule`); None: the phantom at the checkpoints' image size.
+        metrics: Any of :data:`METRICS`; each must be computable (:func:`metric_problems`).
+        segmenter: OrganSegmenter checkpoint for slice Dice.
+        fid_weights: clean-fid's Inception file (None: looked up in its caches).
+        totalseg: Organ Dice as in the paper, TotalSegmentator on synthetic volumes (needs a data
+            module with ``splits``, such as the AMOS layout).
+        totalseg_weights, totalseg_fast: TotalSegmentator's home folder (None: its default) and
+            its 3 mm model.
+        sampler, num_steps, guidance_scale: ``generate()`` options (dropped where a method takes none).
+        seed: Seeds each slice's noise.
+        figure_slices: Rows of the figure (0: none).
+        reference: Paper table whose rows join the report (1, 2; None: none).
+        accelerator: Lightning accelerator ("auto": a GPU when there is one).
+
+    Returns:
+        The written files.
+
+    Raises:
+        ValueError / FileNotFoundError: naming the argument (``names=``, ``segmenter=``, ...) or
+            file at fault.
+    """
     from medsynth.synthesis import load_model
 
-    a = _parser().parse_args(argv)
-    try:
-        if a.name is not None and len(a.name) != len(a.checkpoint):
-            raise ValueError(f"--name gives {len(a.name)} names for {len(a.checkpoint)} checkpoints")
-        a.metrics = _choose_metrics(a)  # before any work: errors and the warning name CLI flags
-        if a.segmenter is not None and not a.segmenter.is_file():
-            raise ValueError(f"--segmenter {a.segmenter}: file not found")
-        device = "cuda" if a.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
-        scorer = None
-        if a.totalseg is not None:
-            from medsynth.metrics import TotalSegmentatorScorer
-
-            weights = None if a.totalseg == "default" else a.totalseg
-            scorer = TotalSegmentatorScorer(
-                weights_dir=weights, device="gpu" if device == "cuda" else "cpu", fast=a.totalseg_fast
-            )
-        loaded = [load_model(c, map_location=device) for c in a.checkpoint]
-        names = a.name or [type(m).__name__ for m in loaded]
-        if len(set(names)) != len(names):
-            raise ValueError(f"row names must be unique, got {names}; pass --name")
-        models = dict(zip(names, loaded))
-        sizes = {m.image_size for m in loaded}
-        if len(sizes) != 1:
-            raise ValueError(
-                f"the checkpoints were trained at different image sizes {sorted(sizes)}; evaluate them apart"
-            )
-        size = sizes.pop()
-        label_sets = {m.label_set.names(): m.label_set for m in loaded}
-        if len(label_sets) != 1:
-            raise ValueError(
-                f"the checkpoints use different label sets {[s.name for s in label_sets.values()]}; "
-                "evaluate them apart"
-            )
-        label_set = next(iter(label_sets.values()))
-        if scorer is not None and label_set.name != "amos":
-            scorer = TotalSegmentatorScorer(
-                weights_dir=weights,
-                device="gpu" if device == "cuda" else "cpu",
-                fast=a.totalseg_fast,
-                label_set=label_set,
-            )
-        dm = build_datamodule(a.data_config, None if a.data_config else {"image_size": size})
-        if getattr(dm, "image_size", size) != size:
-            raise ValueError(
-                f"{a.data_config}: data image_size={dm.image_size} but the checkpoints were trained at {size}"
-            )
-        cases = None
-        if scorer is not None:
-            splits = getattr(dm, "splits", None)
-            if not splits or not splits.get("test"):
-                raise ValueError(
-                    "--totalseg needs an AMOS-layout data module with test cases (see docs/evaluation.md; "
-                    "`medsynth phantom` writes the phantom in that layout)"
-                )
-            cases = [(c.image, c.label) for c in splits["test"]]
-        opts = {"sampler": a.sampler, "num_steps": a.num_steps, "guidance_scale": a.guidance_scale}
-        slice_metrics = [m for m in a.metrics if not (m == "dice" and scorer is not None)]
-        rows = (
-            evaluate_models(
-                models, dm, metrics=slice_metrics, segmenter=a.segmenter, fid_weights=a.fid_weights,
-                seed=a.seed, accelerator=a.accelerator, log_dir=a.output / "tensorboard", **opts,
-            )
-            if slice_metrics
-            else {name: {} for name in models}
-        )  # fmt: skip
-        if scorer is not None:
-            for name, model in models.items():
-                rows[name].update(
-                    totalseg_dice(model, cases, scorer, seed=a.seed, **model.generate_kwargs(**opts))
-                )
-        batch = figure_batch(dm, a.figure_slices) if a.figure_slices > 0 else None
-        paths = write_evaluation(
-            rows, a.output, models=models, batch=batch, reference=a.reference or None, seed=a.seed, **opts
+    if names is not None and len(names) != len(checkpoints):
+        raise ValueError(f"names={list(names)} gives {len(names)} names for {len(checkpoints)} checkpoints")
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"metrics={list(metrics)}: unknown {unknown}; choose from {list(METRICS)}")
+    problems = metric_problems(fid_weights=fid_weights, segmenter=segmenter, totalseg=totalseg)
+    for metric in metrics:
+        if metric in problems:
+            raise ValueError(problems[metric])
+    if segmenter is not None and not Path(segmenter).is_file():
+        raise ValueError(f"segmenter={segmenter}: file not found")
+    device = "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    loaded = [load_model(c, map_location=device) for c in checkpoints]
+    row_names = list(names) if names is not None else [type(m).__name__ for m in loaded]
+    if len(set(row_names)) != len(row_names):
+        raise ValueError(f"row names must be unique, got {row_names}; pass distinct names=[...]")
+    models = dict(zip(row_names, loaded))
+    sizes = {m.image_size for m in loaded}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"the checkpoints were trained at different image sizes {sorted(sizes)}; evaluate them apart"
         )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"medsynth evaluate: error: {err}", file=sys.stderr)
-        return 2
-    for p in paths:
-        print(f"wrote {p}")
-    return 0
+    size = sizes.pop()
+    label_sets = {m.label_set.names(): m.label_set for m in loaded}
+    if len(label_sets) != 1:
+        raise ValueError(
+            f"the checkpoints use different label sets {[s.name for s in label_sets.values()]}; "
+            "evaluate them apart"
+        )
+    scorer = None
+    if totalseg:
+        from medsynth.metrics import TotalSegmentatorScorer
+
+        scorer = TotalSegmentatorScorer(
+            weights_dir=totalseg_weights,
+            device="gpu" if device == "cuda" else "cpu",
+            fast=totalseg_fast,
+            label_set=next(iter(label_sets.values())),
+        )
+    dm = build_datamodule(data_config, None if data_config else {"image_size": size})
+    if getattr(dm, "image_size", size) != size:
+        raise ValueError(
+            f"{data_config}: data image_size={dm.image_size} but the checkpoints were trained at {size}"
+        )
+    cases = None
+    if scorer is not None:
+        splits = getattr(dm, "splits", None)
+        if not splits or not splits.get("test"):
+            raise ValueError(
+                "totalseg=True needs an AMOS-layout data module with test cases (see docs/evaluation.md; "
+                "`medsynth phantom` writes the phantom in that layout)"
+            )
+        cases = [(c.image, c.label) for c in splits["test"]]
+    output = Path(output)
+    opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
+    slice_metrics = [m for m in metrics if not (m == "dice" and scorer is not None)]
+    rows = (
+        evaluate_models(
+            models, dm, metrics=slice_metrics, segmenter=segmenter, fid_weights=fid_weights, seed=seed,
+            accelerator=accelerator, log_dir=output / "tensorboard", **opts,
+        )
+        if slice_metrics
+        else {name: {} for name in models}
+    )  # fmt: skip
+    if scorer is not None:
+        for name, model in models.items():
+            rows[name].update(totalseg_dice(model, cases, scorer, seed=seed, **model.generate_kwargs(**opts)))
+    batch = figure_batch(dm, figure_slices) if figure_slices > 0 else None
+    return write_evaluation(rows, output, models=models, batch=batch, reference=reference, seed=seed, **opts)

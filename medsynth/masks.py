@@ -20,14 +20,24 @@ outline the synthesis models have nothing to condition the patient's extent on.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from medsynth.labels import BACKGROUND, BODY, CLASSES, ORGAN_IDS, class_by_name
 
-__all__ = ["voxel_spacing", "resolve_organ", "scale_organ", "deform", "check_label_volume"]
+__all__ = [
+    "voxel_spacing",
+    "resolve_organ",
+    "scale_organ",
+    "deform",
+    "check_label_volume",
+    "vary_volume",
+    "vary_files",
+]
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -288,127 +298,156 @@ def deform(
     )
 
 
-# ----------------------------------------------------------------------------- command line
-def _parse_scale(spec: str) -> tuple[int, float, float]:
-    """``ORGAN=FACTOR`` or ``ORGAN=LO:HI`` -> (organ id, lo, hi); raises ValueError naming --scale."""
-    organ, sep, value = spec.partition("=")
-    if not sep:
-        raise ValueError(f"--scale {spec!r}: expected ORGAN=FACTOR or ORGAN=LO:HI (e.g. liver=1.3)")
-    idx = resolve_organ(organ)
-    parts = value.split(":")
-    try:
-        nums = [float(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"--scale {spec!r}: factor {value!r} is not a number or LO:HI range") from None
-    if len(nums) not in (1, 2) or not all(math.isfinite(x) and x > 0 for x in nums):
-        raise ValueError(f"--scale {spec!r}: factors must be numbers > 0 (ORGAN=FACTOR or ORGAN=LO:HI)")
-    lo, hi = (nums[0], nums[0]) if len(nums) == 1 else (min(nums), max(nums))
-    return idx, lo, hi
+# ----------------------------------------------------------------------------- files
+def _check_scales(scales: Sequence[tuple[str | int, float, float]]) -> list[tuple[int, float, float]]:
+    """``(organ, low, high)`` entries as ``(organ id, low, high)``; ValueError naming ``scales=``."""
+    out = []
+    for entry in scales:
+        if len(entry) != 3:
+            raise ValueError(f"scales=[{entry!r}]: each entry is (organ, low, high)")
+        organ, low, high = entry
+        idx = resolve_organ(organ)
+        try:
+            low, high = float(low), float(high)
+        except (TypeError, ValueError):
+            raise ValueError(f"scales=[{entry!r}]: factors must be numbers > 0") from None
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+            raise ValueError(f"scales=[{entry!r}]: factors must be numbers > 0 with low <= high")
+        if any(idx == seen for seen, _, _ in out):
+            raise ValueError(f"scales= names organ {CLASSES[idx].name!r} twice")
+        out.append((idx, low, high))
+    return out
 
 
-def _parser():
-    import argparse
-    from pathlib import Path
+def vary_volume(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scales: Sequence[tuple[str | int, float, float]] = (),
+    deform_mm: float = 0.0,
+    smoothness_mm: float = 40.0,
+) -> np.ndarray:
+    """One variant of a label volume: each organ of ``scales`` scaled, then the map deformed.
 
-    from medsynth.cli import HelpFormatter
+    Args:
+        labels: ``[X, Y, Z]`` integer label volume with the body class.
+        affine: ``[4, 4]`` voxel -> world (mm) affine of ``labels``.
+        rng: Draws the factors of ``(organ, low, high)`` entries with ``low < high``
+            (log-uniform) and the seed of the deformation field.
+        scales: ``(organ, low, high)``: the organ's volume factor, fixed when ``low == high``
+            (:func:`scale_organ`, applied in order).
+        deform_mm, smoothness_mm: :func:`deform` (none when ``deform_mm`` is 0).
 
-    p = argparse.ArgumentParser(
-        prog="medsynth masks",
-        description=(
-            "Varied label volumes from existing ones (organ scaling, elastic deformation), "
-            "ready for `medsynth synthesize`. Outputs keep each input's geometry and include the "
-            "body class."
-        ),
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--input", required=True, type=Path, help="a label volume .nii.gz or a folder of them")
-    p.add_argument("--output", required=True, type=Path, help="output folder (must hold no NIfTI yet)")
-    p.add_argument("--num", type=int, default=4, help="varied volumes per input")
-    p.add_argument("--seed", type=int, default=0, help="seeds every variant (case name and index mixed in)")
-    p.add_argument(
-        "--scale",
-        action="append",
-        default=[],
-        metavar="ORGAN=FACTOR",
-        help="volume factor for an organ; ORGAN=LO:HI draws it log-uniformly per variant (repeatable)",
-    )
-    p.add_argument("--deform", type=float, default=0.0, metavar="MM", help="largest elastic displacement")
-    p.add_argument("--smoothness", type=float, default=40.0, metavar="MM", help="correlation length")
-    p.add_argument(
-        "--images", type=Path, default=None, help="folder of the matching CT volumes (derives the body class)"
-    )
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return p
+    Returns:
+        uint8 ``[X, Y, Z]``.
+    """
+    out = labels
+    for idx, lo, hi in _check_scales(scales):
+        factor = lo if lo == hi else float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        out = scale_organ(out, affine, idx, factor)
+    if deform_mm > 0:
+        out = deform(out, affine, deform_mm, smoothness_mm, int(rng.integers(2**31)))
+    return check_label_volume(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``medsynth masks``: validate everything first, then write ``<case>_var<NNN>.nii.gz`` atomically."""
-    import os
+def vary_files(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    num: int = 4,
+    seed: int = 0,
+    scales: Sequence[tuple[str | int, float, float]] = (),
+    deform_mm: float = 0.0,
+    smoothness_mm: float = 40.0,
+    images: str | Path | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """``num`` varied label volumes per input file, written as ``<output>/<case>_varNNN.nii.gz``.
+
+    Every argument and input is checked first (the label volumes read, the organs of ``scales``
+    found in each), so nothing is written when any is bad; the volumes are then written to a
+    staging folder and moved into ``output`` together, so ``output`` gets all of them or none.
+    Each output keeps its input's geometry. Variant ``k`` of case ``c`` draws from
+    ``numpy.random.default_rng([seed, crc32(c), k])`` (:func:`vary_volume`), so it does not depend
+    on the other inputs.
+
+    Args:
+        inputs: Label volumes (with the body class, or with a CT in ``images`` to derive it).
+        output: Folder for the outputs; must not hold NIfTI files yet.
+        num: Variants per input.
+        seed: Mixed into every variant's random draws.
+        scales: ``(organ, low, high)`` entries (organ name or id, volume factors).
+        deform_mm: Largest elastic displacement in mm (0: none).
+        smoothness_mm: Correlation length of the deformation in mm.
+        images: Folder of the matching CT volumes (:func:`medsynth.io.find_image`), or None.
+        progress: Show a progress bar.
+
+    Returns:
+        The written files.
+
+    Raises:
+        ValueError: naming the argument (``num=``, ``scales=``, ``deform_mm=``, ...) or the file
+            at fault, e.g. for nothing to vary, ``num > 1`` identical variants, or an organ of
+            ``scales`` absent from a volume.
+    """
     import shutil
-    import sys
     import zlib
 
     from medsynth.callbacks.progress import progress_bar
-    from medsynth.synthesis import _NIFTI_SUFFIXES, _save_atomic, find_image, nifti_inputs, read_label_case
+    from medsynth.io import find_image, is_nifti, read_label_case, save_nifti
 
-    a = _parser().parse_args(argv)
+    output = Path(output)
+    if num < 1:
+        raise ValueError(f"num={num}: must be >= 1")
+    if not (math.isfinite(deform_mm) and deform_mm >= 0):
+        raise ValueError(f"deform_mm={deform_mm}: must be >= 0 mm")
+    if not (math.isfinite(smoothness_mm) and smoothness_mm > 0):
+        raise ValueError(f"smoothness_mm={smoothness_mm}: must be > 0 mm")
+    checked = _check_scales(scales)
+    if not checked and deform_mm == 0:
+        raise ValueError("nothing to vary: give scales=[(organ, low, high)] and/or deform_mm=MM")
+    if num > 1 and deform_mm == 0 and all(lo == hi for _, lo, hi in checked):
+        raise ValueError(
+            f"num={num} variants would be identical: add deform_mm=MM or a range scales=[(organ, low, high)] "
+            "with low < high"
+        )
+    if not inputs:
+        raise ValueError("no label volumes given")
+    if output.exists() and any(is_nifti(p) for p in output.iterdir()):
+        raise ValueError(f"output={output} already holds NIfTI files; refusing to overwrite")
+    cases = [read_label_case(p, find_image(p, images) if images is not None else None) for p in inputs]
+    volumes = []
+    for case in cases:
+        lab = case.geometry.from_canonical(case.mask)  # [X, Y, Z] in the file's orientation
+        for idx, _, _ in checked:
+            if not (lab == idx).any():
+                raise ValueError(f"{case.path}: scales= organ {CLASSES[idx].name!r} is absent")
+        volumes.append(lab)
+    output.mkdir(parents=True, exist_ok=True)
+    staging = output / ".masks.partial"  # everything goes here first: all volumes or none
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
-        if a.num < 1:
-            raise ValueError(f"--num must be >= 1, got {a.num}")
-        if not (math.isfinite(a.deform) and a.deform >= 0):
-            raise ValueError(f"--deform must be >= 0 mm, got {a.deform}")
-        if not (math.isfinite(a.smoothness) and a.smoothness > 0):
-            raise ValueError(f"--smoothness must be > 0 mm, got {a.smoothness}")
-        scales = [_parse_scale(s) for s in a.scale]
-        if len({s[0] for s in scales}) != len(scales):
-            raise ValueError("--scale names the same organ twice")
-        varies = a.deform > 0 or any(lo != hi for _, lo, hi in scales)
-        if not scales and a.deform == 0:
-            raise ValueError("nothing to vary: give --scale ORGAN=FACTOR and/or --deform MM")
-        if a.num > 1 and not varies:
-            raise ValueError(
-                f"--num {a.num} variants would be identical: add --deform MM or a range --scale ORGAN=LO:HI"
-            )
-        inputs = nifti_inputs(a.input)
-        if a.output.exists() and any(p.name.endswith(_NIFTI_SUFFIXES) for p in a.output.iterdir()):
-            raise ValueError(f"--output {a.output} already holds NIfTI files; refusing to overwrite")
-        cases = [read_label_case(p, find_image(p, a.images) if a.images else None) for p in inputs]
-        volumes = []
-        for case in cases:
-            lab = case.geometry.from_canonical(case.mask)  # [X, Y, Z] in the file's orientation
-            for idx, _, _ in scales:
-                if not (lab == idx).any():
-                    raise ValueError(f"{case.path}: --scale organ {CLASSES[idx].name!r} is absent")
-            volumes.append(lab)
-        a.output.mkdir(parents=True, exist_ok=True)
-        # Everything goes to a staging folder first: the output gets all volumes or none.
-        staging = a.output / ".masks.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        bar = progress_bar(len(cases) * a.num, "masks", unit="volume", disable=a.no_progress)
-        written = 0
+        bar = progress_bar(len(cases) * num, "masks", unit="volume", disable=not progress)
         for case, lab in zip(cases, volumes):
-            for k in range(a.num):
-                rng = np.random.default_rng([a.seed, zlib.crc32(case.name.encode()), k])
-                out = lab
-                for idx, lo, hi in scales:
-                    factor = lo if lo == hi else float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-                    out = scale_organ(out, case.geometry.affine, idx, factor)
-                if a.deform > 0:
-                    seed = int(rng.integers(2**31))
-                    out = deform(out, case.geometry.affine, a.deform, a.smoothness, seed)
-                name = f"{case.name}_var{k:03d}.nii.gz"
-                _save_atomic(out.astype(np.uint8), case.geometry.affine, staging / name)
-                written += 1
+            for k in range(num):
+                rng = np.random.default_rng([seed, zlib.crc32(case.name.encode()), k])
+                out = vary_volume(
+                    lab,
+                    case.geometry.affine,
+                    rng,
+                    scales=checked,
+                    deform_mm=deform_mm,
+                    smoothness_mm=smoothness_mm,
+                )
+                save_nifti(staging / f"{case.name}_var{k:03d}.nii.gz", out, case.geometry.affine)
                 bar.update(1)
         bar.close()
+        written = []
         for f in sorted(staging.iterdir()):
-            os.replace(f, a.output / f.name)
-        staging.rmdir()
-    except (ValueError, FileNotFoundError) as err:
-        if "staging" in locals():
-            shutil.rmtree(staging, ignore_errors=True)
-        print(f"medsynth masks: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {written} label volume(s) to {a.output}")
-    return 0
+            os.replace(f, output / f.name)
+            written.append(output / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written

@@ -10,53 +10,33 @@ generated, and every file is written atomically (temporary name, then rename).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.data.geometry import VolumeGeometry, reassemble_volume, window_to_hu
-from medsynth.data.transforms import (
-    CANONICAL_AXCODES,
-    add_body_class,
-    body_mask,
-    canonicalize,
-    load_nifti,
-)
-from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet, get_label_set
+from medsynth.data.geometry import reassemble_volume, window_to_hu
+from medsynth.io import LabelCase, find_image, nifti_inputs, read_label_case, save_nifti
+from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, LABEL_SET_KEY, SynthesisModule
-from medsynth.precision import PRECISIONS
 from medsynth.random import slice_generators
 
 __all__ = [
     "load_model",
+    # re-exported from medsynth.io, where they live
     "find_image",
+    "nifti_inputs",
     "LabelCase",
     "read_label_case",
     "synthesize_volume",
     "synthesize_files",
-    "main",
 ]
-
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in _NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
 
 _SEGMENTER = "medsynth.models.segmenter.OrganSegmenter"
 
@@ -116,111 +96,6 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
             extra = {"label_set": ckpt[LABEL_SET_KEY]}
     model = cls.load_from_checkpoint(path, map_location=map_location, **extra)
     return model.eval()
-
-
-def find_image(label_path: Path, images: Path) -> Path:
-    """The CT volume matching a label volume in folder ``images``.
-
-    Looks for the same file name (AMOS layout: ``imagesTr/amos_0001.nii.gz``) and for nnU-Net's
-    first-channel name (``imagesTr/<case>_0000.nii.gz`` beside ``labelsTr/<case>.nii.gz``).
-
-    Raises:
-        ValueError: naming both candidates when neither exists.
-    """
-    label_path, images = Path(label_path), Path(images)
-    suffix = ".nii.gz" if label_path.name.endswith(".nii.gz") else label_path.suffix
-    candidates = [images / label_path.name, images / f"{_stem(label_path)}_0000{suffix}"]
-    for image in candidates:
-        if image.is_file():
-            return image
-    raise ValueError(f"{label_path}: no matching CT image ({candidates[0]} or {candidates[1].name})")
-
-
-@dataclass
-class LabelCase:
-    """A validated label volume, ready for synthesis.
-
-    Attributes:
-        path: Source file.
-        name: Case name (file name without the NIfTI suffix).
-        mask: uint8 ``[H, W, D]`` in canonical orientation, values 0..16 with the body class.
-        geometry: Shape and affine of the input file (to put synthetic slices back).
-        labels: The input labels as stored (AMOS ids, 16 = body kept if present) ``[X, Y, Z]``.
-    """
-
-    path: Path
-    name: str
-    mask: np.ndarray
-    geometry: VolumeGeometry
-    labels: np.ndarray
-
-
-def read_label_case(
-    path: str | Path,
-    image: str | Path | None = None,
-    body_threshold: float = -500.0,
-    label_set: LabelSet | str | None = None,
-) -> LabelCase:
-    """Read and validate a label volume; add the body class as in training.
-
-    The body class (16 for AMOS, the label set's ``body`` in general) is taken from the labels
-    when present. Otherwise it is derived, exactly as in training, from the matching CT volume
-    ``image`` (threshold and morphology). Without either there is no body outline to condition
-    on, which is an error.
-
-    Args:
-        path: The label volume.
-        image: Its CT volume (for the body class), or None.
-        body_threshold: HU threshold of the body outline.
-        label_set: The label set the values must fit (a model's ``label_set``; None: AMOS).
-
-    Raises:
-        ValueError: naming the file for unreadable volumes, non-integer labels, values outside
-            the label set (listing them), an image of another shape or geometry, or a missing
-            body outline.
-    """
-    labels_set = get_label_set("amos" if label_set is None else label_set)
-    body = labels_set.body
-    path = Path(path)
-    try:
-        raw, affine = load_nifti(path, label=True)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read label volume ({err})") from err
-    raw = np.asarray(raw)
-    if raw.dtype.kind == "f":
-        if not np.all(np.isfinite(raw)) or not np.array_equal(raw, np.round(raw)):
-            raise ValueError(
-                f"{path}: labels must be integers 0..{labels_set.num_classes - 1}, found non-integer values"
-            )
-    if raw.size and (raw.min() < 0 or raw.max() >= labels_set.num_classes):
-        values = np.unique(raw)
-        bad = values[(values < 0) | (values >= labels_set.num_classes)]
-        raise ValueError(
-            f"{path}: label values {bad[:10].astype(np.int64).tolist()} do not fit the label set "
-            f"{labels_set.name!r} (ids 0..{labels_set.num_classes - 1}, {body} = body)"
-        )
-    labels = raw.astype(np.uint8)
-    lab_c, _ = canonicalize(labels, affine, CANONICAL_AXCODES)  # [H, W, D]
-    if (lab_c == body).any():
-        mask = lab_c
-    elif image is not None:
-        image = Path(image)
-        try:
-            hu, img_affine = load_nifti(image)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(f"{image}: cannot read CT volume ({err})") from err
-        if hu.shape != labels.shape or not np.allclose(img_affine, affine, atol=1e-3):
-            raise ValueError(
-                f"{image}: shape/geometry {hu.shape} differs from the label volume {path} {labels.shape}"
-            )
-        hu_c, _ = canonicalize(hu, img_affine, CANONICAL_AXCODES)
-        mask = add_body_class(np.where(lab_c == body, 0, lab_c), body_mask(hu_c, body_threshold), body)
-    else:
-        raise ValueError(
-            f"{path}: no body label ({body}) in the volume and no CT image to derive it from; "
-            f"pass the matching CT with --images, or add the body class to the labels"
-        )
-    return LabelCase(path, _stem(path), mask, VolumeGeometry(tuple(labels.shape), np.asarray(affine)), labels)
 
 
 @torch.no_grad()
@@ -287,15 +162,6 @@ def synthesize_volume(
     bar.close()
     # Back to the file's geometry (the inverse of the slice pipeline), then to HU.
     return window_to_hu(reassemble_volume(out, case.geometry), level, width).astype(np.float32)
-
-
-def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    import nibabel as nib
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.nii.gz")
-    nib.save(nib.Nifti1Image(array, affine), tmp)
-    os.replace(tmp, path)
 
 
 def _nnunet_labels(labels: LabelSet) -> dict[str, int]:
@@ -368,12 +234,12 @@ def synthesize_files(
             )
             hu16 = np.round(hu).astype(np.int16)
             target = output / f"{case.name}.nii.gz"
-            _save_atomic(hu16, case.geometry.affine, target)
+            save_nifti(target, hu16, case.geometry.affine)
             written.append(target)
             if staging is not None:
-                _save_atomic(hu16, case.geometry.affine, staging / "imagesTr" / f"{case.name}_0000.nii.gz")
+                save_nifti(staging / "imagesTr" / f"{case.name}_0000.nii.gz", hu16, case.geometry.affine)
                 organs = np.where(case.labels == model.label_set.body, 0, case.labels).astype(np.uint8)
-                _save_atomic(organs, case.geometry.affine, staging / "labelsTr" / f"{case.name}.nii.gz")
+                save_nifti(staging / "labelsTr" / f"{case.name}.nii.gz", organs, case.geometry.affine)
         if staging is not None:
             meta = {
                 "name": nnunet,
@@ -389,93 +255,3 @@ def synthesize_files(
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return written
-
-
-def _parser() -> argparse.ArgumentParser:
-    from medsynth.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(
-        prog="medsynth synthesize",
-        description="Label volumes (NIfTI, AMOS ids) -> synthetic CT volumes (NIfTI, HU).",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--checkpoint", required=True, type=Path, help="a medsynth model checkpoint (.ckpt)")
-    p.add_argument("--input", required=True, type=Path, help="a label volume .nii.gz or a folder of them")
-    p.add_argument("--output", required=True, type=Path, help="output folder")
-    p.add_argument(
-        "--images", type=Path, default=None, help="folder of the matching CT volumes (for the body class)"
-    )
-    p.add_argument(
-        "--num_steps",
-        type=int,
-        default=None,
-        help="diffusion models: sampling steps, each one network evaluation per slice, so time grows "
-        "linearly (default None: the model's 1000 steps, 10x the 100 the docs use)",
-    )
-    p.add_argument(
-        "--sampler",
-        default=None,
-        help="diffusion models: ddpm (ancestral), ddim or dpm++ (default None: the model's own, "
-        "the 1000-step ancestral chain)",
-    )
-    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
-    p.add_argument("--batch_size", type=int, default=16, help="slices per generate() call")
-    p.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")
-    p.add_argument(
-        "--coherent",
-        action="store_true",
-        help="the same noise for every slice of a volume: consistent texture along z (see docs/synthesis.md)",
-    )
-    p.add_argument(
-        "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="32",
-        help="sampling precision: 32 (fp32) or bf16 (autocast; fast on CUDA, also allowed on CPU)",
-    )
-    p.add_argument("--no_progress", action="store_true", help="no progress bar / progress lines")
-    return p
-
-
-def nifti_inputs(path: Path) -> list[Path]:
-    """A NIfTI file, or every ``*.nii``/``*.nii.gz`` directly in a folder (sorted); ValueError naming ``--input``."""
-    if path.is_dir():
-        inputs = sorted(p for p in path.iterdir() if p.name.endswith(_NIFTI_SUFFIXES))
-        if not inputs:
-            raise ValueError(f"--input {path}: no .nii or .nii.gz files")
-        return inputs
-    if path.is_file():
-        return [path]
-    raise ValueError(f"--input not found: {path}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        inputs = nifti_inputs(a.input)
-        model = load_model(a.checkpoint, map_location=a.device)
-        written = synthesize_files(
-            model,
-            inputs,
-            a.output,
-            images=a.images,
-            nnunet=a.nnunet,
-            batch_size=a.batch_size,
-            num_steps=a.num_steps,
-            sampler=a.sampler,
-            guidance_scale=a.guidance_scale,
-            seed=a.seed,
-            progress=not a.no_progress,
-            precision=a.precision,
-            coherent=a.coherent,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"medsynth synthesize: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(written)} synthetic CT volume(s) to {a.output}")
-    if a.nnunet:
-        print(f"nnU-Net dataset: {a.output / a.nnunet}")
-    return 0

@@ -8,7 +8,8 @@ import pytest
 from conftest import HU_LIVER, HU_SPLEEN, make_volume, save_nifti
 from totalsegmentator.map_to_binary import class_map
 
-from medsynth.autolabel import label_folder, main
+from medsynth.autolabel import label_folder
+from medsynth.commands.label import main
 from medsynth.data import NNUNetDataModule
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*has no imagesTs/labelsTs:UserWarning")

@@ -10,8 +10,9 @@ import yaml
 from skimage.metrics import peak_signal_noise_ratio
 from test_synthesis import LutModel
 
+from medsynth.commands.evaluate import main
 from medsynth.data import PhantomDataModule
-from medsynth.evaluate import build_datamodule, main
+from medsynth.evaluate import build_datamodule
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_evaluate_metric_choice_before_any_work(lut_checkpoint, tmp_path, capsys
 def test_demo_quick_end_to_end(tmp_path, monkeypatch):
     import medsynth.evaluate
     import medsynth.models
-    from medsynth.demo import main as demo_main
+    from medsynth.commands.demo import main as demo_main
 
     out = tmp_path / "demo"
     seen = {}

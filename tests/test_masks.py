@@ -9,8 +9,9 @@ import pytest
 from conftest import make_volume, save_nifti
 from scipy import ndimage
 
+from medsynth.commands.masks import main
 from medsynth.labels import BODY
-from medsynth.masks import deform, main, resolve_organ, scale_organ, voxel_spacing
+from medsynth.masks import deform, resolve_organ, scale_organ, voxel_spacing
 
 SHAPE = (48, 40, 14)
 SPACING = (1.5, 1.5, 4.0)  # anisotropic: z voxels are 2.7x longer
@@ -184,3 +185,33 @@ def test_masks_command_derives_the_body_from_the_ct_and_rejects_bad_specs(tmp_pa
     n0, n1 = int((label == 6).sum()), int((out == 6).sum())
     assert abs(n1 - 1.3 * n0) <= 0.1 * 1.3 * n0
     assert (out == BODY).sum() > 0
+
+
+def test_vary_files_is_what_the_command_writes_and_names_its_arguments(tmp_path) -> None:
+    """The library call gives byte-identical volumes to ``medsynth masks`` with the same settings;
+    its errors name the Python argument, the command's the flag."""
+    from medsynth.commands.common import in_cli_words
+    from medsynth.commands.masks import FLAGS
+    from medsynth.masks import vary_files
+
+    lab, affine = phantom_labels()
+    src = save_nifti(tmp_path / "in" / "case_a.nii.gz", lab, affine)
+    settings = ["--num", "2", "--seed", "3", "--scale", "liver=0.8:1.2", "--deform", "3", "--no_progress"]
+    assert main(["--input", str(src), "--output", str(tmp_path / "cli"), *settings]) == 0
+    written = vary_files(
+        [src], tmp_path / "py", num=2, seed=3, scales=[("liver", 0.8, 1.2)], deform_mm=3.0, progress=False
+    )
+    assert [p.name for p in written] == ["case_a_var000.nii.gz", "case_a_var001.nii.gz"]
+    for p in written:
+        ours = np.asarray(nib.load(p).dataobj)
+        np.testing.assert_array_equal(ours, np.asarray(nib.load(tmp_path / "cli" / p.name).dataobj))
+    with pytest.raises(ValueError, match=r"^num=0: must be >= 1$") as err:
+        vary_files([src], tmp_path / "bad", num=0, deform_mm=1.0)
+    assert in_cli_words(str(err.value), FLAGS) == "--num 0: must be >= 1"
+    with pytest.raises(ValueError, match=r"scales= names organ 'liver' twice") as err:
+        vary_files([src], tmp_path / "bad", scales=[("liver", 1.1, 1.1), (6, 1.2, 1.2)], num=1)
+    assert in_cli_words(str(err.value), FLAGS) == "--scale names organ 'liver' twice"
+    with pytest.raises(ValueError, match="nothing to vary") as err:
+        vary_files([src], tmp_path / "bad")
+    assert in_cli_words(str(err.value), FLAGS).endswith("give --scale ORGAN=FACTOR and/or --deform MM")
+    assert not (tmp_path / "bad").exists()

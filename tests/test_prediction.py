@@ -151,15 +151,15 @@ def test_unknown_prediction_type_is_named() -> None:
 
 def test_demo_flags_parse_booleans_and_reject_unknown_recipe_values(capsys) -> None:
     """`--ema_warmup false` is False (argparse's bool() would read it as True); bad values stop at parsing."""
-    from medsynth.demo import _parser
+    from medsynth.commands.demo import build_parser
 
-    assert _parser().parse_args(["--ema_warmup", "false"]).ema_warmup is False
-    assert _parser().parse_args(["--ema_warmup", "True"]).ema_warmup is True
+    assert build_parser().parse_args(["--ema_warmup", "false"]).ema_warmup is False
+    assert build_parser().parse_args(["--ema_warmup", "True"]).ema_warmup is True
     for flag, bad in (
         ("--ema_warmup", "maybe"),
         ("--prediction_type", "velocity"),
         ("--noise_schedule", "sigmoid"),
     ):
         with pytest.raises(SystemExit):
-            _parser().parse_args([flag, bad])
+            build_parser().parse_args([flag, bad])
         assert flag.lstrip("-") in capsys.readouterr().err

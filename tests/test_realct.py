@@ -17,17 +17,13 @@ from conftest import make_volume, save_nifti
 
 from medsynth.cli import main as cli_main
 from medsynth.data import NNUNetDataModule
-from medsynth.data.nnunet import (
-    DatasetPair,
-    organ_slab,
-    read_label_names,
-    realct_fixture,
-    write_nnunet_dataset,
-)
+from medsynth.data.nnunet import organ_slab, read_label_names, realct_files
 from medsynth.data.transforms import AIR_HU, PreprocessConfig, load_case
+from medsynth.io import DatasetPair, write_nnunet_dataset
 from medsynth.labels import get_label_set
 
-PAIR, NAMES = realct_fixture()
+CT, LABELS, NAMES = realct_files()
+PAIR = DatasetPair(CT, LABELS, "realct")
 TABLE = {int(r["id"]): r["structure"] for r in csv.DictReader(NAMES.open())}
 RAW_CT = np.asanyarray(nib.load(str(PAIR.image)).dataobj)  # [X, Y, Z] int16, LAS
 RAW_LAB = np.asanyarray(nib.load(str(PAIR.label)).dataobj)

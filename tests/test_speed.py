@@ -20,13 +20,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from medsynth.callbacks import SynthesisImageGrid, SynthesisMetrics
+from medsynth.commands.synthesize import build_parser
 from medsynth.data import PhantomDataModule
 from medsynth.diffusion import SAMPLERS, ClassifierFreeGuidance, GaussianDiffusion, TimestepMap, sample
 from medsynth.models import SDM, ConditionalDDPM, EdgeGuidedDDPM, MaskGuidedDDPM
 from medsynth.models.base import SynthesisModule, check_mask
 from medsynth.nn import DiffusionUNet, SPADEDiffusionUNet
 from medsynth.nn.spade import LabelPatches, SPADENorm, _unique_rows
-from medsynth.synthesis import _parser, read_label_case, synthesize_volume
+from medsynth.synthesis import read_label_case, synthesize_volume
 
 TINY = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,))
 SDM_TINY = dict(TINY, spade_hidden=8)
@@ -469,10 +470,10 @@ def test_synthesize_precision(tmp_path) -> None:
         synthesize_volume(probe, case, progress=False, precision=precision)
         assert probe.seen and set(probe.seen) == {dtype}
     base = ["--checkpoint", "m.ckpt", "--input", "a.nii.gz", "--output", "out"]
-    assert _parser().parse_args(base).precision == "32"
-    assert _parser().parse_args([*base, "--precision", "bf16"]).precision == "bf16"
+    assert build_parser().parse_args(base).precision == "32"
+    assert build_parser().parse_args([*base, "--precision", "bf16"]).precision == "bf16"
     with pytest.raises(SystemExit):
-        _parser().parse_args([*base, "--precision", "fp8"])
+        build_parser().parse_args([*base, "--precision", "fp8"])
 
 
 # ---------------------------------------------------------------------------- GPU options

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from medsynth.commands.synthesize import main
 from medsynth.labels import BODY
 from medsynth.models.base import SynthesisModule
-from medsynth.synthesis import load_model, main, read_label_case, synthesize_files
+from medsynth.synthesis import load_model, read_label_case, synthesize_files
 
 
 class LutModel(SynthesisModule):

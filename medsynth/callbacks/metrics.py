@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from medsynth.io import atomic_path
 from medsynth.labels import NUM_CLASSES, PAPER_DICE_ORDER, get_label_set
 from medsynth.metrics.dice import dice_counts, dice_from_counts
 from medsynth.metrics.image import (
@@ -397,12 +398,9 @@ class SynthesisMetrics(Callback):
         if self.fid_cache_dir is None or split_id.startswith("<memory>") or split_id not in self._real_dirty:
             return
         if trainer.is_global_zero:
-            path = self._cache_file(split_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
             keys = sorted(memo)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"split_id": split_id, "keys": keys, "features": [memo[k] for k in keys]}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(self._cache_file(split_id)) as tmp:
+                torch.save({"split_id": split_id, "keys": keys, "features": [memo[k] for k in keys]}, tmp)
         self._real_dirty.discard(split_id)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -19,7 +19,16 @@ import numpy as np
 from medsynth.data.transforms import PreprocessConfig, SliceVolume, preprocess_volume
 from medsynth.labels import NUM_ORGANS
 
-__all__ = ["AMOSCase", "index_amos", "MRI_MIN_ID", "MAX_AIR_HU", "check_case", "hu_problem", "load_checked"]
+__all__ = [
+    "AMOSCase",
+    "index_amos",
+    "MRI_MIN_ID",
+    "MAX_AIR_HU",
+    "AFFINE_ATOL",
+    "check_case",
+    "hu_problem",
+    "load_checked",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +36,8 @@ log = logging.getLogger(__name__)
 MRI_MIN_ID = 501
 _ID = re.compile(r"amos_(\d+)")
 _FOLDERS = {"training": ("imagesTr", "labelsTr"), "validation": ("imagesVa", "labelsVa")}
-_AFFINE_ATOL = 1e-3  # mm (and direction-cosine units): image and label must share the grid
+#: mm (and direction-cosine units) by which an image and its label volume may differ in geometry.
+AFFINE_ATOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def check_case(
         return f"{case.label}: unreadable ({type(e).__name__}: {e})", None
     if hu.shape != label.shape:
         return f"{case.label}: shape {label.shape} differs from the image's {hu.shape} ({case.image})", None
-    if not np.allclose(affine, label_affine, rtol=0.0, atol=_AFFINE_ATOL):
+    if not np.allclose(affine, label_affine, rtol=0.0, atol=AFFINE_ATOL):
         diff = float(np.abs(affine - label_affine).max())
         return (
             f"{case.label}: geometry (affine) differs from the image's by up to {diff:.4g} ({case.image})",

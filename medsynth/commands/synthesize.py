@@ -1,0 +1,78 @@
+"""``medsynth synthesize``: label volumes (NIfTI) -> synthetic CT volumes, optionally an nnU-Net dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from medsynth.commands.common import HelpFormatter, add_sampling_arguments, report_error
+from medsynth.io import nifti_inputs
+from medsynth.precision import PRECISIONS
+from medsynth.synthesis import load_model, synthesize_files
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``medsynth synthesize`` (each one an argument of :func:`medsynth.synthesis.synthesize_files`)."""
+    p = argparse.ArgumentParser(
+        prog="medsynth synthesize",
+        description="Label volumes (NIfTI, AMOS ids) -> synthetic CT volumes (NIfTI, HU).",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="a medsynth model checkpoint (.ckpt)")
+    p.add_argument("--input", required=True, type=Path, help="a label volume .nii.gz or a folder of them")
+    p.add_argument("--output", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--images", type=Path, default=None, help="folder of the matching CT volumes (for the body class)"
+    )
+    add_sampling_arguments(p)
+    p.add_argument("--batch_size", type=int, default=16, help="slices per generate() call")
+    p.add_argument(
+        "--coherent",
+        action="store_true",
+        help="the same noise for every slice of a volume: consistent texture along z (see docs/synthesis.md)",
+    )
+    p.add_argument(
+        "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32",
+        help="sampling precision: 32 (fp32) or bf16 (autocast; fast on CUDA, also allowed on CPU)",
+    )
+    p.add_argument("--no_progress", action="store_true", help="no progress bar / progress lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``medsynth synthesize``; ``argv`` without the command name (None: ``sys.argv``)."""
+    a = build_parser().parse_args(argv)
+    try:
+        inputs = nifti_inputs(a.input, "--input")
+        model = load_model(a.checkpoint, map_location=a.device)
+        written = synthesize_files(
+            model,
+            inputs,
+            a.output,
+            images=a.images,
+            nnunet=a.nnunet,
+            batch_size=a.batch_size,
+            num_steps=a.num_steps,
+            sampler=a.sampler,
+            guidance_scale=a.guidance_scale,
+            seed=a.seed,
+            progress=not a.no_progress,
+            precision=a.precision,
+            coherent=a.coherent,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        return report_error("synthesize", err)
+    print(f"wrote {len(written)} synthetic CT volume(s) to {a.output}")
+    if a.nnunet:
+        print(f"nnU-Net dataset: {a.output / a.nnunet}")
+    return 0
