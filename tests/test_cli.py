@@ -157,6 +157,14 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
     file name (later configs and the docs name runs/<dataset>/<method>/checkpoints/last.ckpt)."""
     monkeypatch.chdir(tmp_path)  # configs name relative folders (logs, data, checkpoints)
     text = _config_text(config)
+    if "root: datasets/Dataset700_RealCT" in text:  # the real-CT configs: their dataset, from the fixture
+        from medsynth.data.nnunet import realct_files
+        from medsynth.io import DatasetPair, write_nnunet_dataset
+
+        ct, labels, names = realct_files()
+        write_nnunet_dataset(
+            [DatasetPair(ct, labels, "realct")], tmp_path / "datasets" / "Dataset700_RealCT", names
+        )
     # The AMOS configs score Dice with a trained segmenter and FID with the Inception file, and the
     # paper's SPADE needs ImageNet VGG19 weights; none can be downloaded here. Each missing file must
     # be named at construction, before any training (in whatever order the parts are built), and the
@@ -187,7 +195,11 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
     assert (
         Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / "runs" / dataset / method / "checkpoints"
     )
-    assert cli.model.hparams.image_size == cli.datamodule.image_size == {"amos": 256, "phantom": 64}[dataset]
+    assert (
+        cli.model.hparams.image_size
+        == cli.datamodule.image_size
+        == {"amos": 256, "phantom": 64, "realct": 128}[dataset]
+    )
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     assert "LearningRateMonitor" not in names  # no method configures an LR scheduler
