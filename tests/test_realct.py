@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -313,3 +314,32 @@ def test_window_reaches_the_model_and_a_mismatch_is_refused(tmp_path, monkeypatc
     x = torch.tensor([0.0, 0.25, 1.0])
     assert cli.model.to_hu(x).tolist() == [-1000.0, -500.0, 1000.0]
     assert model.to_hu(x).tolist() == [-160.0, -60.0, 240.0]
+
+
+def test_demo_on_the_real_fixture(tmp_path):
+    """``medsynth demo --data realct`` (quick settings) runs end to end on the shipped fixture: the
+    report is written and the test split it scored is the held-out slab of experiments/realct."""
+    import yaml
+
+    from medsynth.commands.demo import main as demo_main
+    from medsynth.data.nnunet import REALCT_TEST_SLAB
+    from medsynth.demo import DemoConfig, demo_datamodule
+
+    base = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "realct" / "_base.yaml").read_text())
+    assert tuple(base["data"]["init_args"]["test_slab"]) == REALCT_TEST_SLAB
+    out = tmp_path / "demo"
+    assert demo_main(["--quick", "--data", "realct", "--output", str(out), "--accelerator", "cpu"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["config"]["data"] == "realct" and np.isfinite(summary["test"]["test/psnr"])
+    for name in (
+        "report.md",
+        "report.png",
+        "checkpoints/mask_guided_ddpm.ckpt",
+        "data/Dataset700_RealCT/dataset.json",
+    ):
+        assert (out / name).is_file(), name
+    dm = demo_datamodule(DemoConfig(data="realct", image_size=32), out)
+    dm.prepare_data()
+    dm.setup("test")
+    test = dm.datasets["test"]
+    assert [int(test[i]["slice_index"]) for i in range(len(test))] == list(range(*REALCT_TEST_SLAB))

@@ -22,6 +22,7 @@ __all__ = [
     "read_label_names",
     "organ_slab",
     "REALCT_DIR",
+    "REALCT_TEST_SLAB",
     "realct_files",
 ]
 
@@ -173,6 +174,9 @@ def read_label_names(table: str | Path) -> dict[int, str]:
 #: medsynth's real-CT fixture: one patient's CT (128 x 128 x 80, LAS, HU) with TotalSegmentator
 #: labels and their id -> name table (see its README.md for the origin and the MIT licence).
 REALCT_DIR = Path(__file__).resolve().parent / "realct"
+#: The held-out slab of the real case (canonical slices 20-33: kidneys, pancreas, liver, spleen,
+#: stomach and aorta together; :func:`organ_slab`), as experiments/realct and the demo use it.
+REALCT_TEST_SLAB = (20, 34)
 
 
 def realct_files() -> tuple[Path, Path, Path]:
