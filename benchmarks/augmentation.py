@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,16 +38,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medsynth.data import PhantomDataModule
-from medsynth.data.datamodule import SliceDataset
-from medsynth.data.phantom import EXTENT_MM, FOV_MM
-from medsynth.data.transforms import SliceVolume
-from medsynth.labels import CLASSES, ORGAN_IDS
-from medsynth.masks import deform, scale_organ
-from medsynth.metrics import dice_counts, dice_from_counts
-from medsynth.models import OrganSegmenter
-from medsynth.random import slice_generators
-from medsynth.synthesis import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks import protocol  # noqa: E402
+from medsynth.data import PhantomDataModule  # noqa: E402
+from medsynth.data.datamodule import SliceDataset  # noqa: E402
+from medsynth.data.phantom import EXTENT_MM, FOV_MM  # noqa: E402
+from medsynth.data.transforms import SliceVolume  # noqa: E402
+from medsynth.labels import CLASSES, ORGAN_IDS  # noqa: E402
+from medsynth.masks import deform, scale_organ  # noqa: E402
+from medsynth.metrics import dice_counts, dice_from_counts  # noqa: E402
+from medsynth.models import OrganSegmenter  # noqa: E402
+from medsynth.synthesis import load_model  # noqa: E402
 
 VARIED_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach")
 REPORT_ORGANS = (6, 1, 2, 3, 7, 8, 14)  # liver, spleen, kidneys, stomach, aorta, bladder
@@ -74,18 +76,15 @@ def varied_mask(volume: SliceVolume, rng: np.random.Generator, deform_mm: float)
     return np.ascontiguousarray(np.moveaxis(lab, 2, 0))
 
 
-@torch.no_grad()
 def synthesize(
     model, mask: np.ndarray, name: str, seed: int, coherent: bool, batch: int, opts: dict
 ) -> np.ndarray:
-    """Generate every slice of ``mask [D, S, S]`` -> float32 ``[D, S, S]`` in [0, 1]."""
-    m = torch.from_numpy(mask.astype(np.int64))
-    out = []
-    for start in range(0, len(m), batch):
-        part = m[start : start + batch].to(model.device)
-        keys = [(name, -1 if coherent else k) for k in range(start, start + len(part))]
-        out.append(model.generate(part, generator=slice_generators(keys, seed, model.device), **opts)[:, 0])
-    return torch.cat(out).cpu().numpy().astype(np.float32)
+    """Generate every slice of ``mask [D, S, S]`` -> float32 ``[D, S, S]`` in [0, 1]; coherent: the
+    same noise for every slice (the key ``(name, -1)``), else each slice's own ``(name, k)``."""
+    m = torch.from_numpy(mask.astype(np.int64))  # [D, S, S]
+    keys = [(name, -1 if coherent else k) for k in range(len(m))]
+    out = protocol.synthesize(model, {"mask": m, "keys": keys}, seed, opts, bs=batch)  # [D, 1, S, S]
+    return out[:, 0].numpy().astype(np.float32)
 
 
 def train_and_score(
@@ -95,15 +94,7 @@ def train_and_score(
     seg = OrganSegmenter(size, model_channels=width)
     data = SliceDataset.from_volumes(train)
     loader = DataLoader(data, batch_size=min(16, len(data)), shuffle=True, drop_last=True)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(seg, loader)
+    protocol.quiet_trainer("cpu", max_steps=steps).fit(seg, loader)
     counts = None
     for b in DataLoader(test, batch_size=32):
         c = dice_counts(seg.segment(b["image"]), b["mask"], seg.num_classes)

@@ -25,22 +25,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
 import sampling_speed as speed_bench  # noqa: E402
 from train_throughput_gan import _Slices, random_vgg_weights  # noqa: E402
 
+from benchmarks.protocol import StepTimer, quiet_trainer  # noqa: E402
 from medsynth.diffusion import SAMPLERS  # noqa: E402
 from medsynth.models import OASIS, SDM, SPADE, ConditionalDDPM, EdgeGuidedDDPM, MaskGuidedDDPM, Pix2Pix  # noqa: E402
 from medsynth.models.ddpm import DiffusionModel  # noqa: E402
@@ -63,25 +63,6 @@ class Clock:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class StepTimer(L.Callback):
-    """Seconds between consecutive batch starts after ``warmup`` batches (the whole step)."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.starts = warmup, []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        sync(pl_module.device)
-        self.starts.append(time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        sync(pl_module.device)
-        self.starts.append(time.perf_counter())
-
-    def step_seconds(self) -> float:
-        gaps = [b - a for a, b in zip(self.starts[:-1], self.starts[1:])][self.warmup :]
-        return statistics.median(gaps)
 
 
 def model_kwargs(cls: type, a: argparse.Namespace, vgg: Path | None) -> dict:
@@ -110,19 +91,11 @@ def train_throughput(a: argparse.Namespace, vgg: Path | None) -> None:
         model = cls(**model_kwargs(cls, a, vgg))
         steps = a.warmup + a.train_steps
         loader = DataLoader(_Slices(a.batch * steps, a.size), batch_size=a.batch)
-        timer = StepTimer(a.warmup)
-        L.Trainer(
-            accelerator=a.accelerator,
-            devices=1,
-            precision=a.precision,
-            max_epochs=1,  # one epoch of `steps` batches (max_steps counts a GAN's two optimisers twice)
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[timer],
-        ).fit(model, loader)
+        timer = StepTimer(a.warmup)  # whole steps: batch start to the next batch start
+        # one epoch of `steps` batches
+        quiet_trainer(a.accelerator, callbacks=[timer], precision=a.precision, max_epochs=1).fit(
+            model, loader
+        )
         s = timer.step_seconds()
         print(f"| {cls.__name__} | {a.batch / s:.1f} | {s:.3f} |", flush=True)
 

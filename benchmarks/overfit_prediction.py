@@ -15,12 +15,16 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from medsynth.data import PhantomDataModule
-from medsynth.models import ConditionalDDPM
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import diffusion_steps  # noqa: E402
+from medsynth.data import PhantomDataModule  # noqa: E402
+from medsynth.models import ConditionalDDPM  # noqa: E402
 
 
 def run(prediction_type: str, seed: int, steps: int, sampler: str, num_steps: int | None) -> dict:
@@ -41,15 +45,9 @@ def run(prediction_type: str, seed: int, steps: int, sampler: str, num_steps: in
         ema_warmup=True,
         lr=2e-3,
     )
-    opt = model.configure_optimizers()
     batch = {"image": image.expand(4, -1, -1, -1), "mask": mask.expand(4, -1, -1)}
     t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = model._losses(model.net, batch, training=True)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.ema.update(model.net)
+    diffusion_steps(model, [batch], steps)
     baseline = 10 * math.log10(1.0 / float(((image - image.mean()) ** 2).mean()))
     gens = [torch.Generator().manual_seed(100 * seed + k) for k in range(8)]
     out = model.generate(mask.expand(8, -1, -1), generator=gens, sampler=sampler, num_steps=num_steps)

@@ -25,26 +25,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from quality import (  # the protocol's data split, recipe, segmenter and sampling
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import (  # noqa: E402  the protocol's split, recipe, segmenter, sampling, scores
     DIFFUSION_RECIPE,
     TARGET_ORGANS,
+    SegmenterFeatures,
     aggregate,
+    atomic_write,
     eval_slices,
+    fmt,
+    organ_scores,
     phantom,
     synthesize,
+    train_method,
     train_segmenter,
-    trainer,
 )
-
-from medsynth.labels import BODY, NUM_CLASSES, ORGAN_IDS
-from medsynth.metrics import background_mean, dice_counts, dice_from_counts, organ_intensity_error
-from medsynth.models import MaskGuidedDDPM
+from medsynth.labels import BODY, NUM_CLASSES, ORGAN_IDS  # noqa: E402
+from medsynth.metrics import background_mean, dice_counts, dice_from_counts, organ_intensity_error  # noqa: E402
+from medsynth.models import MaskGuidedDDPM  # noqa: E402
 
 
 def partial_masks(mask: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,34 +75,24 @@ def kept_dice(labels: torch.Tensor, mask: torch.Tensor, removed: torch.Tensor) -
 
 
 def score(
-    images: torch.Tensor, batch: dict, mask: torch.Tensor, removed: torch.Tensor, seg
+    images: torch.Tensor, batch: dict, mask: torch.Tensor, removed: torch.Tensor, features: SegmenterFeatures
 ) -> dict[str, float]:
+    """Background mean and the target organs' intensity errors and kept Dice of ``images`` ``[N, 1, H, W]``."""
     err = organ_intensity_error(images, batch["image"], mask)
-    with torch.no_grad():
-        labels = torch.cat([seg.segment(images[i : i + 64]) for i in range(0, len(images), 64)])
-    dice = kept_dice(labels, mask, removed)
-    out = {"background": background_mean(images, mask)}
-    for name, c in TARGET_ORGANS.items():
-        out[f"err/{name}"], out[f"dice/{name}"] = float(err[c]), float(dice[c])
-    out["err/mean"] = float(np.nanmean([out[f"err/{n}"] for n in TARGET_ORGANS]))
-    out["err/max"] = float(np.nanmax([out[f"err/{n}"] for n in TARGET_ORGANS]))
-    out["dice/mean"] = float(np.nanmean([out[f"dice/{n}"] for n in TARGET_ORGANS]))
-    return out
+    labels, _ = features(images)
+    return {
+        "background": background_mean(images, mask),
+        **organ_scores(err, kept_dice(labels, mask, removed), TARGET_ORGANS),
+    }
 
 
-def train(dropout: float, dm, budget: float, path: Path) -> dict[str, Any]:
+def train(dropout: float, dm, budget: float, out: Path) -> dict[str, Any]:
+    """A mask-guided DDPM with ``organ_dropout=dropout`` trained ``budget`` minutes; its checkpoint
+    is ``<out>/mask_guided_dropout<dropout>_100.ckpt``."""
     torch.manual_seed(0)
     model = MaskGuidedDDPM(image_size=64, organ_dropout=dropout, **DIFFUSION_RECIPE)
-    tr = trainer("cpu", max_time=budget)
-    t0 = time.perf_counter()
-    tr.fit(model, datamodule=dm)
-    tr.save_checkpoint(path)
-    return {"model": model.eval(), "steps": tr.global_step, "seconds": round(time.perf_counter() - t0)}
-
-
-def cell(agg: dict, key: str, digits: int = 3) -> str:
-    m = agg[key]
-    return "—" if not np.isfinite(m["mean"]) else f"{m['mean']:.{digits}f} ± {m['sd']:.{digits}f}"
+    info = train_method(model, f"mask_guided_dropout{dropout:g}", dm, out, minutes=budget, fractions=(1.0,))
+    return {"model": model.eval(), "steps": info[1.0]["step"], "seconds": round(info[1.0]["seconds"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     full = batch["mask"]
     part, removed = partial_masks(full)
     none_removed = torch.zeros_like(removed)
-    seg = train_segmenter(dm, a.segmenter_steps, a.budget, "cpu").eval()
+    seg = SegmenterFeatures(train_segmenter(dm, a.segmenter_steps, a.budget, "cpu"))
     rows: dict[str, dict] = {}
     for cond, mask, rem in (("full", full, none_removed), ("partial", part, removed)):
         rows[f"real slices ({cond} masks)"] = aggregate([score(batch["image"], batch, mask, rem, seg)])
     info = {}
     for dropout in (0.0, a.dropout):
-        trained = train(dropout, dm, a.budget, a.output / f"mask_guided_dropout{dropout:g}.ckpt")
+        trained = train(dropout, dm, a.budget, a.output)
         model = trained.pop("model")
         info[f"organ_dropout={dropout:g}"] = trained
         print(f"organ_dropout={dropout:g}: {trained}", flush=True)
@@ -139,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(score(images, batch, mask, rem, seg))
             rows[f"organ_dropout={dropout:g} ({cond} masks)"] = aggregate(runs)
             print(
-                f"  {cond}: dice/mean {cell(rows[f'organ_dropout={dropout:g} ({cond} masks)'], 'dice/mean')}",
+                f"  {cond}: dice/mean {fmt(rows[f'organ_dropout={dropout:g} ({cond} masks)']['dice/mean'], 3)}",
                 flush=True,
             )
     lines = [
@@ -150,19 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for key, agg in rows.items():
         lines.append(
-            f"| {key} | {cell(agg, 'background')} | {cell(agg, 'err/mean')} | {cell(agg, 'err/max')} | "
-            f"{cell(agg, 'dice/mean')} | " + " | ".join(cell(agg, f"dice/{n}") for n in TARGET_ORGANS) + " |"
+            f"| {key} | {fmt(agg['background'], 3)} | {fmt(agg['err/mean'], 3)} | {fmt(agg['err/max'], 3)} | "
+            f"{fmt(agg['dice/mean'], 3)} | "
+            + " | ".join(fmt(agg[f"dice/{n}"], 3) for n in TARGET_ORGANS)
+            + " |"
         )
     table = "\n".join(lines)
     print(table)
     present = sum(int((full[n] == c).any()) for n in range(len(full)) for c in ORGAN_IDS)
-    (a.output / "partial_masks.md").write_text(table + "\n")
+    atomic_write(a.output / "partial_masks.md", table + "\n")
     meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}
-    (a.output / "partial_masks.json").write_text(
+    atomic_write(
+        a.output / "partial_masks.json",
         json.dumps(
             {"args": meta, "training": info, "removed_organ_slices": int(removed.sum()), "results": rows},
             indent=1,
-        )
+        ),
     )
     print(f"partial masks: {int(removed.sum())} of {present} organ instances (slice, organ) removed")
     print(f"wrote {a.output}/partial_masks.md, .json")

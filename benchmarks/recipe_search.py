@@ -12,62 +12,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
+from pathlib import Path
 
 import torch
-from quality import phantom  # noqa: I001 - sibling benchmark module (run from benchmarks/ or the repo root)
 
-from medsynth.data import PhantomDataModule
-from medsynth.metrics import background_mean, class_mean_painting, organ_intensity_error, psnr, region_sums
-from medsynth.models import MaskGuidedDDPM
-from medsynth.random import slice_generators
-
-#: The organs of the quality targets (issue 9): AMOS ids.
-TARGET_ORGANS: dict[str, int] = {
-    "spleen": 1,
-    "right_kidney": 2,
-    "left_kidney": 3,
-    "liver": 6,
-    "stomach": 7,
-    "aorta": 8,
-}
-
-
-def eval_slices(dm: PhantomDataModule, num: int) -> dict:
-    """``num`` test slices spread evenly over the split (all of it when ``num`` >= its length)."""
-    dm.setup("test")
-    ds = dm.test_dataloader().dataset
-    n = len(ds)
-    idx = list(range(n)) if num >= n else sorted({round(i * (n - 1) / (num - 1)) for i in range(num)})
-    items = [ds[i] for i in idx]
-    return {
-        "image": torch.stack([it["image"] for it in items]),
-        "mask": torch.stack([it["mask"] for it in items]),
-        "keys": [(it["case_id"], int(it["slice_index"])) for it in items],
-    }
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import (  # noqa: E402
+    TARGET_ORGANS,
+    diffusion_steps,
+    eval_slices,
+    organ_scores,
+    phantom,
+    training_class_means,
+)
+from medsynth.metrics import background_mean, class_mean_painting, organ_intensity_error, psnr  # noqa: E402
+from medsynth.models import MaskGuidedDDPM  # noqa: E402
+from medsynth.random import slice_generators  # noqa: E402
 
 
 def score(synth: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """PSNR, background mean and the target organs' intensity errors of one set of slices."""
+    """PSNR, background mean and the target organs' intensity errors (their max and mean) of one
+    set of slices ``[N, 1, H, W]``."""
     err = organ_intensity_error(synth, real, mask)
-    out = {"psnr": float(psnr(synth, real)), "background": background_mean(synth, mask)}
-    for name, c in TARGET_ORGANS.items():
-        out[f"err/{name}"] = float(err[c])
-    out["err/max"] = max(out[f"err/{n}"] for n in TARGET_ORGANS)
-    return out
-
-
-def painting_reference(dm: PhantomDataModule, batch: dict) -> dict[str, float]:
-    """Scores of the class-mean painting (class means over the training slices)."""
-    dm.setup("fit")
-    total = None
-    for b in dm.train_dataloader():
-        s = region_sums(b["image"], b["mask"])
-        total = s if total is None else total + s
-    means = total[0] / total[1].clamp(min=1)
-    return score(class_mean_painting(batch["mask"], means), batch["image"], batch["mask"])
+    return {
+        "psnr": float(psnr(synth, real)),
+        "background": background_mean(synth, mask),
+        **organ_scores(err, None, TARGET_ORGANS),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     dm = phantom(64, a.batch)
     batch = eval_slices(dm, a.num_eval)
-    if a.painting:
-        print(json.dumps({"row": "painting", **painting_reference(dm, batch)}), flush=True)
+    if a.painting:  # each pixel painted with its class's mean over the training slices
+        painted = class_mean_painting(batch["mask"], training_class_means(dm))
+        print(json.dumps({"row": "painting", **score(painted, batch["image"], batch["mask"])}), flush=True)
     torch.manual_seed(a.seed)
     model = MaskGuidedDDPM(
         64,
@@ -108,29 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         prediction_type=a.prediction,
         lr_warmup_steps=a.lr_warmup,
     )
-    conf = model.configure_optimizers()
-    opt = conf["optimizer"] if isinstance(conf, dict) else conf
-    sched = conf["lr_scheduler"]["scheduler"] if isinstance(conf, dict) else None
     dm.setup("fit")
-    loader = dm.train_dataloader()
-    step, t0, losses = 0, time.perf_counter(), []
-    limit = math.inf if a.minutes is None else 60 * a.minutes
-    while step < a.steps and time.perf_counter() - t0 < limit:
-        for b in loader:
-            loss = model._losses(model.net, b, training=True)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            model.ema.update(model.net)
-            losses.append(float(loss.detach()))
-            step += 1
-            if step >= a.steps or time.perf_counter() - t0 >= limit:
-                break
+    t0 = time.perf_counter()
+    losses = diffusion_steps(
+        model, dm.train_dataloader(), a.steps, None if a.minutes is None else 60 * a.minutes
+    )
+    step = len(losses)
     train_s = time.perf_counter() - t0
     print(
-        f"trained {step} steps in {train_s:.0f} s, last-50 loss {sum(losses[-50:]) / 50:.4f}", file=sys.stderr
+        f"trained {step} steps in {train_s:.0f} s, last-50 loss {sum(losses[-50:]) / len(losses[-50:]):.4f}",
+        file=sys.stderr,
     )
     for spec in a.sampler:
         name, steps = spec.split(":")

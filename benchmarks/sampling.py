@@ -12,13 +12,17 @@ whether a setting matches the paper's 1000-step ancestral chain within 2% on bot
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from medsynth.data import PhantomDataModule
-from medsynth.models import ConditionalDDPM
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import diffusion_steps  # noqa: E402
+from medsynth.data import PhantomDataModule  # noqa: E402
+from medsynth.models import ConditionalDDPM  # noqa: E402
 
 SETTINGS = [
     ("ddpm", 1000),
@@ -46,21 +50,13 @@ def train(args, dm: PhantomDataModule) -> ConditionalDDPM:
         lr=args.lr,
         ema_decay=0.995,
     )
-    opt = model.configure_optimizers()
-    loader = dm.train_dataloader()
-    step, t0 = 0, time.perf_counter()
-    while step < args.train_steps:
-        for batch in loader:
-            loss = model._losses(model.net, batch, training=True)["loss"]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            model.ema.update(model.net)
-            step += 1
-            if step % 500 == 0:
-                print(f"  step {step} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)")
-            if step >= args.train_steps:
-                break
+    t0 = time.perf_counter()
+
+    def log(step: int, loss: float) -> None:
+        if step % 500 == 0:
+            print(f"  step {step} loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)")
+
+    diffusion_steps(model, dm.train_dataloader(), args.train_steps, on_step=log)
     return model
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medsynth.models import OASIS, SPADE, Pix2Pix
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import quiet_trainer  # noqa: E402
+from medsynth.models import OASIS, SPADE, Pix2Pix  # noqa: E402
 
 METHODS = {"pix2pix": Pix2Pix, "spade": SPADE, "oasis": OASIS}
 
@@ -87,19 +90,9 @@ def benchmark(
     steps = args.warmup + args.steps
     loader = DataLoader(_Slices(args.batch_size * steps, args.size), batch_size=args.batch_size)
     timer = _StepTimer(args.warmup)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=args.precision,
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
+    quiet_trainer(accelerator, max_steps=steps, callbacks=[timer], precision=args.precision).fit(
+        model, loader
     )
-    trainer.fit(model, loader)
     step_s = statistics.median(timer.times)
     params = sum(p.numel() for p in model.generator.parameters())
     return args.batch_size / step_s, step_s, params

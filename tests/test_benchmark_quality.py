@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.protocol import ResumeError, check_compatible, claims, previous_results
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quality import ResumeError, check_compatible, claims, main, previous_results  # noqa: E402
+from quality import main  # noqa: E402
 
 
 def _row(**metrics: tuple[float, float]) -> dict:
