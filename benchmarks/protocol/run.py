@@ -45,6 +45,7 @@ from .resume import (
 )
 from .scoring import (
     TARGET_ORGANS,
+    Extra,
     SegmenterFeatures,
     aggregate,
     load_segmenter,
@@ -248,6 +249,8 @@ def run_quality(
     organs: Mapping[str, int] = TARGET_ORGANS,
     header: Mapping[str, Any] | None = None,
     log: Log = _print,
+    extra: Extra | None = None,
+    batch_hook: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train, score and report ``methods`` of ``table`` (the quality protocol); returns the result
     written to ``<out>/quality.json``.
@@ -262,6 +265,9 @@ def run_quality(
             with the methods' label set, its test slices those of ``score_dm``.
         organs: Metric name -> id in the segmenter's label set.
         header: Extra entries of the result (e.g. ``{"dataset": "..."}``, the table's title).
+        extra: More metrics of every row (:data:`~.scoring.Extra`), e.g. the real CT's HU medians.
+        batch_hook: Called once with the evaluation slices before any scoring, to add what
+            ``extra`` needs (e.g. masks in another label set).
 
     Raises:
         ResumeError: before any training, for an output folder that cannot take this run.
@@ -305,14 +311,16 @@ def run_quality(
         if other["keys"] != batch["keys"] or not torch.equal(other["image"], batch["image"]):
             raise RuntimeError("the training and the scoring data modules gave different test slices")
         batch["gen_mask"] = other["mask"]
+    if batch_hook is not None:
+        batch_hook(batch)
     seg_file = ckpt_dir / "segmenter.pt"
     seg = _segmenter(s, prev, score_dm, seg_file).to(s.device)
     features = SegmenterFeatures(seg)
-    real_feats, real_row, paint_row = reference_rows(score_dm, batch, features, s.device, organs)
+    real_feats, real_row, paint_row = reference_rows(score_dm, batch, features, s.device, organs, extra)
     rich_painting = None
     if train_dm is not score_dm:  # the bound of the richer mask: each pixel painted with its class's mean
         rich_painting = aggregate(
-            [painting_row(train_dm, batch["gen_mask"], batch, features, real_feats, organs)]
+            [painting_row(train_dm, batch["gen_mask"], batch, features, real_feats, organs, extra)]
         )
     results: dict[str, Any] = {
         **(header or {}),
@@ -360,7 +368,7 @@ def run_quality(
             rows = []
             for seed in range(s.seeds):
                 synth = synthesize(model, batch, seed, s.opts)
-                rows.append(score(synth, batch, features, real_feats, organs))
+                rows.append(score(synth, batch, features, real_feats, organs, extra))
                 if frac == 1.0 and seed == 0:
                     figure[name] = synth[picks]
             per[str(frac)] = {
