@@ -396,6 +396,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-steps", type=int, default=20)
     p.add_argument("--calibrate-only", action="store_true")
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--reuse-checkpoints",
+        action="store_true",
+        help="score checkpoints a stopped run left in OUTPUT/checkpoints at this budget's steps",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default="outputs/realct")
     p.add_argument(
@@ -438,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         segmenter=args.segmenter,
         segmenter_steps=args.segmenter_steps,
         resume=args.resume,
+        reuse_checkpoints=args.reuse_checkpoints,
         calibration=args.calibration,
         calibration_steps=args.calibration_steps,
     )

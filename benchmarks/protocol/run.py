@@ -28,6 +28,7 @@ from .budget import (
     read_calibration,
     step_budget,
     train_method,
+    trained_checkpoints,
     write_calibration,
 )
 from .data import eval_slices
@@ -89,6 +90,9 @@ class Settings:
         segmenter_steps, segmenter_minutes: Its training (minutes None: ``budget_min``, or no
             limit under a step budget).
         resume: Add the methods missing from the output's quality.json.
+        reuse_checkpoints: Score a method's checkpoints that a stopped run left in
+            ``<out>/checkpoints`` instead of training it again, when they were saved at the steps
+            of this run's step budget (needs ``calibration``).
         calibration: A calibration file: step budgets instead of the wall clock; methods missing
             from it are timed first (take it on an idle machine) and recorded in it.
         calibration_steps, calibration_warmup: Steps timed per method, and untimed before them.
@@ -105,6 +109,7 @@ class Settings:
     segmenter_steps: int = 600
     segmenter_minutes: float | None = None
     resume: bool = False
+    reuse_checkpoints: bool = False
     calibration: Path | None = None
     calibration_steps: int = 30
     calibration_warmup: int = 5
@@ -274,6 +279,10 @@ def run_quality(
         CalibrationError: before any training, for a calibration file that cannot serve it.
     """
     out = Path(out)
+    if s.reuse_checkpoints and not s.calibration:
+        raise ValueError(
+            "--reuse-checkpoints needs --calibration: only a step budget tells which checkpoints fit"
+        )
     prev = previous_results(out, s.resume)  # before any work: a folder with results is never overwritten
     if prev is not None and s.segmenter:
         raise ResumeError(
@@ -358,9 +367,16 @@ def run_quality(
         steps = results["calibration"][name]["steps"] if calibration is not None else None
         log(f"=== {name}: training {s.budget_min} min" + (f" ({steps} steps)" if steps else ""))
         results["runs"][name] = machine(s.device)
-        model = build_model(name, train_dm.image_size, s.label_set, table)
-        budget = {"steps": steps} if steps else {"minutes": s.budget_min}
-        ckpts = train_method(model, name, train_dm, ckpt_dir, s.accelerator, **budget)
+        ckpts = trained_checkpoints(name, ckpt_dir, steps) if s.reuse_checkpoints else None
+        if ckpts is not None:
+            log(
+                f"  reusing its checkpoints in {ckpt_dir} (saved at steps {[i['step'] for i in ckpts.values()]})"
+            )
+            results["runs"][name]["reused_checkpoints"] = True
+        else:
+            model = build_model(name, train_dm.image_size, s.label_set, table)
+            budget = {"steps": steps} if steps else {"minutes": s.budget_min}
+            ckpts = train_method(model, name, train_dm, ckpt_dir, s.accelerator, **budget)
         per: dict[str, Any] = {}
         for frac, info in ckpts.items():
             model = load_model(name, info["path"], train_dm, s.device, table)
