@@ -40,6 +40,7 @@ medsynth's own commands:
   synthesize  label volumes (NIfTI) -> synthetic CT volumes, optionally as an nnU-Net dataset
   evaluate    metric suite for one or more checkpoints -> paper-style report (Markdown, CSV, LaTeX, PNG)
   label       unlabelled CT -> TotalSegmentator masks -> an nnU-Net raw dataset
+  dataset     CT + label volumes you have (and their id -> name table) -> an nnU-Net raw dataset
   masks       varied label volumes from existing ones (organ scaling, elastic deformation)
   phantom     write the built-in phantom as an AMOS22-layout dataset
   demo        the main job on the phantom: train, sample, evaluate, write a report

@@ -11,7 +11,8 @@ Three small additions to LightningCLI keep every file in experiments/ short:
   a ``dirpath``, ``<logger save_dir>/<run_name>/checkpoints``, so checkpoints land at a fixed
   path (``runs/phantom/sdm/checkpoints/last.ckpt``) that later configs and commands can name.
 - ``data.init_args.image_size`` is linked to ``model.init_args.image_size``: it is written once,
-  under ``data``, and the model follows it.
+  under ``data``, and the model follows it. So is the CT window (``window_level``/``window_width``):
+  the model takes the instantiated data module's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +208,14 @@ def apply_run_name(cfg: Any) -> None:
             cb.init_args.dirpath = str(Path(save_dir) / run_name / "checkpoints")
 
 
+def _data_window(datamodule: Any, index: int) -> float:
+    """Level (``index`` 0) or width (1) of an instantiated data module's CT window (the paper's
+    40/400 for a data module that has none)."""
+    from medsynth.data.transforms import WINDOW_LEVEL, WINDOW_WIDTH
+
+    return float(getattr(datamodule, "window", (WINDOW_LEVEL, WINDOW_WIDTH))[index])
+
+
 class MedsynthCLI(LightningCLI):
     """LightningCLI with ``run_name`` and the data -> model ``image_size`` link (module docstring)."""
 
@@ -218,6 +228,15 @@ class MedsynthCLI(LightningCLI):
             "ModelCheckpoint without dirpath.",
         )
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+        # The CT window is the data's: the model takes it from the instantiated data module (a
+        # data module without one has the paper's), so it is set once, under data.
+        for i, name in enumerate(("window_level", "window_width")):
+            parser.link_arguments(
+                "data",
+                f"model.init_args.{name}",
+                compute_fn=partial(_data_window, index=i),
+                apply_on="instantiate",
+            )
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         # medsynth.cli.main always passes the (expanded) command line as ``args``; LightningCLI

@@ -1,7 +1,8 @@
-"""The main job on the built-in phantom: train, sample, evaluate, write a report.
+"""The main job on data shipped with medsynth: train, sample, evaluate, write a report.
 
 ``medsynth demo`` (the README's first command) trains the mask-guided DDPM of Zhuang et al.
-(Fig. 2b) on 64x64 phantom slices, trains an :class:`~medsynth.models.OrganSegmenter` on the
+(Fig. 2b) on 64x64 slices of the built-in phantom (``--data phantom``) or of the shipped real CT
+(``--data realct``: one patient, held-out slices 20-33 as in experiments/realct), trains an :class:`~medsynth.models.OrganSegmenter` on the
 real slices to score organ correspondence, samples the test split with a fast sampler, computes
 PSNR, SSIM, organ Dice (and FID when the Inception file is present) and writes the paper-style
 report and a figure under one output folder. Sized for about 15 minutes on a 2-core CPU.
@@ -19,7 +20,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["DemoConfig", "run_demo", "settings_markdown", "SAMPLER_NAMES", "QUICK"]
+__all__ = [
+    "DemoConfig",
+    "run_demo",
+    "demo_datamodule",
+    "settings_markdown",
+    "SAMPLER_NAMES",
+    "QUICK",
+    "DEMO_DATA",
+]
 
 #: How the docs name the samplers (``generate(sampler=...)``).
 SAMPLER_NAMES = {
@@ -35,8 +44,12 @@ class DemoConfig:
 
     Attributes:
         output: Folder for checkpoints, TensorBoard logs, the report and the figure.
+        data: ``"phantom"`` (the built-in phantom) or ``"realct"`` (the shipped real-CT fixture,
+            :func:`medsynth.data.nnunet.realct_files`, split along z as in experiments/realct).
+        label_set: The masks' classes: ``"amos"`` (15 organs + body, the paper's) or ``"totalseg"``
+            (every TotalSegmentator structure the data labels).
         image_size: Slice size.
-        num_train_cases / num_test_cases / depth: Phantom volumes and slices per volume.
+        num_train_cases / num_test_cases / depth: Phantom volumes and slices per volume (phantom only).
         model_channels: Base width of the mask-guided DDPM.
         train_steps: Optimiser steps of the DDPM.
         lr: DDPM learning rate (the paper's 1e-4 needs 150k steps; the short demo uses more).
@@ -55,6 +68,8 @@ class DemoConfig:
     """
 
     output: str = "outputs/demo"
+    data: str = "phantom"
+    label_set: str = "amos"
     image_size: int = 64
     num_train_cases: int = 16
     num_test_cases: int = 3
@@ -140,6 +155,50 @@ def _SaveEvery(path: Path, every: int):  # noqa: N802 - builds the callback with
     return _save_every_class()(path, every)
 
 
+#: The ``data`` choices of the demo.
+DEMO_DATA = ("phantom", "realct")
+
+
+def demo_datamodule(cfg: DemoConfig, out: Path):
+    """The demo's data: the phantom, or the real-CT fixture written as an nnU-Net dataset under
+    ``out/data`` (its slice cache under ``out/cache``), z split at the held-out slab."""
+    if cfg.data == "phantom":
+        from medsynth.data import PhantomDataModule
+
+        return PhantomDataModule(
+            num_train_cases=cfg.num_train_cases,
+            num_val_cases=0,
+            num_test_cases=cfg.num_test_cases,
+            depth=cfg.depth,
+            image_size=cfg.image_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            label_set=cfg.label_set,
+        )
+    if cfg.data != "realct":
+        raise ValueError(f"data must be one of {', '.join(DEMO_DATA)}, got {cfg.data!r}")
+    from medsynth.data import NNUNetDataModule
+    from medsynth.data.nnunet import REALCT_TEST_SLAB, realct_files
+    from medsynth.io import DatasetPair, write_nnunet_dataset
+
+    root = out / "data" / "Dataset700_RealCT"
+    if not (root / "dataset.json").is_file():
+        ct, labels, names = realct_files()
+        write_nnunet_dataset([DatasetPair(ct, labels, "realct")], root, names)
+    return NNUNetDataModule(
+        root,
+        label_set=cfg.label_set,
+        remap="by_name",
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        num_workers=0,
+        cache_dir=out / "cache",
+        test_slab=REALCT_TEST_SLAB,
+        augment=True,
+        progress=False,
+    )
+
+
 def _stage(msg: str) -> None:
     print(f"\n=== {msg}", flush=True)
 
@@ -151,11 +210,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
 
     from medsynth.callbacks import SynthesisImageGrid
     from medsynth.callbacks.progress import default_progress_bar
-    from medsynth.data import PhantomDataModule
     from medsynth.evaluate import evaluate_models, figure_batch, write_evaluation
     from medsynth.metrics.image import find_inception_weights
     from medsynth.models import MaskGuidedDDPM, OrganSegmenter
 
+    if cfg.data not in DEMO_DATA:
+        raise ValueError(f"data must be one of {', '.join(DEMO_DATA)}, got {cfg.data!r}")
+    if cfg.label_set not in ("amos", "totalseg"):
+        raise ValueError(f"label_set must be 'amos' or 'totalseg', got {cfg.label_set!r}")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
@@ -182,19 +244,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
             num_sanity_val_steps=0,
         )
 
-    _stage(f"1/4 phantom data: {cfg.num_train_cases} training and {cfg.num_test_cases} test volumes")
-    dm = PhantomDataModule(
-        num_train_cases=cfg.num_train_cases,
-        num_val_cases=0,
-        num_test_cases=cfg.num_test_cases,
-        depth=cfg.depth,
-        image_size=cfg.image_size,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
+    what = (
+        f"{cfg.num_train_cases} training and {cfg.num_test_cases} test phantom volumes"
+        if cfg.data == "phantom"
+        else "the real-CT fixture, held-out slices 20-33"
     )
+    _stage(f"1/4 data: {what} ({cfg.label_set} labels, {cfg.image_size}px)")
+    dm = demo_datamodule(cfg, out)
 
     _stage(f"2/4 organ segmenter on real slices ({cfg.segmenter_steps} steps), for organ Dice")
-    segmenter = OrganSegmenter(image_size=cfg.image_size, model_channels=16)
+    segmenter = OrganSegmenter(image_size=cfg.image_size, model_channels=16, label_set=cfg.label_set)
     seg_trainer = trainer("organ_segmenter", cfg.segmenter_steps)
     seg_trainer.fit(segmenter, datamodule=dm)
     seg_trainer.save_checkpoint(ckpt_dir / "organ_segmenter.ckpt", weights_only=False)
@@ -204,6 +263,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     _stage(f"3/4 mask-guided DDPM ({cfg.train_steps} steps, width {cfg.model_channels}, {cfg.image_size}px)")
     model = MaskGuidedDDPM(
         image_size=cfg.image_size,
+        label_set=cfg.label_set,
         model_channels=cfg.model_channels,
         channel_mult=(1, 2, 2, 2),
         attention_resolutions=(8,),
@@ -224,7 +284,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     _stage(
         f"4/4 evaluation on the test split: {cfg.sampler}, {cfg.num_steps} steps; metrics {', '.join(metrics)}"
     )
-    name = "Mask-guided DDPM (phantom demo)"
+    name = f"Mask-guided DDPM ({cfg.data} demo)"
     opts = {"sampler": cfg.sampler, "num_steps": cfg.num_steps}
     grid = SynthesisImageGrid(num_images=cfg.grid_images, seed=cfg.seed, **opts)  # -> TensorBoard
     rows = evaluate_models(

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from medsynth.data.amos import AFFINE_ATOL, hu_problem
 from medsynth.data.geometry import VolumeGeometry
+from medsynth.data.nnunet import read_label_names
 from medsynth.data.transforms import CANONICAL_AXCODES, add_body_class, body_mask, canonicalize, load_nifti
 from medsynth.labels import LabelSet, get_label_set
 
@@ -40,6 +42,9 @@ __all__ = [
     "load_nifti",
     "LabelCase",
     "read_label_case",
+    "DatasetPair",
+    "dataset_pairs",
+    "write_nnunet_dataset",
 ]
 
 #: File endings read as NIfTI, the longer first.
@@ -246,3 +251,182 @@ def read_label_case(
     return LabelCase(
         path, nifti_stem(path), mask, VolumeGeometry(tuple(labels.shape), np.asarray(affine)), labels
     )
+
+
+# ----------------------------------------------------------------------------- nnU-Net datasets
+@dataclass(frozen=True)
+class DatasetPair:
+    """A CT volume (HU), its label volume and the case name it gets in the dataset."""
+
+    image: Path
+    label: Path
+    case_id: str
+
+
+def dataset_pairs(images: str | Path, labels: str | Path, case_id: str | None = None) -> list[DatasetPair]:
+    """The CT/label pairs of two files, or of two folders (each label file with the CT of the same
+    name or of nnU-Net's ``<case>_0000`` name).
+
+    Args:
+        images: A CT volume, or a folder of them.
+        labels: Its label volume, or a folder of them.
+        case_id: The case name for a single pair (default: the CT's file name without the NIfTI
+            suffix and a trailing ``_0000``).
+
+    Raises:
+        ValueError: naming ``--images``/``--labels`` when they are missing, mixed (a file and a
+            folder), empty, or a label file has no CT.
+    """
+    images, labels = Path(images), Path(labels)
+    for flag, path in (("--images", images), ("--labels", labels)):
+        if not path.exists():
+            raise ValueError(f"{flag} {path}: not found")
+    if images.is_file() != labels.is_file():
+        raise ValueError(f"--images {images} and --labels {labels} must both be files or both be folders")
+    if images.is_file():
+        return [DatasetPair(images, labels, case_id or case_name(images))]
+    if case_id is not None:
+        raise ValueError("--case names one case: give single files to --images and --labels")
+    label_files = nifti_files(labels)
+    if not label_files:
+        raise ValueError(f"--labels {labels}: no .nii or .nii.gz files")
+    pairs = []
+    for lab in label_files:
+        name = case_name(lab)
+        candidates = [images / lab.name, *(images / f"{name}_0000{sfx}" for sfx in NIFTI_SUFFIXES)]
+        image = next((c for c in candidates if c.is_file()), None)
+        if image is None:
+            raise ValueError(
+                f"--labels {lab}: no CT of the same name in --images {images} ({candidates[0].name})"
+            )
+        pairs.append(DatasetPair(image, lab, name))
+    return pairs
+
+
+def _check_pair(pair: DatasetPair, names: dict[int, str], table: str) -> None:
+    """Raise a ValueError naming the file when the pair cannot become a training case."""
+    import nibabel as nib
+
+    imgs = []
+    for path, what in ((pair.image, "CT"), (pair.label, "label")):
+        try:
+            img = nib.load(str(path))
+            shape = img.shape
+        except Exception as err:  # noqa: BLE001 - any reader failure gets the same message
+            raise ValueError(f"{path}: cannot read {what} volume ({err})") from err
+        if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+            raise ValueError(f"{path}: expected a 3D {what} volume, got shape {shape}")
+        imgs.append(img)
+    ct, lab = imgs
+    if ct.shape[:3] != lab.shape[:3]:
+        raise ValueError(
+            f"{pair.label}: shape {lab.shape[:3]} differs from the CT's {ct.shape[:3]} ({pair.image})"
+        )
+    if not np.allclose(ct.affine, lab.affine, rtol=0.0, atol=AFFINE_ATOL):
+        diff = float(np.abs(ct.affine - lab.affine).max())
+        raise ValueError(
+            f"{pair.label}: grid (affine) differs from the CT's by up to {diff:.4g} ({pair.image}); the two "
+            "volumes must share one voxel grid (resample the labels onto the CT with nearest neighbour)"
+        )
+    hu = np.asanyarray(ct.dataobj)
+    problem = hu_problem(hu, pair.image)
+    if problem is not None:
+        raise ValueError(problem)
+    labels = np.asanyarray(lab.dataobj)
+    if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+        raise ValueError(f"{pair.label}: label values must be integers, found fractions")
+    values = np.unique(labels).astype(np.int64)
+    unknown = [int(v) for v in values if v != 0 and int(v) not in names]
+    if unknown:
+        raise ValueError(
+            f"{pair.label}: label ids {unknown[:10]} are not in --names {table} (it names ids "
+            f"{min(names)}..{max(names)}); give the id -> name table that came with these labels"
+        )
+
+
+def write_nnunet_dataset(
+    pairs: list[DatasetPair],
+    output: str | Path,
+    names: str | Path,
+    *,
+    description: str = "CT with its label volumes, imported by medsynth dataset",
+) -> Path:
+    """Write CT + label volumes as an nnU-Net v2 raw dataset whose ``dataset.json`` names every id.
+
+    The structure names come from the table that came with the labels (``names``, see
+    :func:`medsynth.data.nnunet.read_label_names`), so :class:`medsynth.data.NNUNetDataModule` can map them by name
+    onto another label set (``remap="by_name"``) whatever version of the labelling tool numbered
+    them. Ids are kept as they are when the table numbers 1..N without gaps; otherwise they are
+    renumbered 1..N in id order (``dataset.json`` keeps the original id of each name under
+    ``medsynth_source_ids``). Every pair is validated before anything is written (same grid, CT in
+    HU, every label id named); the dataset is assembled in a staging folder and renamed into place,
+    so ``output`` holds a whole dataset or nothing.
+
+    Args:
+        pairs: The cases (:class:`DatasetPair`); case names must be unique.
+        output: The dataset folder to create (e.g. ``Dataset700_MyCT``); must not exist yet.
+        names: The id -> name table (:func:`medsynth.data.nnunet.read_label_names`).
+        description: ``dataset.json`` description.
+
+    Returns:
+        ``output``.
+    """
+    import nibabel as nib
+
+    output = Path(output)
+    if not pairs:
+        raise ValueError("no CT/label pairs given")
+    ids = [p.case_id for p in pairs]
+    dup = sorted({c for c in ids if ids.count(c) > 1})
+    if dup:
+        raise ValueError(f"several inputs give the case name(s) {dup}")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ValueError(f"--output {output} exists and is not empty; refusing to overwrite a dataset")
+    table = read_label_names(names)
+    for pair in pairs:
+        _check_pair(pair, table, str(names))
+    source_ids = sorted(table)
+    renumber = source_ids != list(range(1, len(source_ids) + 1))
+    lut = np.zeros(max(source_ids) + 1, dtype=np.int64)
+    lut[source_ids] = np.arange(1, len(source_ids) + 1)
+    dtype = np.uint8 if len(source_ids) < 256 else np.uint16
+    staging = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "imagesTr").mkdir(parents=True)
+        (staging / "labelsTr").mkdir()
+        for pair in pairs:
+            ct = nib.load(str(pair.image))
+            image_out = staging / "imagesTr" / f"{pair.case_id}_0000.nii.gz"
+            if pair.image.name.endswith(".nii.gz") and len(ct.shape) == 3:
+                shutil.copyfile(pair.image, image_out)
+            else:
+                data = np.asanyarray(ct.dataobj)
+                nib.save(nib.Nifti1Image(data.reshape(data.shape[:3]), ct.affine, ct.header), str(image_out))
+            lab = nib.load(str(pair.label))
+            values = np.asanyarray(lab.dataobj).reshape(lab.shape[:3])
+            values = np.rint(values).astype(np.int64)
+            if renumber:
+                values = lut[values]
+            nib.save(
+                nib.Nifti1Image(values.astype(dtype), ct.affine),
+                str(staging / "labelsTr" / f"{pair.case_id}.nii.gz"),
+            )
+        meta = {
+            "name": output.name,
+            "description": description,
+            "channel_names": {"0": "CT"},
+            "labels": {"background": 0, **{table[i]: k for k, i in enumerate(source_ids, start=1)}},
+            "numTraining": len(pairs),
+            "file_ending": ".nii.gz",
+        }
+        if renumber:
+            meta["medsynth_source_ids"] = {table[i]: i for i in source_ids}
+        (staging / "dataset.json").write_text(json.dumps(meta, indent=2))
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        output.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output

@@ -13,8 +13,14 @@ and return a valid label volume of the same shape and label set:
 - :func:`deform` applies a smooth random elastic deformation (nearest-label resampling); the
   body outline keeps its connected-component count and no organ vanishes.
 
-The label volume must contain the body class (:data:`medsynth.labels.BODY`): without a body
-outline the synthesis models have nothing to condition the patient's extent on.
+- :func:`resample_labels` puts a label volume on another grid (slice thickness, in-plane
+  spacing, field of view) by nearest neighbour, as a scan of the same anatomy with other
+  acquisition settings would label it.
+
+Every function takes the label set of the volume (``label_set``: ``"amos"``, the default,
+``"totalseg"`` or a dataset.json; :func:`medsynth.labels.get_label_set`). The volume must contain
+the label set's body class: without a body outline the synthesis models have nothing to
+condition the patient's extent on.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medsynth.labels import BACKGROUND, BODY, CLASSES, ORGAN_IDS, class_by_name
+from medsynth.labels import BACKGROUND, LabelSet, get_label_set
 
 __all__ = [
     "voxel_spacing",
@@ -37,7 +43,10 @@ __all__ = [
     "check_label_volume",
     "vary_volume",
     "vary_files",
+    "resample_labels",
 ]
+
+LabelSetLike = LabelSet | str
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -51,13 +60,17 @@ def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in spacing)
 
 
-def check_label_volume(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+def check_label_volume(
+    labels: np.ndarray, name: str = "labels", label_set: LabelSetLike = "amos"
+) -> np.ndarray:
     """Validate a label volume ``[X, Y, Z]`` with the body class and return it as uint8.
 
     Raises:
-        ValueError: naming ``name`` for a wrong rank, non-integer values, values outside
-            ``0..BODY``, or a volume without any body voxel.
+        ValueError: naming ``name`` for a wrong rank, non-integer values, values outside the
+            label set (``0..num_classes - 1``), or a volume without any body voxel.
     """
+    labels_set = get_label_set(label_set)
+    body, top = labels_set.body, labels_set.num_classes - 1
     lab = np.asarray(labels)
     if lab.ndim != 3:
         raise ValueError(f"{name} must be a 3D volume [X, Y, Z], got shape {lab.shape}")
@@ -66,38 +79,43 @@ def check_label_volume(labels: np.ndarray, name: str = "labels") -> np.ndarray:
             raise ValueError(f"{name} must hold integer class ids, found non-integer values")
     elif lab.dtype.kind not in "iub":
         raise ValueError(f"{name} must hold integer class ids, got dtype {lab.dtype}")
-    if lab.size and (lab.min() < 0 or lab.max() > BODY):
-        raise ValueError(f"{name} values must lie in 0..{BODY}, found {lab.min():g}..{lab.max():g}")
-    lab = lab.astype(np.uint8)
-    if not (lab == BODY).any():
+    if lab.size and (lab.min() < 0 or lab.max() > top):
         raise ValueError(
-            f"{name} has no body outline (class {BODY}, 'body'); add it from the CT first "
+            f"{name} values must lie in 0..{top} (label set {labels_set.name!r}), found {lab.min():g}..{lab.max():g}"
+        )
+    lab = lab.astype(np.uint8)
+    if not (lab == body).any():
+        raise ValueError(
+            f"{name} has no body outline (class {body}, 'body'); add it from the CT first "
             f"(medsynth masks --images DIR derives it as in training)"
         )
     return lab
 
 
-def resolve_organ(organ: str | int) -> int:
-    """An organ's id from its name (``"liver"``) or id (6); background and body are not organs.
+def resolve_organ(organ: str | int, label_set: LabelSetLike = "amos") -> int:
+    """An organ's id from its name (``"liver"``, or its TotalSegmentator name) or id in the label
+    set; background and body are not organs.
 
     Raises:
         ValueError: listing the valid organ names when ``organ`` is not one of them.
     """
-    valid = ", ".join(CLASSES[i].name for i in ORGAN_IDS)
+    labels_set = get_label_set(label_set)
+    ids = labels_set.structure_ids
+    valid = ", ".join(labels_set.classes[i].name for i in ids)
     if isinstance(organ, bool):
         raise ValueError(f"organ must be a name or an id, got {organ!r}")
     if isinstance(organ, (int, np.integer)):
-        if int(organ) not in ORGAN_IDS:
+        if int(organ) not in ids:
             raise ValueError(f"organ id {organ} is not an organ of the label set; organs: {valid}")
         return int(organ)
     text = str(organ).strip()
     if text.isdigit():
-        return resolve_organ(int(text))
+        return resolve_organ(int(text), labels_set)
     try:
-        idx = class_by_name(text).index
+        idx = labels_set.by_name(text).index
     except KeyError:
         raise ValueError(f"unknown organ {organ!r}; organs: {valid}") from None
-    if idx not in ORGAN_IDS:
+    if idx not in ids:
         raise ValueError(f"{organ!r} is not an organ; organs: {valid}")
     return idx
 
@@ -109,6 +127,7 @@ def scale_organ(
     factor: float,
     *,
     tolerance: float = 0.1,
+    label_set: LabelSetLike = "amos",
 ) -> np.ndarray:
     """Grow or shrink one organ so that its voxel count changes by ``factor``.
 
@@ -123,6 +142,7 @@ def scale_organ(
         organ: Name (``"liver"``) or id of the organ to change.
         factor: Volume factor, > 0 (2.0 doubles the organ, 0.5 halves it).
         tolerance: Largest relative error of the new voxel count that is accepted.
+        label_set: The volume's label set (``"amos"``; see the module doc).
 
     Returns:
         uint8 ``[X, Y, Z]``: the same volume with the organ changed.
@@ -132,9 +152,11 @@ def scale_organ(
             reached within ``tolerance`` (the body around the organ is too small to grow into, or
             the organ too small to shrink), naming the reachable range.
     """
-    lab = check_label_volume(labels)
-    idx = resolve_organ(organ)
-    name = CLASSES[idx].name
+    labels_set = get_label_set(label_set)
+    body = labels_set.body
+    lab = check_label_volume(labels, label_set=labels_set)
+    idx = resolve_organ(organ, labels_set)
+    name = labels_set.classes[idx].name
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor must be a finite number > 0, got {factor!r}")
     spacing = voxel_spacing(affine)
@@ -163,11 +185,11 @@ def scale_organ(
         # Peel in order of depth, the farthest from the centre first within one depth.
         order = np.lexsort((-from_centre(region), depth[region]))
         idx_region = tuple(c[order[: n0 - k]] for c in coords)
-        out[idx_region] = BODY
+        out[idx_region] = body
         return out
     # Growing: candidate voxels by distance to the organ, restricted to body connected to it.
     dist = ndimage.distance_transform_edt(~region, sampling=spacing)  # [X, Y, Z] mm to the organ
-    allowed = (lab == BODY) | region
+    allowed = (lab == body) | region
 
     def grown(d: float) -> np.ndarray:
         cand = allowed & (dist <= d)
@@ -238,6 +260,7 @@ def deform(
     seed: int = 0,
     *,
     max_tries: int = 4,
+    label_set: LabelSetLike = "amos",
 ) -> np.ndarray:
     """A smooth random elastic deformation of the whole label map.
 
@@ -255,6 +278,7 @@ def deform(
         smoothness_mm: Correlation length of the field in mm (> 0).
         seed: Seeds the field; the same seed gives the same map.
         max_tries: Draws before giving up when a class keeps vanishing.
+        label_set: The volume's label set (``"amos"``; see the module doc).
 
     Returns:
         uint8 ``[X, Y, Z]``.
@@ -263,7 +287,8 @@ def deform(
         ValueError: for negative or non-finite magnitudes, non-positive smoothness, or when every
             try loses a class.
     """
-    lab = check_label_volume(labels)
+    labels_set = get_label_set(label_set)
+    lab = check_label_volume(labels, label_set=labels_set)
     if not (math.isfinite(magnitude_mm) and magnitude_mm >= 0):
         raise ValueError(f"magnitude_mm must be a finite number >= 0, got {magnitude_mm!r}")
     if not (math.isfinite(smoothness_mm) and smoothness_mm > 0):
@@ -293,20 +318,22 @@ def deform(
         magnitude /= 2.0
     lost = sorted(present - set(np.unique(out).tolist()))
     raise ValueError(
-        f"deform lost class(es) {[CLASSES[i].name for i in lost]} in {max_tries} tries; "
+        f"deform lost class(es) {[labels_set.classes[i].name for i in lost]} in {max_tries} tries; "
         f"use a smaller magnitude_mm than {magnitude_mm:g} or a larger smoothness_mm"
     )
 
 
 # ----------------------------------------------------------------------------- files
-def _check_scales(scales: Sequence[tuple[str | int, float, float]]) -> list[tuple[int, float, float]]:
+def _check_scales(
+    scales: Sequence[tuple[str | int, float, float]], labels_set: LabelSet
+) -> list[tuple[int, float, float]]:
     """``(organ, low, high)`` entries as ``(organ id, low, high)``; ValueError naming ``scales=``."""
     out = []
     for entry in scales:
         if len(entry) != 3:
             raise ValueError(f"scales=[{entry!r}]: each entry is (organ, low, high)")
         organ, low, high = entry
-        idx = resolve_organ(organ)
+        idx = resolve_organ(organ, labels_set)
         try:
             low, high = float(low), float(high)
         except (TypeError, ValueError):
@@ -314,7 +341,7 @@ def _check_scales(scales: Sequence[tuple[str | int, float, float]]) -> list[tupl
         if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
             raise ValueError(f"scales=[{entry!r}]: factors must be numbers > 0 with low <= high")
         if any(idx == seen for seen, _, _ in out):
-            raise ValueError(f"scales= names organ {CLASSES[idx].name!r} twice")
+            raise ValueError(f"scales= names organ {labels_set.classes[idx].name!r} twice")
         out.append((idx, low, high))
     return out
 
@@ -327,6 +354,7 @@ def vary_volume(
     scales: Sequence[tuple[str | int, float, float]] = (),
     deform_mm: float = 0.0,
     smoothness_mm: float = 40.0,
+    label_set: LabelSetLike = "amos",
 ) -> np.ndarray:
     """One variant of a label volume: each organ of ``scales`` scaled, then the map deformed.
 
@@ -338,17 +366,19 @@ def vary_volume(
         scales: ``(organ, low, high)``: the organ's volume factor, fixed when ``low == high``
             (:func:`scale_organ`, applied in order).
         deform_mm, smoothness_mm: :func:`deform` (none when ``deform_mm`` is 0).
+        label_set: The volume's label set (``"amos"``).
 
     Returns:
         uint8 ``[X, Y, Z]``.
     """
+    labels_set = get_label_set(label_set)
     out = labels
-    for idx, lo, hi in _check_scales(scales):
+    for idx, lo, hi in _check_scales(scales, labels_set):
         factor = lo if lo == hi else float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        out = scale_organ(out, affine, idx, factor)
+        out = scale_organ(out, affine, idx, factor, label_set=labels_set)
     if deform_mm > 0:
-        out = deform(out, affine, deform_mm, smoothness_mm, int(rng.integers(2**31)))
-    return check_label_volume(out)
+        out = deform(out, affine, deform_mm, smoothness_mm, int(rng.integers(2**31)), label_set=labels_set)
+    return check_label_volume(out, label_set=labels_set)
 
 
 def vary_files(
@@ -362,6 +392,9 @@ def vary_files(
     smoothness_mm: float = 40.0,
     images: str | Path | None = None,
     progress: bool = True,
+    label_set: LabelSetLike = "amos",
+    spacing: Sequence[float] | None = None,
+    fov_mm: float | None = None,
 ) -> list[Path]:
     """``num`` varied label volumes per input file, written as ``<output>/<case>_varNNN.nii.gz``.
 
@@ -382,6 +415,10 @@ def vary_files(
         smoothness_mm: Correlation length of the deformation in mm.
         images: Folder of the matching CT volumes (:func:`medsynth.io.find_image`), or None.
         progress: Show a progress bar.
+        label_set: The volumes' label set (``"amos"``; ``"totalseg"`` or a dataset.json).
+        spacing, fov_mm: Resample every variant to this voxel spacing (mm, three values along
+            the file's axes) and/or in-plane field of view (:func:`resample_labels`); None keeps
+            the input's grid.
 
     Returns:
         The written files.
@@ -404,8 +441,14 @@ def vary_files(
         raise ValueError(f"deform_mm={deform_mm}: must be >= 0 mm")
     if not (math.isfinite(smoothness_mm) and smoothness_mm > 0):
         raise ValueError(f"smoothness_mm={smoothness_mm}: must be > 0 mm")
-    checked = _check_scales(scales)
-    if not checked and deform_mm == 0:
+    labels_set = get_label_set(label_set)
+    checked = _check_scales(scales, labels_set)
+    resamples = spacing is not None or fov_mm is not None
+    if spacing is not None and (len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing)):
+        raise ValueError(f"spacing={list(spacing)}: give three voxel sizes > 0 mm")
+    if fov_mm is not None and not (math.isfinite(fov_mm) and fov_mm > 0):
+        raise ValueError(f"fov_mm={fov_mm}: must be > 0 mm")
+    if not checked and deform_mm == 0 and not resamples:
         raise ValueError("nothing to vary: give scales=[(organ, low, high)] and/or deform_mm=MM")
     if num > 1 and deform_mm == 0 and all(lo == hi for _, lo, hi in checked):
         raise ValueError(
@@ -416,13 +459,16 @@ def vary_files(
         raise ValueError("no label volumes given")
     if output.exists() and any(is_nifti(p) for p in output.iterdir()):
         raise ValueError(f"output={output} already holds NIfTI files; refusing to overwrite")
-    cases = [read_label_case(p, find_image(p, images) if images is not None else None) for p in inputs]
+    cases = [
+        read_label_case(p, find_image(p, images) if images is not None else None, label_set=labels_set)
+        for p in inputs
+    ]
     volumes = []
     for case in cases:
         lab = case.geometry.from_canonical(case.mask)  # [X, Y, Z] in the file's orientation
         for idx, _, _ in checked:
             if not (lab == idx).any():
-                raise ValueError(f"{case.path}: scales= organ {CLASSES[idx].name!r} is absent")
+                raise ValueError(f"{case.path}: scales= organ {labels_set.classes[idx].name!r} is absent")
         volumes.append(lab)
     output.mkdir(parents=True, exist_ok=True)
     staging = output / ".masks.partial"  # everything goes here first: all volumes or none
@@ -440,8 +486,12 @@ def vary_files(
                     scales=checked,
                     deform_mm=deform_mm,
                     smoothness_mm=smoothness_mm,
+                    label_set=labels_set,
                 )
-                save_nifti(staging / f"{case.name}_var{k:03d}.nii.gz", out, case.geometry.affine)
+                affine = case.geometry.affine
+                if resamples:
+                    out, affine = resample_labels(out, affine, spacing, fov_mm)
+                save_nifti(staging / f"{case.name}_var{k:03d}.nii.gz", out, affine)
                 bar.update(1)
         bar.close()
         written = []
@@ -451,3 +501,52 @@ def vary_files(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def resample_labels(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    fov_mm: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A label volume on another grid: another voxel spacing and/or in-plane field of view.
+
+    The new grid keeps the volume's orientation and centre. Along each axis it spans the same
+    extent in mm at the new spacing (``round(n * old / new)`` voxels); ``fov_mm`` then sets the
+    extent of the two in-plane axes (the first two array axes, as stored) to that many mm about
+    the centre, cropping or padding with background. Every new voxel takes the label at its centre
+    (nearest neighbour), so no label is invented or blended.
+
+    Args:
+        labels: ``[X, Y, Z]`` integer labels.
+        affine: ``[4, 4]`` voxel -> world (mm) affine.
+        spacing: New voxel size in mm along the three array axes (None: keep).
+        fov_mm: New in-plane field of view in mm (None: keep).
+
+    Returns:
+        ``(labels [X', Y', Z'] uint8, affine [4, 4])``.
+    """
+    lab = np.asarray(labels)
+    old = np.asarray(voxel_spacing(affine))
+    new = old if spacing is None else np.asarray([float(v) for v in spacing])
+    if new.shape != (3,) or not np.all(new > 0):
+        raise ValueError(f"spacing must be three voxel sizes > 0 mm, got {spacing!r}")
+    extent = np.asarray(lab.shape) * old  # mm
+    if fov_mm is not None:
+        if not fov_mm > 0:
+            raise ValueError(f"fov_mm must be > 0, got {fov_mm!r}")
+        extent[:2] = fov_mm
+    shape = np.maximum(1, np.round(extent / new)).astype(int)
+    # New voxel j sits at old voxel coordinate c_old + (j - c_new) * new / old, c = the grid centres.
+    c_old, c_new = (np.asarray(lab.shape) - 1) / 2.0, (shape - 1) / 2.0
+    scale = new / old
+    coords = [c_old[i] + (np.arange(shape[i]) - c_new[i]) * scale[i] for i in range(3)]
+    idx = [np.rint(c).astype(np.int64) for c in coords]
+    inside = [(k >= 0) & (k < n) for k, n in zip(idx, lab.shape)]
+    out = np.zeros(tuple(shape), dtype=np.uint8)
+    sub = np.ix_(*[k[m] for k, m in zip(idx, inside)])
+    out[np.ix_(*[np.nonzero(m)[0] for m in inside])] = lab[sub]
+    new_affine = np.asarray(affine, dtype=np.float64).copy()
+    new_affine[:3, :3] = new_affine[:3, :3] * scale[None, :]
+    new_affine[:3, 3] = np.asarray(affine)[:3, :3] @ (c_old - c_new * scale) + np.asarray(affine)[:3, 3]
+    return out, new_affine

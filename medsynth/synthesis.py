@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH, reassemble_volume, window_to_hu
+from medsynth.data.geometry import reassemble_volume, window_to_hu
 from medsynth.io import LabelCase, find_image, nifti_inputs, read_label_case, save_nifti
 from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, LABEL_SET_KEY, SynthesisModule
@@ -108,7 +108,7 @@ def synthesize_volume(
     sampler: str | None = None,
     guidance_scale: float | None = None,
     seed: int = 0,
-    window: tuple[float, float] = (WINDOW_LEVEL, WINDOW_WIDTH),
+    window: tuple[float, float] | None = None,
     progress: bool = True,
     precision: str | None = None,
     coherent: bool = False,
@@ -122,7 +122,8 @@ def synthesize_volume(
         num_steps, sampler, guidance_scale: Passed to ``generate()`` (None = method default).
         seed: Seeds each slice's noise from ``(seed, case name, slice index)``; the output does not
             depend on ``batch_size``.
-        window: (level, width) of the training window, to map [0, 1] back to HU.
+        window: (level, width) of the training window, to map [0, 1] back to HU (None: the
+            model's, ``model.window``).
         progress: Show a progress bar.
         precision: ``generate()`` precision: None/"32" (fp32) or "bf16" (autocast; see
             :meth:`SynthesisModule.autocast`).
@@ -137,7 +138,7 @@ def synthesize_volume(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    level, width = window
+    level, width = model.window if window is None else window
     size = model.image_size
     mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.mask, 2, 0))).long()  # [D, H, W]
     depth = mask.shape[0]

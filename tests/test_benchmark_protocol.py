@@ -47,6 +47,7 @@ from benchmarks.protocol import (
     sha256,
     step_budget,
     train_method,
+    trained_checkpoints,
     write_calibration,
 )
 from benchmarks.protocol.run import calibration_settings
@@ -122,6 +123,15 @@ def test_step_budget_checkpoints_land_at_25_50_100_percent_of_the_steps(tmp_path
         assert Path(s["path"]).name == f"toy_{round(100 * f)}.ckpt"
         assert torch.load(s["path"], weights_only=False)["global_step"] == s["step"]
     assert clock.now == 12 * 0.25  # and not a step more
+    # a stopped run's checkpoints are found again only for the same step budget, all of them
+    found = trained_checkpoints("toy", tmp_path, steps)
+    assert {f: (i["path"], i["step"]) for f, i in found.items()} == {
+        f: (i["path"], i["step"]) for f, i in saved.items()
+    }
+    assert trained_checkpoints("toy", tmp_path, 13) is None  # another budget: 25 % would be step 3, 100 % 13
+    assert trained_checkpoints("toy", tmp_path, 8) is None  # 25 % would be step 2
+    Path(saved[0.5]["path"]).unlink()
+    assert trained_checkpoints("toy", tmp_path, steps) is None
 
 
 def test_wall_clock_checkpoints_at_the_first_step_past_each_fraction(tmp_path: Path) -> None:

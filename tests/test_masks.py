@@ -215,3 +215,84 @@ def test_vary_files_is_what_the_command_writes_and_names_its_arguments(tmp_path)
         vary_files([src], tmp_path / "bad")
     assert in_cli_words(str(err.value), FLAGS).endswith("give --scale ORGAN=FACTOR and/or --deform MM")
     assert not (tmp_path / "bad").exists()
+
+
+def _world_labels(lab: np.ndarray, affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Independent reference: the labels ``[N, 8]`` a nearest-voxel lookup may give at world
+    points ``[N, 3]`` (mm): the nearest voxel's, and where a point lies halfway between two voxels
+    along an axis, those of both (0 outside the grid)."""
+    x = (np.linalg.inv(affine) @ np.c_[points, np.ones(len(points))].T)[:3].T
+    tie = np.abs(np.abs(x - np.floor(x)) - 0.5) < 1e-6
+    out = []
+    for combo in range(8):
+        pick = np.array([(combo >> a) & 1 for a in range(3)], bool)
+        ijk = np.where(tie & pick, np.floor(x), np.where(tie, np.ceil(x), np.rint(x))).astype(int)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(lab.shape)), axis=1)
+        col = np.zeros(len(points), np.uint8)
+        col[inside] = lab[tuple(ijk[inside].T)]
+        out.append(col)
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize(
+    "spacing, fov", [((1.5, 1.5, 8.0), None), ((3.0, 3.0, 2.0), None), (None, 40.0), ((1.0, 1.0, 5.0), 90.0)]
+)
+def test_resample_labels_keeps_every_world_position(spacing, fov) -> None:
+    """Every new voxel holds the old label found at its world position (nearest voxel, background
+    outside the old grid; at a point halfway between old voxels, one of theirs): the new affine
+    places the grid where the labels say; the centre stays."""
+    from medsynth.masks import resample_labels
+
+    lab, affine = phantom_labels()
+    out, new_affine = resample_labels(lab, affine, spacing, fov)
+    want = spacing or SPACING
+    assert np.allclose(voxel_spacing(new_affine), want)
+    if fov is not None:
+        assert out.shape[0] * want[0] == pytest.approx(fov, abs=want[0]) and out.shape[1] * want[
+            1
+        ] == pytest.approx(fov, abs=want[1])
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in out.shape], indexing="ij"), -1).reshape(-1, 3)
+    world = (new_affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+    candidates = _world_labels(lab, affine, world)
+    ok = (candidates == out.reshape(-1)[:, None]).any(axis=1)
+    assert ok.all(), f"{(~ok).sum()} voxels hold a label found nowhere near their position"
+    assert len(np.unique(out)) == len(np.unique(lab))  # nothing lost at this sampling
+    centre = lambda a, shape: a @ [*((np.asarray(shape) - 1) / 2.0), 1.0]  # noqa: E731
+    np.testing.assert_allclose(
+        centre(new_affine, out.shape), centre(affine, lab.shape), atol=max(want) / 2 + 1e-9
+    )
+
+
+def test_masks_in_the_totalsegmentator_label_set(tmp_path, capsys) -> None:
+    """The same operations on TotalSegmentator ids (liver 5, body 118): growth only into body,
+    the CLI with --label_set totalseg writes resampled variants, AMOS-only ids are refused."""
+    from medsynth.labels import get_label_set
+
+    ts = get_label_set("totalseg")
+    lab, affine = phantom_labels()
+    to_ts = np.zeros(256, np.uint8)
+    to_ts[[BODY, 6, 1, 3]] = [
+        ts.body,
+        ts.by_name("liver").index,
+        ts.by_name("spleen").index,
+        ts.by_name("kidney_left").index,
+    ]
+    tlab = to_ts[lab]
+    out = scale_organ(tlab, affine, "liver", 1.3, label_set="totalseg")
+    changed = out != tlab
+    assert set(np.unique(tlab[changed])) == {ts.body} and set(np.unique(out[changed])) == {5}
+    with pytest.raises(ValueError, match=r"0\.\.16 \(label set 'amos'\), found 0\.\.118"):
+        scale_organ(tlab, affine, "liver", 1.3)  # read as AMOS: 118 is out of range
+    save_nifti(tmp_path / "in" / "case.nii.gz", tlab, affine)
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--num", "2", "--deform", "3"]
+    assert (
+        main(
+            [*args, "--label_set", "totalseg", "--spacing", "1.5", "1.5", "8", "--fov", "60", "--no_progress"]
+        )
+        == 0
+    )
+    img = nib.load(str(tmp_path / "out" / "case_var001.nii.gz"))
+    assert img.shape[2] == 7 and np.allclose(img.header.get_zooms(), (1.5, 1.5, 8.0))
+    assert set(np.unique(np.asanyarray(img.dataobj))) <= {0, 1, 3, 5, ts.body}
+    assert main([*args[:4], "--label_set", "totalseg", "--spacing", "1", "0", "2", "--no_progress"]) == 2
+    assert "--spacing" in capsys.readouterr().err

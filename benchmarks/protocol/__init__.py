@@ -32,6 +32,7 @@ from .budget import (
     read_calibration,
     step_budget,
     train_method,
+    trained_checkpoints,
     write_calibration,
 )
 from .data import eval_slices, phantom
@@ -125,6 +126,7 @@ __all__ = [
     "step_budget",
     "synthesize",
     "train_method",
+    "trained_checkpoints",
     "train_segmenter",
     "training_class_means",
     "within_2pct",

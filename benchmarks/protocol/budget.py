@@ -40,6 +40,7 @@ __all__ = [
     "read_calibration",
     "step_budget",
     "train_method",
+    "trained_checkpoints",
     "write_calibration",
 ]
 
@@ -189,6 +190,28 @@ def train_method(
         trainer = quiet_trainer(accelerator, max_steps=steps, callbacks=[cb])
     trainer.fit(model, datamodule=datamodule)
     return {f: {"path": str(cb.path(f)), **info} for f, info in sorted(cb.saved.items())}
+
+
+def trained_checkpoints(
+    name: str, ckpt_dir: str | Path, steps: int, fractions: Sequence[float] = FRACTIONS
+) -> dict[float, dict[str, Any]] | None:
+    """The checkpoints a stopped run already wrote for a ``steps``-step budget, as
+    :func:`train_method` returns them, or None when any is missing or was saved at another step.
+
+    Only step budgets can be checked this way (a wall-clock budget leaves no trace to compare);
+    ``seconds`` is None because the stopped run's clock is gone.
+    """
+    targets = checkpoint_steps(steps, fractions)
+    found: dict[float, dict[str, Any]] = {}
+    for f in sorted(fractions):
+        path = Path(ckpt_dir) / f"{name}_{round(100 * f)}.ckpt"
+        if not path.is_file():
+            return None
+        step = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step")
+        if step != (steps if f == 1.0 else targets[f]):
+            return None
+        found[f] = {"path": str(path), "step": step, "seconds": None}
+    return found
 
 
 # ---------------------------------------------------------------------------------- step budget

@@ -23,7 +23,7 @@ from medsynth.metrics import (
     region_sums,
 )
 
-from .scoring import TARGET_ORGANS, Features, organ_scores, score
+from .scoring import TARGET_ORGANS, Extra, Features, organ_scores, score
 
 __all__ = ["painting_row", "reference_rows", "training_class_means"]
 
@@ -48,11 +48,12 @@ def painting_row(
     features: Features,
     real_feats: torch.Tensor,
     organs: Mapping[str, int] = TARGET_ORGANS,
+    extra: Extra | None = None,
 ) -> dict[str, float]:
     """Scores of ``mask`` ``[N, H, W]`` (in ``dm``'s label set) painted with ``dm``'s training
     class means, against ``batch``'s real slices."""
     painted = class_mean_painting(mask, training_class_means(dm))  # [N, 1, H, W]
-    return score(painted, batch, features, real_feats, organs)
+    return score(painted, batch, features, real_feats, organs, extra)
 
 
 def reference_rows(
@@ -61,13 +62,15 @@ def reference_rows(
     features: Features,
     device: str = "cpu",
     organs: Mapping[str, int] = TARGET_ORGANS,
+    extra: Extra | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
     """Real test-slice features ``[N, D]``, the real-slice row and the class-mean painting row.
 
     ``dm`` is the data module whose test slices ``batch`` holds (:func:`~.data.eval_slices`), in
     the segmenter's label set. The real row has PSNR NaN, SSIM 1 and organ errors 0 by definition;
     its Dice is the segmenter's on the real slices, its FD that of real training slices (as many,
-    spread evenly over the split) against the real test slices.
+    spread evenly over the split) against the real test slices; ``extra`` scores the real slices
+    themselves.
     """
     labels_set = features.label_set
     real_labels, real_feats = features(batch["image"].to(device))
@@ -83,5 +86,6 @@ def reference_rows(
         **organ_scores(torch.zeros(labels_set.num_classes, dtype=torch.float64), real_dice, organs),
         "dice/all_organs": float(np.nanmean([float(real_dice[c]) for c in labels_set.structure_ids])),
         "frechet_seg": frechet_distance(train_feats.numpy(), real_feats.numpy()),
+        **(extra(batch["image"], batch) if extra is not None else {}),
     }
-    return real_feats, real_row, painting_row(dm, batch["mask"], batch, features, real_feats, organs)
+    return real_feats, real_row, painting_row(dm, batch["mask"], batch, features, real_feats, organs, extra)

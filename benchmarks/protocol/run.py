@@ -28,6 +28,7 @@ from .budget import (
     read_calibration,
     step_budget,
     train_method,
+    trained_checkpoints,
     write_calibration,
 )
 from .data import eval_slices
@@ -45,6 +46,7 @@ from .resume import (
 )
 from .scoring import (
     TARGET_ORGANS,
+    Extra,
     SegmenterFeatures,
     aggregate,
     load_segmenter,
@@ -88,6 +90,9 @@ class Settings:
         segmenter_steps, segmenter_minutes: Its training (minutes None: ``budget_min``, or no
             limit under a step budget).
         resume: Add the methods missing from the output's quality.json.
+        reuse_checkpoints: Score a method's checkpoints that a stopped run left in
+            ``<out>/checkpoints`` instead of training it again, when they were saved at the steps
+            of this run's step budget (needs ``calibration``).
         calibration: A calibration file: step budgets instead of the wall clock; methods missing
             from it are timed first (take it on an idle machine) and recorded in it.
         calibration_steps, calibration_warmup: Steps timed per method, and untimed before them.
@@ -104,6 +109,7 @@ class Settings:
     segmenter_steps: int = 600
     segmenter_minutes: float | None = None
     resume: bool = False
+    reuse_checkpoints: bool = False
     calibration: Path | None = None
     calibration_steps: int = 30
     calibration_warmup: int = 5
@@ -248,6 +254,8 @@ def run_quality(
     organs: Mapping[str, int] = TARGET_ORGANS,
     header: Mapping[str, Any] | None = None,
     log: Log = _print,
+    extra: Extra | None = None,
+    batch_hook: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train, score and report ``methods`` of ``table`` (the quality protocol); returns the result
     written to ``<out>/quality.json``.
@@ -262,12 +270,19 @@ def run_quality(
             with the methods' label set, its test slices those of ``score_dm``.
         organs: Metric name -> id in the segmenter's label set.
         header: Extra entries of the result (e.g. ``{"dataset": "..."}``, the table's title).
+        extra: More metrics of every row (:data:`~.scoring.Extra`), e.g. the real CT's HU medians.
+        batch_hook: Called once with the evaluation slices before any scoring, to add what
+            ``extra`` needs (e.g. masks in another label set).
 
     Raises:
         ResumeError: before any training, for an output folder that cannot take this run.
         CalibrationError: before any training, for a calibration file that cannot serve it.
     """
     out = Path(out)
+    if s.reuse_checkpoints and not s.calibration:
+        raise ValueError(
+            "--reuse-checkpoints needs --calibration: only a step budget tells which checkpoints fit"
+        )
     prev = previous_results(out, s.resume)  # before any work: a folder with results is never overwritten
     if prev is not None and s.segmenter:
         raise ResumeError(
@@ -305,14 +320,16 @@ def run_quality(
         if other["keys"] != batch["keys"] or not torch.equal(other["image"], batch["image"]):
             raise RuntimeError("the training and the scoring data modules gave different test slices")
         batch["gen_mask"] = other["mask"]
+    if batch_hook is not None:
+        batch_hook(batch)
     seg_file = ckpt_dir / "segmenter.pt"
     seg = _segmenter(s, prev, score_dm, seg_file).to(s.device)
     features = SegmenterFeatures(seg)
-    real_feats, real_row, paint_row = reference_rows(score_dm, batch, features, s.device, organs)
+    real_feats, real_row, paint_row = reference_rows(score_dm, batch, features, s.device, organs, extra)
     rich_painting = None
     if train_dm is not score_dm:  # the bound of the richer mask: each pixel painted with its class's mean
         rich_painting = aggregate(
-            [painting_row(train_dm, batch["gen_mask"], batch, features, real_feats, organs)]
+            [painting_row(train_dm, batch["gen_mask"], batch, features, real_feats, organs, extra)]
         )
     results: dict[str, Any] = {
         **(header or {}),
@@ -350,9 +367,16 @@ def run_quality(
         steps = results["calibration"][name]["steps"] if calibration is not None else None
         log(f"=== {name}: training {s.budget_min} min" + (f" ({steps} steps)" if steps else ""))
         results["runs"][name] = machine(s.device)
-        model = build_model(name, train_dm.image_size, s.label_set, table)
-        budget = {"steps": steps} if steps else {"minutes": s.budget_min}
-        ckpts = train_method(model, name, train_dm, ckpt_dir, s.accelerator, **budget)
+        ckpts = trained_checkpoints(name, ckpt_dir, steps) if s.reuse_checkpoints else None
+        if ckpts is not None:
+            log(
+                f"  reusing its checkpoints in {ckpt_dir} (saved at steps {[i['step'] for i in ckpts.values()]})"
+            )
+            results["runs"][name]["reused_checkpoints"] = True
+        else:
+            model = build_model(name, train_dm.image_size, s.label_set, table)
+            budget = {"steps": steps} if steps else {"minutes": s.budget_min}
+            ckpts = train_method(model, name, train_dm, ckpt_dir, s.accelerator, **budget)
         per: dict[str, Any] = {}
         for frac, info in ckpts.items():
             model = load_model(name, info["path"], train_dm, s.device, table)
@@ -360,7 +384,7 @@ def run_quality(
             rows = []
             for seed in range(s.seeds):
                 synth = synthesize(model, batch, seed, s.opts)
-                rows.append(score(synth, batch, features, real_feats, organs))
+                rows.append(score(synth, batch, features, real_feats, organs, extra))
                 if frac == 1.0 and seed == 0:
                     figure[name] = synth[picks]
             per[str(frac)] = {

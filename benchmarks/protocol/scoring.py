@@ -19,7 +19,7 @@ masks scored are in that set): :data:`TARGET_ORGANS` for AMOS ids by default;
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +43,7 @@ from .budget import quiet_trainer
 
 __all__ = [
     "TARGET_ORGANS",
+    "Extra",
     "Features",
     "SegmenterFeatures",
     "aggregate",
@@ -168,12 +169,17 @@ def organ_scores(
     return out
 
 
+#: A scorer of a data set's own metrics: ``(synthetic [N, 1, H, W], batch) -> {metric: value}``.
+Extra = Callable[[torch.Tensor, Mapping[str, Any]], Mapping[str, float]]
+
+
 def score(
     synth: torch.Tensor,
     batch: Mapping[str, Any],
     features: Features,
     real_feats: torch.Tensor,
     organs: Mapping[str, int] = TARGET_ORGANS,
+    extra: Extra | None = None,
 ) -> dict[str, float]:
     """Every metric of one set of synthetic slices ``[N, 1, H, W]`` against ``batch``'s real ones.
 
@@ -183,6 +189,7 @@ def score(
         features: The segmenter (:class:`SegmenterFeatures`).
         real_feats: Its features of the real slices ``[M, D]`` (the FD's reference).
         organs: Metric name -> id in ``features.label_set``.
+        extra: More metrics of the data set (e.g. the real CT's organ medians in HU), added to the row.
     """
     labels_set = features.label_set
     n = labels_set.num_classes
@@ -198,6 +205,7 @@ def score(
         **organ_scores(err, dice, organs),
         "dice/all_organs": float(np.nanmean([float(dice[c]) for c in labels_set.structure_ids])),
         "frechet_seg": frechet_distance(feats.numpy(), real_feats.numpy()),
+        **(extra(synth, batch) if extra is not None else {}),
     }
 
 

@@ -155,7 +155,7 @@ class SynthesisMetrics(Callback):
         fid_cache_key: Identity of the data for the cache; None derives it from the data
             module's class and hyperparameters (no disk cache when it has none).
         window: ``(level, width)`` in HU of the slices' window, for "hu" and "frd"; None: the
-            data module's preprocessing window (``datamodule.config``) when it has one, else
+            model's ``window`` (checked equal to the data's at fit), else the data module's, else
             the paper's 40 / 400.
         train_data: The training slices for "memorization": a dataset of dicts with ``image``
             or a data module (its ``train_dataloader().dataset``); None: the trainer's data
@@ -295,8 +295,12 @@ class SynthesisMetrics(Callback):
             self._real_features(trainer, stage)
         dm = getattr(trainer, "datamodule", None)
         config = getattr(dm, "config", None)
-        if self.window is None and hasattr(config, "window_level") and hasattr(config, "window_width"):
-            self._window = (float(config.window_level), float(config.window_width))
+        if self.window is None:  # the model's window (its images' units), else the data module's
+            window = getattr(pl_module, "window", None) or getattr(dm, "window", None)
+            if window is None and hasattr(config, "window_level") and hasattr(config, "window_width"):
+                window = (config.window_level, config.window_width)
+            if window is not None:
+                self._window = (float(window[0]), float(window[1]))
         self._queries = {}
         if "memorization" in self.metrics and self._train_dataset is None:
             self._train_dataset = self._training_slices(dm)  # fail before any sampling

@@ -1,4 +1,4 @@
-"""medsynth's own subcommands (``synthesize``, ``evaluate``, ``masks``, ``label``, ``phantom``, ``demo``).
+"""medsynth's own subcommands (``synthesize``, ``evaluate``, ``masks``, ``label``, ``dataset``, ``phantom``, ``demo``).
 
 One module per command, named after it: ``build_parser()`` and ``main(argv) -> int`` (0 when done,
 2 for bad input, with the error on stderr). A command parses its flags, calls typed library
@@ -15,6 +15,7 @@ COMMAND_MODULES = {
     "demo": "medsynth.commands.demo",
     "masks": "medsynth.commands.masks",
     "label": "medsynth.commands.label",
+    "dataset": "medsynth.commands.dataset",
 }
 
 __all__ = ["COMMAND_MODULES"]

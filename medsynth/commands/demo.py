@@ -16,10 +16,12 @@ __all__ = ["build_parser", "main", "parse_bool"]
 #: ``--help`` of each DemoConfig field.
 HELP = {
     "output": "folder for checkpoints, TensorBoard logs, the report and the figure",
+    "data": "phantom (the built-in phantom) or realct (the shipped real CT, one patient)",
+    "label_set": "the masks' classes: amos (15 organs + body) or totalseg (every TotalSegmentator structure)",
     "image_size": "slice size (pixels)",
-    "num_train_cases": "phantom training volumes",
-    "num_test_cases": "phantom test volumes",
-    "depth": "slices per phantom volume",
+    "num_train_cases": "phantom training volumes (--data phantom)",
+    "num_test_cases": "phantom test volumes (--data phantom)",
+    "depth": "slices per phantom volume (--data phantom)",
     "batch_size": "training batch size",
     "model_channels": "base width of the mask-guided DDPM",
     "train_steps": "optimiser steps of the DDPM",
@@ -59,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     # Checked by the parser, before any training starts.
-    choices = {"noise_schedule": NOISE_SCHEDULES, "prediction_type": PREDICTION_TYPES, "sampler": SAMPLERS}
+    choices = {
+        "noise_schedule": NOISE_SCHEDULES,
+        "prediction_type": PREDICTION_TYPES,
+        "sampler": SAMPLERS,
+        "data": demo.DEMO_DATA,
+        "label_set": ("amos", "totalseg"),
+    }
     for f in dataclasses.fields(DemoConfig):
         value = f.default
         kind = type(value) if value is not None else str

@@ -22,6 +22,8 @@ FLAGS = {
     "smoothness_mm=": "--smoothness ",
     "num=": "--num ",
     "output=": "--output ",
+    "spacing=": "--spacing ",
+    "fov_mm=": "--fov ",
 }
 
 
@@ -44,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="medsynth masks",
         description=(
-            "Varied label volumes from existing ones (organ scaling, elastic deformation), "
-            "ready for `medsynth synthesize`. Outputs keep each input's geometry and include the "
-            "body class."
+            "Varied label volumes from existing ones (organ scaling, elastic deformation, another voxel "
+            "spacing or field of view), ready for `medsynth synthesize`. Outputs keep each input's "
+            "orientation (and grid, unless --spacing/--fov) and include the body class."
         ),
         formatter_class=HelpFormatter,
     )
@@ -66,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", type=Path, default=None, help="folder of the matching CT volumes (derives the body class)"
     )
+    p.add_argument(
+        "--label_set",
+        default="amos",
+        help="the volumes' label set: amos, totalseg or a dataset.json (organ names of --scale are its names)",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="resample every variant to this voxel size in mm along the file's axes (e.g. 0.8 0.8 5 for "
+        "5 mm slices; default: keep the input's grid)",
+    )
+    p.add_argument(
+        "--fov",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="in-plane field of view of the variants in mm, cropped or padded about the centre (default: keep)",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -84,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             smoothness_mm=a.smoothness,
             images=a.images,
             progress=not a.no_progress,
+            label_set=a.label_set,
+            spacing=a.spacing,
+            fov_mm=a.fov,
         )
     except (ValueError, FileNotFoundError) as err:
         return report_error("masks", err, FLAGS)

@@ -19,7 +19,16 @@ import numpy as np
 from medsynth.data.transforms import PreprocessConfig, SliceVolume, preprocess_volume
 from medsynth.labels import NUM_ORGANS
 
-__all__ = ["AMOSCase", "index_amos", "MRI_MIN_ID", "check_case", "load_checked"]
+__all__ = [
+    "AMOSCase",
+    "index_amos",
+    "MRI_MIN_ID",
+    "MAX_AIR_HU",
+    "AFFINE_ATOL",
+    "check_case",
+    "hu_problem",
+    "load_checked",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +36,8 @@ log = logging.getLogger(__name__)
 MRI_MIN_ID = 501
 _ID = re.compile(r"amos_(\d+)")
 _FOLDERS = {"training": ("imagesTr", "labelsTr"), "validation": ("imagesVa", "labelsVa")}
-_AFFINE_ATOL = 1e-3  # mm (and direction-cosine units): image and label must share the grid
+#: mm (and direction-cosine units) by which an image and its label volume may differ in geometry.
+AFFINE_ATOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def check_case(
         return f"{case.label}: unreadable ({type(e).__name__}: {e})", None
     if hu.shape != label.shape:
         return f"{case.label}: shape {label.shape} differs from the image's {hu.shape} ({case.image})", None
-    if not np.allclose(affine, label_affine, rtol=0.0, atol=_AFFINE_ATOL):
+    if not np.allclose(affine, label_affine, rtol=0.0, atol=AFFINE_ATOL):
         diff = float(np.abs(affine - label_affine).max())
         return (
             f"{case.label}: geometry (affine) differs from the image's by up to {diff:.4g} ({case.image})",
@@ -134,11 +144,31 @@ def check_case(
     finite = np.isfinite(hu)
     if not finite.all():
         return f"{case.image}: {int((~finite).sum())} non-finite intensities (NaN/inf)", None
+    problem = hu_problem(hu, case.image)
+    if problem is not None:
+        return problem, None
     values = np.unique(label)
     bad = values[(values < 0) | (values > max_label) | (values != np.round(values))]
     if bad.size:
         return f"{case.label}: label values outside 0..{max_label}: {bad[:10].tolist()}", None
     return None, (hu, label, affine)
+
+
+#: A CT in Hounsfield units has air (-1000 HU) around and inside the body; a volume with no value
+#: below this is no HU image (an 8-bit screenshot, or raw detector values without the DICOM rescale).
+MAX_AIR_HU = -200.0
+
+
+def hu_problem(hu: np.ndarray, path: str | Path) -> str | None:
+    """Why ``hu`` does not look like CT in Hounsfield units (naming ``path``), or None."""
+    lo, hi = float(np.min(hu)), float(np.max(hu))
+    if lo > MAX_AIR_HU:
+        return (
+            f"{path}: values {lo:g}..{hi:g} have no air (nothing below {MAX_AIR_HU:g} HU): not CT in "
+            "Hounsfield units (an 8-bit or windowed export, or raw values without the DICOM rescale "
+            "slope/intercept?); medsynth needs HU"
+        )
+    return None
 
 
 def load_checked(case: AMOSCase, config: PreprocessConfig, max_label: int = NUM_ORGANS) -> SliceVolume | str:

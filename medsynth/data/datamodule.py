@@ -8,6 +8,7 @@ volume is used, as in Zhuang et al., Sec. 3.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medsynth.data.amos import AMOSCase, index_amos, load_checked
+from medsynth.data.augment import AugmentedSlices, SliceAugmentation
 from medsynth.data.cache import BadCaseError, CacheEntry, SliceCache, files_fingerprint
 from medsynth.data.transforms import (
     WINDOW_LEVEL,
@@ -49,18 +51,27 @@ class SliceDataset(Dataset):
     and only that slice is read, so memory-mapped volumes are never loaded whole.
 
     Args:
-        images: Per case, ``[D, S, S]`` float16/float32 in [0, 1] (``np.memmap`` is fine).
+        images: Per case (or piece of a case), ``[D, S, S]`` float16/float32 in [0, 1]
+            (``np.memmap`` is fine).
         masks: Per case, uint8 ``[D, S, S]`` in 0..16.
         case_names: Per case, its name.
+        first_slices: Per case, the axial index of its first slice in the canonical volume
+            (None: 0 for every case). Lets a dataset hold slabs of a volume (a z split) while
+            ``slice_index`` stays the index in the whole volume.
     """
 
     def __init__(
-        self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], case_names: Sequence[str]
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        case_names: Sequence[str],
+        first_slices: Sequence[int] | None = None,
     ) -> None:
-        if not (len(images) == len(masks) == len(case_names)):
+        first_slices = [0] * len(images) if first_slices is None else [int(f) for f in first_slices]
+        if not (len(images) == len(masks) == len(case_names) == len(first_slices)):
             raise ValueError(
-                f"images, masks and case_names must have one entry per case, got "
-                f"{len(images)}, {len(masks)}, {len(case_names)}"
+                f"images, masks, case_names and first_slices must have one entry per case, got "
+                f"{len(images)}, {len(masks)}, {len(case_names)}, {len(first_slices)}"
             )
         for name, img, msk in zip(case_names, images, masks):
             if img.ndim != 3 or img.shape != msk.shape:
@@ -68,6 +79,7 @@ class SliceDataset(Dataset):
                     f"case {name}: image {img.shape} and mask {msk.shape} must be equal [D, S, S]"
                 )
         self.images, self.masks, self.case_names = list(images), list(masks), list(case_names)
+        self.first_slices = first_slices
         self.offsets = np.cumsum([0] + [len(x) for x in self.images])  # [num_cases + 1]
         # Plain ndarray views of the same buffers (np.memmap indexing has a per-call overhead).
         self._images = [np.asarray(x) for x in self.images]
@@ -99,7 +111,7 @@ class SliceDataset(Dataset):
             "image": image,
             "mask": mask,
             "case_id": self.case_names[case],
-            "slice_index": torch.tensor(k, dtype=torch.int64),
+            "slice_index": torch.tensor(self.first_slices[case] + k, dtype=torch.int64),
         }
 
 
@@ -110,27 +122,53 @@ class SliceDataModule(L.LightningDataModule):
         image_size: Slice size (square).
         batch_size: Slices per batch (16 in the paper).
         num_workers: DataLoader worker processes.
+        window_level: CT window centre in HU (40, the paper's).
+        window_width: CT window width in HU (400, the paper's: [-160, 240] HU -> [0, 1]; e.g. level 0,
+            width 2000 keeps air at -1000 and bone up to 1000 HU, at a cost in soft-tissue contrast).
+        augment: Random flips and small affines of the training slices with their masks (False;
+            True: :class:`~medsynth.data.augment.SliceAugmentation`'s defaults, or one of them).
     """
 
-    def __init__(self, image_size: int = 256, batch_size: int = 16, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        image_size: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        window_level: float = WINDOW_LEVEL,
+        window_width: float = WINDOW_WIDTH,
+        augment: bool | SliceAugmentation = False,
+    ) -> None:
         super().__init__()
+        if not isinstance(augment, (bool, SliceAugmentation)):
+            raise ValueError(f"augment must be a bool or a SliceAugmentation, got {augment!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        self.config = PreprocessConfig(image_size=image_size)
+        self.config = PreprocessConfig(
+            image_size=image_size, window_level=float(window_level), window_width=float(window_width)
+        )
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.datasets: dict[str, SliceDataset] = {}
+        self.augmentation = SliceAugmentation() if augment is True else (augment or None)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """``(level, width)`` in HU of the window that maps CT to the [0, 1] images."""
+        return (self.config.window_level, self.config.window_width)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         if split not in self.datasets:
             raise ValueError(f"{type(self).__name__} has no {split!r} split (0 cases)")
+        dataset = self.datasets[split]
+        if split == "train" and self.augmentation is not None:
+            dataset = AugmentedSlices(dataset, self.augmentation, self.image_size)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -196,6 +234,9 @@ class PhantomDataModule(SliceDataModule):
             body id 118 (:func:`medsynth.data.phantom.make_phantom_case`).
         irregularity: Lobulated organ outlines, 0-0.5 (0: the default phantom, unchanged; 0.5:
             ellipse IoU of stomach, bladder and spleen 0.79-0.82, see docs/data.md).
+        window_level, window_width: The CT window in HU (the paper's 40/400; see
+            :class:`SliceDataModule`).
+        augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
     """
 
     def __init__(
@@ -211,8 +252,11 @@ class PhantomDataModule(SliceDataModule):
         phantom_size: int | None = None,
         label_set: str = "amos",
         irregularity: float = 0.0,
+        window_level: float = WINDOW_LEVEL,
+        window_width: float = WINDOW_WIDTH,
+        augment: bool = False,
     ) -> None:
-        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
         from medsynth.data.phantom import check_irregularity
 
         irregularity = check_irregularity(irregularity)
@@ -240,7 +284,7 @@ class PhantomDataModule(SliceDataModule):
             from medsynth.labels import get_label_set
 
             ts = get_label_set("totalseg")
-            self.config = PreprocessConfig(image_size=image_size, body_label=ts.body, max_label=ts.body - 1)
+            self.config = dataclasses.replace(self.config, body_label=ts.body, max_label=ts.body - 1)
 
     @property
     def label_set(self):
@@ -353,9 +397,11 @@ class _CachedDataModule(SliceDataModule):
                     raise BadCaseError(f"bad {self.kind} case {entry.case_id}: {entry.problem}")
             if not entries:
                 raise ValueError(f"{self.kind} {split} split at {self.root} has no usable case")
-            self.datasets[split] = SliceDataset(
-                [e.image for e in entries], [e.mask for e in entries], [e.case_id for e in entries]
-            )
+            self.datasets[split] = SliceDataset(*zip(*self._pieces(split, entries)))
+
+    def _pieces(self, split: str, entries: list[CacheEntry]) -> list[tuple[np.ndarray, np.ndarray, str, int]]:
+        """``(image, mask, case_id, first slice index)`` of every volume (or slab) in ``split``."""
+        return [(e.image, e.mask, e.case_id, 0) for e in entries]
 
 
 class AMOSDataModule(_CachedDataModule):
@@ -391,6 +437,7 @@ class AMOSDataModule(_CachedDataModule):
             test set).
         window_level: CT window centre in HU.
         window_width: CT window width in HU.
+        augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
         progress: Show a progress bar while the cache is built.
     """
 
@@ -408,8 +455,9 @@ class AMOSDataModule(_CachedDataModule):
         window_level: float = WINDOW_LEVEL,
         window_width: float = WINDOW_WIDTH,
         progress: bool = True,
+        augment: bool = False,
     ) -> None:
-        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
         if on_bad_case not in ("raise", "skip"):
             raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
         for name, value in (
@@ -421,9 +469,6 @@ class AMOSDataModule(_CachedDataModule):
                 raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
-        self.config = PreprocessConfig(
-            image_size=image_size, window_level=window_level, window_width=window_width
-        )
         self.cache = SliceCache(cache_dir if cache_dir is not None else default_cache_dir(), self.config)
         self.on_bad_case = on_bad_case
         self.limits = {"train": max_train_cases, "val": max_val_cases, "test": max_test_cases}
@@ -489,9 +534,20 @@ class NNUNetDataModule(_CachedDataModule):
         remap: How the dataset's labels become ``label_set``'s when the two differ: ``"by_name"``
             (classes matched by name or TotalSegmentator name, unmatched ones become body) or a
             ``{dataset name: label_set name}`` dict of extra pairs on top of that.
-        num_val_cases: Validation cases taken from imagesTr (None: 10%, at least 1).
+        num_val_cases: Validation cases taken from imagesTr (None: 10%, at least 1; must be None
+            or 0 with ``test_slab``).
         max_train_cases: Use only the first N training cases (None: all).
         progress: Show a progress bar while the cache is built.
+        window_level, window_width: The CT window in HU (the paper's 40/400; see
+            :class:`SliceDataModule`).
+        augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
+        test_slab: ``(start, stop)``: split along z instead of by case, for one patient or a few.
+            The axial slices ``start..stop-1`` (canonical indices, 0 = most inferior) of every
+            imagesTr case are the val and test splits; training gets the slices below
+            ``start - slab_gap`` and from ``stop + slab_gap`` on. imagesTs is then not used.
+            :func:`medsynth.data.nnunet.organ_slab` finds the smallest slab holding given organs.
+        slab_gap: Slices left out on both sides of ``test_slab`` (4): neighbouring slices are
+            nearly copies of each other, so a slab without a gap is no held-out test.
     """
 
     kind = "nnU-Net"
@@ -509,16 +565,36 @@ class NNUNetDataModule(_CachedDataModule):
         num_val_cases: int | None = None,
         max_train_cases: int | None = None,
         progress: bool = True,
+        window_level: float = WINDOW_LEVEL,
+        window_width: float = WINDOW_WIDTH,
+        test_slab: tuple[int, int] | None = None,
+        slab_gap: int = 4,
+        augment: bool = False,
     ) -> None:
         from medsynth.data.nnunet import read_dataset_json
         from medsynth.labels import get_label_set
 
-        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers)
+        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
         if on_bad_case not in ("raise", "skip"):
             raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
         for name, value in (("num_val_cases", num_val_cases), ("max_train_cases", max_train_cases)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+        if test_slab is not None:
+            test_slab = tuple(test_slab)
+            if len(test_slab) != 2 or not all(isinstance(v, int) for v in test_slab):
+                raise ValueError(f"test_slab must be two ints (start, stop), got {test_slab!r}")
+            if not 0 <= test_slab[0] < test_slab[1]:
+                raise ValueError(
+                    f"test_slab=({test_slab[0]}, {test_slab[1]}) holds no slice: it needs 0 <= start < stop"
+                )
+            if num_val_cases:
+                raise ValueError(
+                    f"num_val_cases={num_val_cases} with test_slab: the slab is the val and test split; "
+                    "leave num_val_cases out"
+                )
+        if not isinstance(slab_gap, int) or slab_gap < 0:
+            raise ValueError(f"slab_gap must be an int >= 0, got {slab_gap!r}")
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -544,8 +620,8 @@ class NNUNetDataModule(_CachedDataModule):
             lut = tuple(int(v) for v in self.source_set.lookup_to(self.label_set, extra))
         elif remap not in (None, "by_name"):
             raise ValueError("remap is given but the dataset's labels already are label_set's")
-        self.config = PreprocessConfig(
-            image_size=image_size,
+        self.config = dataclasses.replace(
+            self.config,
             body_label=self.label_set.body,
             max_label=self.label_set.num_classes - 1,
             label_lut=lut,
@@ -555,6 +631,8 @@ class NNUNetDataModule(_CachedDataModule):
         self.num_val_cases = num_val_cases
         self.max_train_cases = max_train_cases
         self.progress = progress
+        self.test_slab = test_slab
+        self.slab_gap = slab_gap
         self._splits: dict | None = None
 
     @property
@@ -565,6 +643,16 @@ class NNUNetDataModule(_CachedDataModule):
     def splits(self) -> dict[str, list]:
         from medsynth.data.nnunet import index_nnunet, validation_cases
 
+        if self._splits is None and self.test_slab is not None:
+            index = index_nnunet(self.root)
+            if index["test"]:
+                warnings.warn(
+                    f"{self.root}: test_slab is set, so the val and test splits are that slab of the "
+                    f"imagesTr cases; the {len(index['test'])} imagesTs case(s) are not used",
+                    stacklevel=3,
+                )
+            cases = index["training"][: self.max_train_cases]
+            self._splits = {"train": cases, "val": cases, "test": cases}
         if self._splits is None:
             index = index_nnunet(self.root)
             cases = index["training"]
@@ -590,4 +678,36 @@ class NNUNetDataModule(_CachedDataModule):
         return self._splits
 
     def _load(self, case) -> SliceVolume | str:
-        return load_checked(case, self.config, self.file_max_label)
+        problem = load_checked(case, self.config, self.file_max_label)
+        if isinstance(problem, str) and "label values outside" in problem:
+            problem += (
+                f"; {self.root / 'dataset.json'} declares ids 0..{self.file_max_label}. A label volume "
+                "from another TotalSegmentator version (or another tool) numbers its structures "
+                "differently: rebuild the dataset with `medsynth dataset --names <that volume's "
+                "id -> name table>` and train with remap='by_name'"
+            )
+        return problem
+
+    def _pieces(self, split: str, entries: list[CacheEntry]) -> list[tuple[np.ndarray, np.ndarray, str, int]]:
+        if self.test_slab is None:
+            return super()._pieces(split, entries)
+        start, stop = self.test_slab
+        out = []
+        for e in entries:
+            depth = len(e.image)
+            if stop > depth:
+                raise ValueError(
+                    f"test_slab=({start}, {stop}) reaches past the {depth} slices of case {e.case_id} "
+                    f"({self.root})"
+                )
+            if split == "train":
+                lo, hi = max(0, start - self.slab_gap), min(depth, stop + self.slab_gap)
+                out += [(e.image[a:b], e.mask[a:b], e.case_id, a) for a, b in ((0, lo), (hi, depth)) if b > a]
+            else:
+                out.append((e.image[start:stop], e.mask[start:stop], e.case_id, start))
+        if not out:
+            raise ValueError(
+                f"test_slab=({start}, {stop}) with slab_gap={self.slab_gap} leaves no training slice "
+                f"in {self.root}"
+            )
+        return out

@@ -3,11 +3,13 @@
 One path turns a labelled CT volume (HU array, AMOS label array 0..15, voxel-to-RAS affine) into
 the slices the models see:
 
+0. values below :data:`AIR_HU` (-1024, the scan circle's padding) are read as air;
 1. canonical orientation (MONAI ``Orientation``) to :data:`CANONICAL_AXCODES` = ``"PLS"``, so the
    same anatomy gives the same axial slice whatever orientation the file is stored in;
 2. body mask on the HU volume (threshold, 3D largest connected component, holes filled per
    slice): body voxels without an organ label get :data:`medsynth.labels.BODY` (16);
-3. CT window level 40, width 400, clipped and scaled to [0, 1] (MONAI ``ScaleIntensityRange``);
+3. CT window (the paper's level 40, width 400; configurable), clipped and scaled to [0, 1]
+   (MONAI ``ScaleIntensityRange``);
 4. every axial slice resized to ``image_size`` x ``image_size`` (image: bilinear with
    anti-aliasing; mask: nearest).
 
@@ -35,10 +37,13 @@ from medsynth.labels import BODY, NUM_ORGANS
 #: The one home of these constants; geometry, the data modules and synthesis use them.
 WINDOW_LEVEL = 40.0
 WINDOW_WIDTH = 400.0
+#: Air in HU; every value below it (the scan circle's -2048 or -3024 padding) is read as air.
+AIR_HU = -1024.0
 
 __all__ = [
     "WINDOW_LEVEL",
     "WINDOW_WIDTH",
+    "AIR_HU",
     "CANONICAL_AXCODES",
     "PREPROCESS_VERSION",
     "PreprocessConfig",
@@ -293,7 +298,10 @@ def preprocess_volume(
     config = config or PreprocessConfig()
     if hu.shape != label.shape:
         raise ValueError(f"image and label shapes differ: {hu.shape} vs {label.shape}")
-    hu_c, _ = canonicalize(np.asarray(hu, dtype=np.float32), affine, config.axcodes)  # [H, W, D]
+    # Below -1024 HU is no tissue: scanners fill the outside of the reconstruction circle with
+    # -2048 or -3024. Read it as air, so that no window or statistic sees it as a value of its own.
+    hu = np.maximum(np.asarray(hu, dtype=np.float32), AIR_HU)
+    hu_c, _ = canonicalize(hu, affine, config.axcodes)  # [H, W, D]
     lab = np.rint(np.asarray(label, dtype=np.float32))
     if config.label_lut is not None:
         lut = np.asarray(config.label_lut, dtype=np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from medsynth.data.geometry import VolumeGeometry, reassemble_volume, window_to_hu
+from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH, VolumeGeometry, reassemble_volume, window_to_hu
 from medsynth.labels import (
     CLASSES,
     NUM_CLASSES,
@@ -286,6 +286,7 @@ class TotalSegmentatorScorer:
         slices: Mapping[int, Tensor | np.ndarray] | Sequence[Tensor | np.ndarray] | Tensor,
         geometry: VolumeGeometry,
         label_volume: np.ndarray,
+        window: tuple[float, float] = (WINDOW_LEVEL, WINDOW_WIDTH),
     ) -> Tensor:
         """Dice per class ``[17]`` (float64, NaN where absent from both) of one synthetic case.
 
@@ -294,13 +295,14 @@ class TotalSegmentatorScorer:
             geometry: Where the slices go in the original volume.
             label_volume: Ground-truth AMOS labels in the original geometry; ids above 15
                 (e.g. the body class) are ignored.
+            window: ``(level, width)`` in HU of the slices' [0, 1] scale (the model's ``window``).
         """
         import nibabel as nib
 
         labels = np.asarray(label_volume).astype(np.int64)
         if labels.shape != tuple(geometry.shape):
             raise ValueError(f"label_volume {labels.shape} does not match the geometry {geometry.shape}")
-        hu = window_to_hu(reassemble_volume(slices, geometry, mode="bilinear"))
+        hu = window_to_hu(reassemble_volume(slices, geometry, mode="bilinear"), *window)
         ct = nib.Nifti1Image(hu.astype(np.float32), np.asarray(geometry.affine))
         pred = self.segment(ct)
         labels = np.where(labels <= max(ORGAN_IDS), labels, 0)

@@ -21,6 +21,7 @@ from medsynth.random import GeneratorLike, check_generator
 
 __all__ = [
     "check_data_label_set",
+    "check_data_window",
     "SynthesisModule",
     "is_method",
     "check_mask",
@@ -123,6 +124,22 @@ def check_data_label_set(model: Any, datamodule: Any) -> None:
         )
 
 
+def check_data_window(model: Any, datamodule: Any) -> None:
+    """Raise a ValueError, before any training, when the data's CT window is not the model's.
+
+    Data modules expose theirs as ``window`` (``(level, width)`` in HU); others are the paper's.
+    """
+    if datamodule is None:
+        return
+    data = tuple(float(v) for v in getattr(datamodule, "window", (40.0, 400.0)))
+    if data != tuple(model.window):
+        raise ValueError(
+            f"the data's CT window (level {data[0]:g}, width {data[1]:g} HU) is not the model's "
+            f"(level {model.window[0]:g}, width {model.window[1]:g}); set --model.init_args.window_level/"
+            "window_width to the data's (the CLI links them from --data.init_args.window_level/window_width)"
+        )
+
+
 class SynthesisModule(L.LightningModule):
     """Base of all mask-to-CT methods.
 
@@ -137,6 +154,9 @@ class SynthesisModule(L.LightningModule):
         label_set: The classes of the masks: ``"amos"`` (default), ``"totalseg"``, or a
             dataset.json path (:func:`medsynth.labels.get_label_set`). Checkpoints record the
             whole table, so a model loads without the file.
+        window_level, window_width: The CT window in HU that maps its [0, 1] images to HU
+            (the paper's level 40, width 400). It must equal the data module's (checked when
+            fitting starts); :meth:`to_hu` and volume synthesis use it to return HU.
     """
 
     generate_options: tuple[str, ...] = ()
@@ -144,7 +164,14 @@ class SynthesisModule(L.LightningModule):
     #: method of its own, so the contract suite (tests/test_contract.py) skips it. Not inherited.
     _base_class: bool = True
 
-    def __init__(self, image_size: int, num_classes: int | None = None, label_set: str = "amos") -> None:
+    def __init__(
+        self,
+        image_size: int,
+        num_classes: int | None = None,
+        label_set: str = "amos",
+        window_level: float = 40.0,
+        window_width: float = 400.0,
+    ) -> None:
         super().__init__()
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
@@ -158,9 +185,12 @@ class SynthesisModule(L.LightningModule):
                 f"num_classes={num_classes} disagrees with label_set={labels.name!r}, which has "
                 f"{labels.num_classes} classes; leave num_classes out (it follows from label_set)"
             )
+        if not window_width > 0:
+            raise ValueError(f"window_width must be > 0 HU, got {window_width!r}")
         self.image_size = image_size
         self.num_classes = num_classes
         self.label_set = labels
+        self.window = (float(window_level), float(window_width))
         self._host_checked = False  # set by on_before_batch_transfer, consumed by the step
 
     @torch.no_grad()
@@ -246,8 +276,14 @@ class SynthesisModule(L.LightningModule):
         """
         return {k: v for k, v in options.items() if k in self.generate_options}
 
+    def to_hu(self, images: Tensor) -> Tensor:
+        """``[0, 1]`` images of this model -> Hounsfield units (float64), through its window."""
+        level, width = self.window
+        return images.double() * width + (level - width / 2.0)
+
     def on_fit_start(self) -> None:
         check_data_label_set(self, getattr(self.trainer, "datamodule", None))
+        check_data_window(self, getattr(self.trainer, "datamodule", None))
         # seed_everything gives every DDP process the same seed, so each would draw the same
         # timesteps, noise and dropout for its (different) images. Offset the RNG by the rank.
         if self.trainer.world_size > 1:

@@ -84,6 +84,8 @@ class DiffusionModel(SynthesisModule):
         logit_mean: m of the logit-normal t = sigmoid(m + s n) (0, SD3).
         logit_std: s of the logit-normal (1, SD3).
         time_shift: SD3's time shift of a flow's training times and sampling grid (1: none).
+        window_level, window_width: The CT window (HU) of the [0, 1] images it learns and makes
+            (the paper's 40/400; must equal the data module's, see :class:`~medsynth.models.SynthesisModule`).
 
     Attributes:
         condition_cache: Whether ``generate()`` encodes the condition once per call instead of at
@@ -123,8 +125,10 @@ class DiffusionModel(SynthesisModule):
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
         time_shift: float = 1.0,
+        window_level: float = 40.0,
+        window_width: float = 400.0,
     ) -> None:
-        super().__init__(image_size, num_classes, label_set)
+        super().__init__(image_size, num_classes, label_set, window_level, window_width)
         diffusion = build_process(
             process,
             timesteps=timesteps,

@@ -70,6 +70,8 @@ class GANModule(SynthesisModule):
         label_set: "amos", "totalseg" or a dataset.json path (medsynth.labels.get_label_set).
         lr_g, lr_d: Adam learning rates of the generator and discriminator.
         betas_g, betas_d: Adam betas.
+        window_level, window_width: The CT window (HU) of the [0, 1] images it learns and makes
+            (the paper's 40/400; must equal the data module's, see :class:`~medsynth.models.SynthesisModule`).
     """
 
     automatic_optimization = False
@@ -87,8 +89,10 @@ class GANModule(SynthesisModule):
         lr_d: float,
         betas_g: tuple[float, float],
         betas_d: tuple[float, float],
+        window_level: float = 40.0,
+        window_width: float = 400.0,
     ) -> None:
-        super().__init__(image_size, num_classes, label_set)
+        super().__init__(image_size, num_classes, label_set, window_level, window_width)
         for name, lr in (("lr_g", lr_g), ("lr_d", lr_d)):
             if not lr > 0:
                 raise ValueError(f"{name} must be positive, got {lr!r}")

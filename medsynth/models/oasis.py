@@ -43,6 +43,8 @@ class OASIS(GANModule):
         ema_bn_batches: Training batches for the EMA batch-norm statistics (50, as OASIS).
         ema_warmup: Ramp the EMA decay as min(ema_decay, (1 + n) / (10 + n)) over steps n (False,
             OASIS's setting; short runs need it, see :class:`medsynth.nn.ema.EMA`).
+        window_level, window_width: The CT window (HU) of the [0, 1] images it learns and makes
+            (the paper's 40/400; must equal the data module's, see :class:`~medsynth.models.SynthesisModule`).
     """
 
     def __init__(
@@ -63,9 +65,19 @@ class OASIS(GANModule):
         ema_decay: float | None = 0.9999,
         ema_bn_batches: int = 50,
         ema_warmup: bool = False,
+        window_level: float = 40.0,
+        window_width: float = 400.0,
     ) -> None:
         super().__init__(
-            image_size, num_classes, label_set, lr_g=lr_g, lr_d=lr_d, betas_g=betas, betas_d=betas
+            image_size,
+            num_classes,
+            label_set,
+            lr_g=lr_g,
+            lr_d=lr_d,
+            betas_g=betas,
+            betas_d=betas,
+            window_level=window_level,
+            window_width=window_width,
         )
         for name, value in (("lambda_labelmix", lambda_labelmix), ("lambda_vgg", lambda_vgg)):
             if value < 0:

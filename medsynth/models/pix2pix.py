@@ -33,6 +33,8 @@ class Pix2Pix(GANModule):
         dropout: Decoder dropout (0.5; it is the generator's only noise).
         lr: Adam learning rate of G and D (5e-4).
         betas: Adam betas (0.5, 0.999).
+        window_level, window_width: The CT window (HU) of the [0, 1] images it learns and makes
+            (the paper's 40/400; must equal the data module's, see :class:`~medsynth.models.SynthesisModule`).
     """
 
     def __init__(
@@ -47,8 +49,20 @@ class Pix2Pix(GANModule):
         dropout: float = 0.5,
         lr: float = 5e-4,
         betas: tuple[float, float] = (0.5, 0.999),
+        window_level: float = 40.0,
+        window_width: float = 400.0,
     ) -> None:
-        super().__init__(image_size, num_classes, label_set, lr_g=lr, lr_d=lr, betas_g=betas, betas_d=betas)
+        super().__init__(
+            image_size,
+            num_classes,
+            label_set,
+            lr_g=lr,
+            lr_d=lr,
+            betas_g=betas,
+            betas_d=betas,
+            window_level=window_level,
+            window_width=window_width,
+        )
         if lambda_l1 < 0:
             raise ValueError(f"lambda_l1 must be >= 0, got {lambda_l1}")
         if n_layers_d < 1:

@@ -37,6 +37,8 @@ class OrganSegmenter(L.LightningModule):
         model_channels: Base width; the U-Net uses ``(c, c, 2c, 4c, 8c, c)`` features.
         lr: Adam learning rate.
         dropout: Dropout of the U-Net blocks.
+        window_level, window_width: The CT window (HU) of the images it segments (the paper's
+            40/400); recorded so a scorer knows the intensity scale it was trained on.
 
     Logs ``train/loss``, ``val/loss``, ``val/dice`` (mean organ Dice over the epoch's pixels)
     and the same under ``test/``.
@@ -50,6 +52,8 @@ class OrganSegmenter(L.LightningModule):
         model_channels: int = 32,
         lr: float = 1e-3,
         dropout: float = 0.0,
+        window_level: float = 40.0,
+        window_width: float = 400.0,
     ) -> None:
         super().__init__()
         if not isinstance(image_size, int) or image_size < 32:  # four 2x poolings, instance norm at 2x2

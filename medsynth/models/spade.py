@@ -41,6 +41,8 @@ class SPADE(GANModule):
         ttur: Two time-scale update rule: G at lr / 2, D at lr * 2 (SPADE's default); without
             it both use lr.
         betas: Adam betas of G and D ((0, 0.9), SPADE's TTUR setting).
+        window_level, window_width: The CT window (HU) of the [0, 1] images it learns and makes
+            (the paper's 40/400; must equal the data module's, see :class:`~medsynth.models.SynthesisModule`).
     """
 
     def __init__(
@@ -59,10 +61,20 @@ class SPADE(GANModule):
         lr: float = 5e-4,
         ttur: bool = True,
         betas: tuple[float, float] = (0.0, 0.9),
+        window_level: float = 40.0,
+        window_width: float = 400.0,
     ) -> None:
         lr_g, lr_d = (lr / 2, lr * 2) if ttur else (lr, lr)
         super().__init__(
-            image_size, num_classes, label_set, lr_g=lr_g, lr_d=lr_d, betas_g=betas, betas_d=betas
+            image_size,
+            num_classes,
+            label_set,
+            lr_g=lr_g,
+            lr_d=lr_d,
+            betas_g=betas,
+            betas_d=betas,
+            window_level=window_level,
+            window_width=window_width,
         )
         for name, value in (("lambda_feat", lambda_feat), ("lambda_vgg", lambda_vgg)):
             if value < 0:

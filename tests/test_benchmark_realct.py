@@ -1,0 +1,91 @@
+"""benchmarks/realct.py: its HU scores against medians computed by hand, its target check, and a
+tiny end-to-end run on the shipped real-CT fixture."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import realct  # noqa: E402
+
+from medsynth.data.nnunet import REALCT_DIR  # noqa: E402
+from medsynth.labels import get_label_set  # noqa: E402
+
+
+def test_hu_scores_are_medians_in_hounsfield_units():
+    """Real slices painted per class; the synthetic liver 0.05 brighter (20 HU on the 400 HU window),
+    bone at a known value: the scores are exactly those offsets and medians."""
+    ts = get_label_set("totalseg")
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask[:, 1:7, 1:7] = 16  # body
+    mask[:, 2:4, 2:4] = 6  # liver (AMOS)
+    mask[:, 5, 5] = 8  # aorta
+    ts_mask = torch.zeros_like(mask)
+    ts_mask[:, 4, 1:3] = ts.by_name("vertebrae_L1").index
+    real = torch.full((2, 1, 8, 8), 0.2)
+    real[:, 0][mask == 6] = 0.5
+    real[:, 0][ts_mask > 0] = 0.9
+    synth = real.clone()
+    synth[:, 0][mask == 6] += 0.05
+    synth[:, 0][mask == 0] = 0.01
+    batch = {"image": real, "mask": mask, "ts_mask": ts_mask}
+    out = realct.hu_scorer((40.0, 400.0))(synth, batch)
+    assert out["hu/liver"] == pytest.approx(20.0) and out["hu/aorta"] == pytest.approx(0.0)
+    assert out["hu/air"] == pytest.approx(0.01 * 400 - 160) and np.isnan(out["hu/spleen"])
+    assert out["hu/bone"] == out["hu/bone_real"] == pytest.approx(0.9 * 400 - 160)
+    wide = realct.hu_scorer((0.0, 2000.0))(synth, batch)
+    assert wide["hu/liver"] == pytest.approx(100.0)  # 0.05 of a 2000 HU window
+
+
+def _cell(v: float) -> dict[str, float]:
+    return {"mean": v, "sd": 0.0, "n": 4}
+
+
+def test_targets_count_hu_dice_and_psnr():
+    organs = realct.TARGET_HU
+    real = {**{f"dice/{o}": _cell(0.9) for o in organs}, "dice/aorta": _cell(0.2)}
+    good = {
+        "psnr": _cell(21.0),
+        **{f"hu/{o}": _cell(5.0) for o in organs},
+        **{f"dice/{o}": _cell(0.85) for o in organs},
+    }
+    bad = {**good, "psnr": _cell(18.0), "hu/liver": _cell(-25.0), "dice/spleen": _cell(0.5)}
+    results = {
+        "real": real,
+        "painting": {"psnr": _cell(19.0)},
+        "methods": {"a": {"1.0": {"metrics": good}}, "b": {"1.0": {"metrics": bad}}},
+    }
+    a, b = realct.targets(results)
+    assert (
+        "5/5" in a
+        and "Dice >= 0.9 x real for 4/4" in a
+        and "not scorable: aorta" in a
+        and "21.00 > painting" in a
+    )
+    assert "4/5" in b and "liver -25.0" in b and "for 3/4" in b and "18.00 <= painting" in b
+
+
+def test_tiny_run_on_the_fixture(tmp_path, monkeypatch):
+    """One method, one seed, seconds of training at 32x32: quality.json holds the HU metrics of every
+    row, realct.md the table and the target line, and the scored slices are the held-out slab."""
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "--source", str(REALCT_DIR), "--dataset", str(tmp_path / "ds"), "--cache", str(tmp_path / "cache"),
+        "--budget", "0.02", "--seeds", "1", "--methods", "conditional_ddpm", "--image-size", "32",
+        "--segmenter-steps", "2", "--num-steps", "2", "--output", str(tmp_path / "out"),
+    ]  # fmt: skip
+    assert realct.main(args) == 0
+    res = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert res["test_slab"] == [20, 34] and res["num_eval"] == 14
+    for row in (res["real"], res["painting"], res["methods"]["conditional_ddpm"]["1.0"]["metrics"]):
+        assert {"hu/liver", "hu/aorta", "hu/air", "hu/bone"} <= set(row)
+    assert res["real"]["hu/liver"]["mean"] == 0.0
+    text = (tmp_path / "out" / "realct.md").read_text()
+    assert "| conditional_ddpm |" in text and "median HU error <= 20" in text
