@@ -200,11 +200,14 @@ def figure_batch(datamodule: L.LightningDataModule, num_slices: int = 4) -> dict
         raise ValueError("the test split is empty")
     picks = sorted({round(i * (n - 1) / max(num_slices - 1, 1)) for i in range(num_slices)})
     items = [dataset[i] for i in picks]
+    from medsynth.data.context import CONTEXT_KEYS
+
     return {
         "image": torch.stack([it["image"] for it in items]),
         "mask": torch.stack([it["mask"] for it in items]),
         "case_id": [it["case_id"] for it in items],
         "slice_index": torch.stack([torch.as_tensor(it["slice_index"]) for it in items]),
+        **{k: torch.stack([it[k] for it in items]) for k in CONTEXT_KEYS if k in items[0]},
     }
 
 
@@ -226,6 +229,7 @@ def write_evaluation(
 
     Slices in the figure are generated with the same per-slice seeds as the metrics.
     """
+    from medsynth.data.context import batch_context
     from medsynth.metrics.report import comparison_figure, normalize_row, write_report
     from medsynth.random import slice_generators
 
@@ -241,7 +245,10 @@ def write_evaluation(
             opts = model.generate_kwargs(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale)
             keys = list(zip(batch["case_id"], batch["slice_index"].tolist()))
             gens = slice_generators(keys, seed, model.device)
-            outputs[label] = model.generate(batch["mask"].to(model.device), generator=gens, **opts).cpu()
+            context = batch_context(model, batch)  # a 2.5D model's: the real neighbours
+            outputs[label] = model.generate(
+                batch["mask"].to(model.device), generator=gens, context=context, **opts
+            ).cpu()
         paths.append(comparison_figure(batch["mask"], outputs, out / f"{name}.png", real=batch["image"]))
     return paths
 
@@ -368,7 +375,15 @@ def evaluate_checkpoints(
             fast=totalseg_fast,
             label_set=next(iter(label_sets.values())),
         )
-    dm = build_datamodule(data_config, None if data_config else {"image_size": size})
+    contexts = {m.context_spec for m in loaded if m.context_spec is not None}
+    if len(contexts) > 1:
+        raise ValueError(
+            f"the checkpoints are 2.5D models with different contexts {sorted(map(str, contexts))}; evaluate them apart"
+        )
+    overrides = {} if data_config else {"image_size": size}
+    for spec in contexts:  # the test batches then hold what a 2.5D model needs (a 2D one ignores it)
+        overrides.update(context_slices=spec.neighbours, context_previous=spec.previous)
+    dm = build_datamodule(data_config, overrides or None)
     if getattr(dm, "image_size", size) != size:
         raise ValueError(
             f"{data_config}: data image_size={dm.image_size} but the checkpoints were trained at {size}"

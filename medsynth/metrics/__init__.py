@@ -28,7 +28,15 @@ from medsynth.metrics.intensity import (
     region_means,
     region_sums,
 )
-from medsynth.metrics.volume import adjacent_slice_difference
+from medsynth.metrics.volume import (
+    adjacent_difference_ratio,
+    adjacent_slice_difference,
+    highpass_residual,
+    median_drift,
+    orthogonal_views,
+    part_medians,
+    texture_sticking,
+)
 
 __all__ = [
     "psnr",
@@ -53,4 +61,10 @@ __all__ = [
     "organ_intensity_error",
     "class_mean_painting",
     "adjacent_slice_difference",
+    "adjacent_difference_ratio",
+    "highpass_residual",
+    "texture_sticking",
+    "part_medians",
+    "median_drift",
+    "orthogonal_views",
 ]
