@@ -273,7 +273,9 @@ class ContextStub(SynthesisModule):
 
     def __init__(self, image_size: int = S, neighbours: int = 1, previous: int = 1) -> None:
         super().__init__(image_size, 17)
+        self.save_hyperparameters()
         self.context_spec = ContextSpec(neighbours, previous)
+        self.w = torch.nn.Parameter(torch.zeros(1))  # something to save
         self.calls: list[tuple[torch.Tensor, SliceContext]] = []
 
     def _generate(self, mask, *, generator=None, context=None):
@@ -368,3 +370,55 @@ def test_gaps_and_short_volumes():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         generate_volumes(ContextStub(neighbours=1, previous=0), [_masks(3)], ["ok"])  # no warning at the span
+
+
+def test_synthesize_command_with_a_25d_checkpoint_and_a_gap(tmp_path, capsys):
+    """`medsynth synthesize` makes a 2.5D checkpoint's volume in order: the same volume as
+    synthesize_volume; an unlabelled slice is a gap, said so, written as the window's bottom
+    (-160 HU), never generated, and its neighbours see no mask and no previous slice across it."""
+    import lightning as L
+    import nibabel as nib
+
+    from medsynth.commands.synthesize import main
+    from medsynth.io import read_label_case
+    from medsynth.synthesis import load_model, synthesize_volume
+
+    stub = ContextStub(image_size=16)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(stub)
+    trainer.save_checkpoint(tmp_path / "stub.ckpt", weights_only=True)
+    labels = np.zeros((16, 16, 7), dtype=np.uint8)
+    labels[2:14, 2:14, :] = 16  # body
+    labels[4:9, 4:9, :] = 6  # liver
+    labels[:, :, 3] = 0  # slice 3: no label at all
+    path = tmp_path / "in" / "case.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(labels, np.diag([2.0, 2.0, 5.0, 1.0])), path)
+    with pytest.warns(UserWarning, match=r"case.nii.gz: axial slice\(s\) 3 .* gaps in z"):
+        assert (
+            main(
+                [
+                    "--checkpoint",
+                    str(tmp_path / "stub.ckpt"),
+                    "--input",
+                    str(path),
+                    "--output",
+                    str(tmp_path / "out"),
+                    "--no_progress",
+                ]
+            )
+            == 0
+        )
+    assert "2.5D model (the masks of slices ±1 and the 1 previous slice image(s))" in capsys.readouterr().out
+    hu = np.asarray(nib.load(tmp_path / "out" / "case.nii.gz").dataobj)  # [16, 16, 7] int16
+    assert (hu[:, :, 3] == -160).all() and (hu[:, :, 2] != -160).any()
+    model = load_model(tmp_path / "stub.ckpt")
+    with pytest.warns(UserWarning, match="gaps in z"):
+        ref = synthesize_volume(model, read_label_case(path), progress=False)
+    np.testing.assert_array_equal(hu, np.round(ref).astype(np.int16))
+    # the contexts the stub received: 6 slices in 3 steps (slices 0 and 4 start runs; 1, 5; 2, 6)
+    assert [len(m) for m, _ in model.calls] == [2, 2, 2]
+    first, last = model.calls[0][1], model.calls[2][1]
+    assert first.previous_valid.tolist() == [[False], [False]]  # slices 0 and 4: nothing below
+    assert first.masks_valid.tolist() == [[False, True], [False, True]]  # slice 4 sees no slice 3
+    assert last.masks_valid.tolist() == [[True, False], [True, False]]  # slices 2 and 6: nothing above
