@@ -422,3 +422,40 @@ def test_synthesize_command_with_a_25d_checkpoint_and_a_gap(tmp_path, capsys):
     assert first.previous_valid.tolist() == [[False], [False]]  # slices 0 and 4: nothing below
     assert first.masks_valid.tolist() == [[False, True], [False, True]]  # slice 4 sees no slice 3
     assert last.masks_valid.tolist() == [[True, False], [True, False]]  # slices 2 and 6: nothing above
+
+
+def test_docs_and_pieces_state_the_settings_of_the_code():
+    """The context defaults in docs/api.md and docs/synthesis.md are the signature's; each
+    experiments/*/_context.yaml sets the model's and the data's context alike (checked at fit time
+    too), with the k and p docs/synthesis.md names."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from medsynth.models.ddpm import DiffusionModel
+
+    root = Path(__file__).resolve().parents[1]
+    sig = inspect.signature(DiffusionModel.__init__).parameters
+    api = " ".join((root / "docs" / "api.md").read_text().split())
+    synthesis = " ".join((root / "docs" / "synthesis.md").read_text().split())
+    for name in (
+        "context_slices",
+        "context_previous",
+        "context_embed",
+        "context_noise",
+        "context_sample_noise",
+        "context_drop",
+    ):
+        assert f"`{name}={sig[name].default!r}`" in api, name
+    for name in ("context_embed", "context_noise", "context_sample_noise", "context_drop"):
+        stated = re.search(rf"`[^`]*{name}[^`]*` \(([\d.]+)", synthesis)
+        assert stated and float(stated.group(1)) == sig[name].default, name
+    pieces = sorted((root / "experiments").glob("*/_context.yaml"))
+    assert {p.parent.name for p in pieces} == {"phantom", "realct"}
+    for piece in pieces:
+        cfg = yaml.safe_load(piece.read_text())
+        model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+        assert model == data == {"context_slices": 2, "context_previous": 1}, piece
+    assert "(k = 2: 5 mm either side on a 2.5 mm CT; p = 1)" in synthesis
