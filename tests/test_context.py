@@ -172,6 +172,9 @@ def test_generate_refuses_a_missing_or_wrong_context():
         tiny_model(ConditionalDDPM).generate(mask, num_steps=1, context=ctx)
     with pytest.raises(ValueError, match="context_noise must lie in"):
         _tiny(context_noise=1.5)
+    batch = {"mask": mask, **ctx.replace(masks=ctx.masks + 40).to_batch()}  # training: checked on the host
+    with pytest.raises(ValueError, match=r"batch\['context_mask'\] values must lie in 0..16, got 40..40"):
+        model.on_before_batch_transfer(batch, 0)
 
 
 def test_missing_context_has_no_influence_and_present_context_has():

@@ -33,6 +33,10 @@ from torch import Tensor
 
 __all__ = [
     "CONTEXT_KEYS",
+    "CONTEXT_MASK",
+    "CONTEXT_MASK_VALID",
+    "PREVIOUS_IMAGE",
+    "PREVIOUS_VALID",
     "ContextSpec",
     "SliceContext",
     "neighbour_positions",
@@ -137,20 +141,24 @@ class SliceContext:
         """The contexts of several batches as one (along the batch dimension)."""
         if not contexts:
             raise ValueError("no contexts to concatenate")
-        parts = [dataclasses.astuple(c) for c in contexts]
+        parts = [c.parts() for c in contexts]
         return cls(*(None if col[0] is None else torch.cat(col) for col in zip(*parts)))
 
     def to_batch(self) -> dict[str, Tensor]:
         """The batch entries of this context (the parts it has)."""
-        pairs = zip(CONTEXT_KEYS, (self.masks, self.masks_valid, self.previous, self.previous_valid))
+        pairs = zip(CONTEXT_KEYS, self.parts())
         return {k: v for k, v in pairs if v is not None}
 
     def replace(self, **parts: Tensor | None) -> SliceContext:
         """A copy with some parts replaced."""
         return dataclasses.replace(self, **parts)
 
+    def parts(self) -> tuple[Tensor | None, ...]:
+        """``(masks, masks_valid, previous, previous_valid)``, the tensors themselves (not copies)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
     def _map(self, fn: Any) -> SliceContext:
-        return SliceContext(*(None if v is None else fn(v) for v in dataclasses.astuple(self)))
+        return SliceContext(*(None if v is None else fn(v) for v in self.parts()))
 
     def to(self, device: torch.device | str) -> SliceContext:
         """Every part on ``device``."""
@@ -160,8 +168,13 @@ class SliceContext:
         """The context of some slices of the batch (``rows``: an index, slice or list)."""
         return self._map(lambda v: v[rows])
 
-    def check(self, spec: ContextSpec, mask: Tensor, num_classes: int) -> SliceContext:
+    def check(
+        self, spec: ContextSpec, mask: Tensor, num_classes: int, check_values: bool = True
+    ) -> SliceContext:
         """Validate against ``spec`` and the centre masks ``[B, H, W]``; return with exact dtypes.
+
+        ``check_values=False`` skips the range of the mask values (one device sync; checked on the
+        host before the transfer in training).
 
         Raises:
             ValueError: naming the part (``context.masks`` ...), its shape or values.
@@ -194,7 +207,7 @@ class SliceContext:
             if name == "masks":
                 if value.dtype.is_floating_point or value.dtype == torch.bool:
                     raise ValueError(f"context.masks must hold integer class ids, got dtype {value.dtype}")
-                if value.numel():
+                if check_values and value.numel():
                     lo, hi = torch.stack(torch.aminmax(value)).tolist()
                     if lo < 0 or hi >= num_classes:
                         raise ValueError(

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medsynth.data.context import ContextSpec, SliceContext
+from medsynth.data.context import CONTEXT_MASK, ContextSpec, SliceContext
 from medsynth.labels import NUM_CLASSES, LabelSet, get_label_set
 from medsynth.precision import sampling_autocast
 from medsynth.random import GeneratorLike, check_generator
@@ -304,6 +304,9 @@ class SynthesisModule(L.LightningModule):
         # needs no device sync for it (check_batch(..., check_values=False) after consume_host_check).
         if isinstance(batch, Mapping) and isinstance(batch.get("mask"), Tensor):
             check_mask(batch["mask"], self.num_classes, "batch['mask']")
+            context = batch.get(CONTEXT_MASK)  # a 2.5D batch's neighbour masks: [B, 2k, H, W]
+            if isinstance(context, Tensor) and context.numel():
+                check_mask(context.flatten(0, 1), self.num_classes, f"batch[{CONTEXT_MASK!r}]")
             self._host_checked = True
         return batch
 

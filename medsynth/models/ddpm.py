@@ -294,7 +294,8 @@ class DiffusionModel(SynthesisModule):
     def _losses(
         self, net: nn.Module, batch: Mapping[str, Any], training: bool, generator=None
     ) -> dict[str, Tensor]:
-        image, mask = check_batch(batch, self.num_classes, check_values=not self.consume_host_check())
+        host_checked = self.consume_host_check()
+        image, mask = check_batch(batch, self.num_classes, check_values=not host_checked)
         x0 = image * 2.0 - 1.0  # [B, 1, H, W] in [-1, 1]
         b = x0.shape[0]
         if generator is None:  # drawn on the device: no host-to-device copy (a stream sync) per step
@@ -307,7 +308,9 @@ class DiffusionModel(SynthesisModule):
         context = None
         if self.context_spec is not None:
             context = SliceContext.from_batch(batch, self.context_spec)
-            context = context.check(self.context_spec, mask, self.num_classes).to(self.device)
+            context = context.check(self.context_spec, mask, self.num_classes, not host_checked).to(
+                self.device
+            )
         if training and self.hparams.get("organ_dropout", 0.0) > 0:
             if context is not None and context.masks is not None:  # the same structures in every slice
                 both = torch.cat([mask[:, None], context.masks], dim=1)  # [B, 1 + 2k, H, W]
