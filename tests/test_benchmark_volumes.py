@@ -136,3 +136,13 @@ def test_real_ct_slab_and_whole_volume(tmp_path: Path) -> None:
     row = res["modes"]["2.5D"]["seeds"][0]
     assert np.isfinite(row["whole/drift/max"]) and np.isfinite(row["drift/max"])
     assert "drift whole volume" in (out / "volumes.md").read_text()
+
+
+def test_context_check_runs(capsys) -> None:
+    """benchmarks/context_check.py at 2 steps: a row per seed with both errors (the measurement
+    itself, 300 steps, is in docs/synthesis.md)."""
+    from context_check import main as check
+
+    assert check(["--steps", "2", "--seeds", "0", "--method", "SDM"]) == 0
+    out = capsys.readouterr().out
+    assert "| seed | 2D | 2.5D | 2.5D / 2D |" in out and out.strip().splitlines()[-1].startswith("| 0 | ")
