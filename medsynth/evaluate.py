@@ -381,9 +381,15 @@ def evaluate_checkpoints(
             f"the checkpoints are 2.5D models with different contexts {sorted(map(str, contexts))}; evaluate them apart"
         )
     overrides = {} if data_config else {"image_size": size}
-    for spec in contexts:  # the test batches then hold what a 2.5D model needs (a 2D one ignores it)
-        overrides.update(context_slices=spec.neighbours, context_previous=spec.previous)
     dm = build_datamodule(data_config, overrides or None)
+    # A 2.5D model is tested on the same data with its context in the batches (a data module of its
+    # own: Lightning refuses a model and data module whose shared hyperparameters differ).
+    context_dm = {
+        spec: build_datamodule(
+            data_config, {**overrides, "context_slices": spec.neighbours, "context_previous": spec.previous}
+        )
+        for spec in contexts
+    }
     if getattr(dm, "image_size", size) != size:
         raise ValueError(
             f"{data_config}: data image_size={dm.image_size} but the checkpoints were trained at {size}"
@@ -400,16 +406,19 @@ def evaluate_checkpoints(
     output = Path(output)
     opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
     slice_metrics = [m for m in metrics if not (m == "dice" and scorer is not None)]
-    rows = (
-        evaluate_models(
-            models, dm, metrics=slice_metrics, segmenter=segmenter, fid_weights=fid_weights, seed=seed,
-            accelerator=accelerator, log_dir=output / "tensorboard", **opts,
-        )
-        if slice_metrics
-        else {name: {} for name in models}
-    )  # fmt: skip
+    rows: dict[str, dict[str, float]] = {name: {} for name in models}
+    for data in {id(d): d for d in [dm, *context_dm.values()]}.values():
+        group = {n: m for n, m in models.items() if context_dm.get(m.context_spec, dm) is data}
+        if slice_metrics and group:
+            rows.update(
+                evaluate_models(
+                    group, data, metrics=slice_metrics, segmenter=segmenter, fid_weights=fid_weights, seed=seed,
+                    accelerator=accelerator, log_dir=output / "tensorboard", **opts,
+                )
+            )  # fmt: skip
     if scorer is not None:
         for name, model in models.items():
             rows[name].update(totalseg_dice(model, cases, scorer, seed=seed, **model.generate_kwargs(**opts)))
-    batch = figure_batch(dm, figure_slices) if figure_slices > 0 else None
+    # the figure's slices with the context a 2.5D model needs (2D models ignore it)
+    batch = figure_batch(next(iter(context_dm.values()), dm), figure_slices) if figure_slices > 0 else None
     return write_evaluation(rows, output, models=models, batch=batch, reference=reference, seed=seed, **opts)

@@ -462,3 +462,45 @@ def test_docs_and_pieces_state_the_settings_of_the_code():
         model, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
         assert model == data == {"context_slices": 2, "context_previous": 1}, piece
     assert "(k = 2: 5 mm either side on a 2.5 mm CT; p = 1)" in synthesis
+
+
+def test_evaluate_a_25d_checkpoint_beside_a_2d_one(tmp_path):
+    """`medsynth evaluate` tests a 2.5D model on the data with its context and a 2D model on the
+    same data without (Lightning refuses a model and data module whose shared hyperparameters
+    differ), and the figure's slices get their context from the batch; a 2D model on data with
+    context is refused before training, naming the flags."""
+    import lightning as L
+
+    from medsynth.evaluate import evaluate_checkpoints
+
+    paths = []
+    for name, kw in (("m25", {"context_slices": 1, "context_previous": 1}), ("m2", {})):
+        model = tiny_model(ConditionalDDPM, **kw)
+        trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        trainer.strategy.connect(model)
+        trainer.save_checkpoint(tmp_path / f"{name}.ckpt", weights_only=True)
+        paths.append(tmp_path / f"{name}.ckpt")
+    data = tmp_path / "data.yaml"
+    data.write_text(
+        "data:\n  class_path: medsynth.data.PhantomDataModule\n  init_args: {num_train_cases: 0, "
+        "num_val_cases: 0, num_test_cases: 1, depth: 4, image_size: 32, batch_size: 4}\n"
+    )
+    written = evaluate_checkpoints(
+        paths, tmp_path / "out", names=["2.5D", "2D"], data_config=data, metrics=["psnr"], num_steps=1,
+        figure_slices=2, reference=None, accelerator="cpu",
+    )  # fmt: skip
+    report = next(p for p in written if p.suffix == ".md").read_text()
+    assert "2.5D" in report and "2D" in report and any(p.suffix == ".png" for p in written)
+    two = tmp_path / "m25b.ckpt"
+    model = tiny_model(ConditionalDDPM, context_slices=2, context_previous=1)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(two, weights_only=True)
+    with pytest.raises(ValueError, match=r"the data module gives 2.5D context .* but the model is 2D"):
+        tiny_trainer(fast_dev_run=1).fit(
+            tiny_model(ConditionalDDPM), datamodule=tiny_phantom(context_slices=1)
+        )
+    with pytest.raises(ValueError, match="2.5D models with different contexts"):
+        evaluate_checkpoints(
+            [paths[0], two], tmp_path / "bad", names=["a", "b"], data_config=data, metrics=["psnr"]
+        )

@@ -139,15 +139,22 @@ def check_data_window(model: Any, datamodule: Any) -> None:
 
 
 def check_data_context(model: Any, datamodule: Any) -> None:
-    """Raise a ValueError, before any training, when a 2.5D model's data hold another context.
+    """Raise a ValueError, before any training, when the data's 2.5D context is not the model's.
 
     Data modules expose theirs as ``context`` (a :class:`~medsynth.data.context.ContextSpec` or
-    None); a 2D model ignores any context a batch holds.
+    None). A 2D model on data with context is refused too: it would ignore it, but Lightning's
+    logger refuses a model and data module whose shared hyperparameters differ, less clearly.
     """
-    spec = getattr(model, "context_spec", None)
-    if datamodule is None or spec is None:
+    spec = getattr(model, "context_spec", None) or ContextSpec()
+    if datamodule is None:
         return
     data = getattr(datamodule, "context", None) or ContextSpec()
+    if data != spec and not spec.enabled:
+        raise ValueError(
+            f"the data module gives 2.5D context (context_slices={data.neighbours}, context_previous="
+            f"{data.previous}) but the model is 2D; drop --data.init_args.context_slices/context_previous "
+            "or give the model the same context"
+        )
     if data != spec:
         raise ValueError(
             f"the model is 2.5D with context_slices={spec.neighbours}, context_previous={spec.previous}, but "
