@@ -275,11 +275,8 @@ def volume_context(
     if spec.neighbours:
         where = torch.from_numpy(pos[:, :n_masks]).to(masks.device)  # [R, 2k]
         valid = where >= 0
-        out["masks"] = torch.where(
-            valid[:, :, None, None],
-            masks.long()[where.clamp(min=0)],
-            torch.zeros((), dtype=torch.long, device=masks.device),
-        )  # [R, 2k, H, W]
+        found = masks.long()[where.clamp(min=0)]  # [R, 2k, H, W]
+        out["masks"] = torch.where(valid[:, :, None, None], found, torch.zeros_like(found))
         out["masks_valid"] = valid
     if spec.previous:
         if images is None:

@@ -165,20 +165,14 @@ class SliceDataset(Dataset):
         n = 2 * self.context.neighbours
         out = {}
         if n:
-            out[CONTEXT_MASK] = torch.stack(
-                [
-                    self._slice(self._masks, j).long() if j >= 0 else torch.zeros(shape, dtype=torch.long)
-                    for j in neighbours[:n]
-                ]
-            )  # [2k, S, S]
+            blank = torch.zeros(shape, dtype=torch.long)
+            masks = [self._slice(self._masks, j).long() if j >= 0 else blank for j in neighbours[:n]]
+            out[CONTEXT_MASK] = torch.stack(masks)  # [2k, S, S]
             out[CONTEXT_MASK_VALID] = torch.from_numpy(neighbours[:n] >= 0)
         if self.context.previous:
-            out[PREVIOUS_IMAGE] = torch.stack(
-                [
-                    self._slice(self._images, j).float() if j >= 0 else torch.zeros(shape)
-                    for j in neighbours[n:]
-                ]
-            )  # [p, S, S]
+            blank = torch.zeros(shape)
+            images = [self._slice(self._images, j).float() if j >= 0 else blank for j in neighbours[n:]]
+            out[PREVIOUS_IMAGE] = torch.stack(images)  # [p, S, S]
             out[PREVIOUS_VALID] = torch.from_numpy(neighbours[n:] >= 0)
         return out
 

@@ -232,13 +232,12 @@ class DiffusionModel(SynthesisModule):
             prev, valid = context.previous * 2.0 - 1.0, context.previous_valid  # [B, p, H, W], [B, p]
             b, T, device = prev.shape[0], self.diffusion.num_timesteps, prev.device
             if training:
-                top = round(hp.context_noise * T)
                 g = generator if isinstance(generator, torch.Generator) else None
-                level = torch.randint(0, top + 1, (b,), generator=g, device=g.device if g else device).to(
-                    device
-                )
+                where = g.device if g is not None else device  # a generator draws on its own device
+                top = round(hp.context_noise * T)
+                level = torch.randint(0, top + 1, (b,), generator=g, device=where).to(device)  # [B]
                 if hp.context_drop > 0:
-                    keep = torch.rand(valid.shape, generator=g, device=g.device if g else device).to(device)
+                    keep = torch.rand(valid.shape, generator=g, device=where).to(device)  # [B, p]
                     valid = valid & (keep >= hp.context_drop)
             else:
                 level = torch.full((b,), round(hp.context_sample_noise * T), dtype=torch.long, device=device)
@@ -307,10 +306,8 @@ class DiffusionModel(SynthesisModule):
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         context = None
         if self.context_spec is not None:
-            context = SliceContext.from_batch(batch, self.context_spec)
-            context = context.check(self.context_spec, mask, self.num_classes, not host_checked).to(
-                self.device
-            )
+            context = SliceContext.from_batch(batch, self.context_spec).to(self.device)
+            context = context.check(self.context_spec, mask, self.num_classes, check_values=not host_checked)
         if training and self.hparams.get("organ_dropout", 0.0) > 0:
             if context is not None and context.masks is not None:  # the same structures in every slice
                 both = torch.cat([mask[:, None], context.masks], dim=1)  # [B, 1 + 2k, H, W]

@@ -85,9 +85,8 @@ class ContextDenoiser(nn.Module):
             b, n, h, w = context_mask.shape
             if n != 2 * self.neighbours:
                 raise ValueError(f"context_mask must hold {2 * self.neighbours} masks, got {n}")
-            ids = torch.where(
-                context_mask_valid[:, :, None, None], context_mask, self.num_classes
-            )  # [B, 2k, H, W]
+            valid = context_mask_valid[:, :, None, None]  # [B, 2k, 1, 1]
+            ids = torch.where(valid, context_mask, self.num_classes)  # [B, 2k, H, W]; missing: the last row
             parts.append(self.embed(ids).permute(0, 1, 4, 2, 3).reshape(b, -1, h, w))  # [B, 2k * e, H, W]
         if self.previous:
             if previous_image is None or previous_valid is None or context_level is None:
@@ -97,12 +96,9 @@ class ContextDenoiser(nn.Module):
                     f"previous_image must hold {self.previous} slices, got {previous_image.shape[1]}"
                 )
             b, _, h, w = previous_image.shape
-            flags = previous_valid.to(previous_image.dtype)[:, :, None, None].expand(
-                -1, -1, h, w
-            )  # [B, p, H, W]
-            level = (
-                context_level.to(previous_image.dtype).reshape(b, 1, 1, 1).expand(-1, 1, h, w)
-            )  # [B, 1, H, W]
+            dtype = previous_image.dtype
+            flags = previous_valid.to(dtype)[:, :, None, None].expand(-1, -1, h, w)  # [B, p, H, W]
+            level = context_level.to(dtype).reshape(b, 1, 1, 1).expand(-1, 1, h, w)  # [B, 1, H, W]
             parts += [previous_image, flags, level]
         return torch.cat(parts, dim=1)
 
@@ -123,9 +119,8 @@ class ContextDenoiser(nn.Module):
             context_features = self.encode_context(**context)
         elif any(v is not None for v in context.values()):
             raise ValueError("give the context or its encoded context_features, not both")
-        return self.net(
-            torch.cat([x, context_features.to(x.dtype)], dim=1), timesteps, **kwargs
-        )  # [B, 2, H, W]
+        x = torch.cat([x, context_features.to(x.dtype)], dim=1)  # [B, 1 + C, H, W]
+        return self.net(x, timesteps, **kwargs)  # [B, 2, H, W]
 
 
 _CONTEXT_ARGS = ("context_mask", "context_mask_valid", "previous_image", "previous_valid", "context_level")
