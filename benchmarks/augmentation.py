@@ -9,7 +9,9 @@ controlled organ sizes. Here, on the built-in phantom at 64x64:
 2. M = ``--ratio`` x N synthetic volumes: each real training mask varied with
    :func:`medsynth.masks.deform` and :func:`medsynth.masks.scale_organ` (liver, spleen, kidneys,
    stomach by log-uniform factors), then generated slice by slice by a trained synthesis model
-   (``--checkpoint``; coherent volumes unless ``--independent``).
+   (``--checkpoint``; coherent volumes unless ``--independent``). A 2.5D checkpoint makes its
+   volumes in order with their context (pass ``--independent`` for its own mode: each slice its
+   own noise; without it the slices also share one noise).
 3. The in-domain 2-D segmenter (:class:`medsynth.models.OrganSegmenter`) is trained for the same
    number of steps on the real slices alone and on real + synthetic slices, and scored on the
    test volumes (Dice per organ over all test pixels).
@@ -48,7 +50,7 @@ from medsynth.labels import CLASSES, ORGAN_IDS  # noqa: E402
 from medsynth.masks import deform, scale_organ  # noqa: E402
 from medsynth.metrics import dice_counts, dice_from_counts  # noqa: E402
 from medsynth.models import OrganSegmenter  # noqa: E402
-from medsynth.synthesis import load_model  # noqa: E402
+from medsynth.synthesis import generate_volumes, load_model, volume_group_size  # noqa: E402
 
 VARIED_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach")
 REPORT_ORGANS = (6, 1, 2, 3, 7, 8, 14)  # liver, spleen, kidneys, stomach, aorta, bladder
@@ -79,12 +81,29 @@ def varied_mask(volume: SliceVolume, rng: np.random.Generator, deform_mm: float)
 def synthesize(
     model, mask: np.ndarray, name: str, seed: int, coherent: bool, batch: int, opts: dict
 ) -> np.ndarray:
-    """Generate every slice of ``mask [D, S, S]`` -> float32 ``[D, S, S]`` in [0, 1]; coherent: the
-    same noise for every slice (the key ``(name, -1)``), else each slice's own ``(name, k)``."""
-    m = torch.from_numpy(mask.astype(np.int64))  # [D, S, S]
-    keys = [(name, -1 if coherent else k) for k in range(len(m))]
-    out = protocol.synthesize(model, {"mask": m, "keys": keys}, seed, opts, bs=batch)  # [D, 1, S, S]
-    return out[:, 0].numpy().astype(np.float32)
+    """Generate every slice of ``mask [D, S, S]`` -> float32 ``[D, S, S]`` in [0, 1].
+
+    Per-slice noise from ``(seed, name, slice)`` (``(seed, name)`` when coherent); a 2.5D model
+    makes the volume in order with its context (:func:`medsynth.synthesis.generate_volumes`).
+    """
+    return synthesize_many(model, [mask], [name], seed, coherent, batch, opts)[0]
+
+
+@torch.no_grad()
+def synthesize_many(
+    model, masks: list[np.ndarray], names: list[str], seed: int, coherent: bool, batch: int, opts: dict
+) -> list[np.ndarray]:
+    """:func:`synthesize` for several volumes, made together where the model makes them in order
+    (``volume_group_size``: a 2.5D model with previous-slice context), else one after the other."""
+    group = volume_group_size(model, batch)
+    out = []
+    for i in range(0, len(masks), group):
+        part = [torch.from_numpy(m.astype(np.int64)) for m in masks[i : i + group]]
+        made = generate_volumes(
+            model, part, names[i : i + group], batch_size=batch, seed=seed, coherent=coherent, **opts
+        )
+        out += [x.numpy().astype(np.float32) for x in made]
+    return out
 
 
 def train_and_score(
@@ -132,13 +151,13 @@ def main() -> None:
         for seed in a.seeds:
             real = phantom_volumes("train", n, seed, a.depth, size)
             rng = np.random.default_rng([seed, n])
-            synth = []
+            masks, names = [], []
             for k in range(a.ratio * n):
                 src = real[k % n]
-                mask = varied_mask(src, rng, a.deform_mm)
-                name = f"{src.case_id}_var{k:03d}"
-                image = synthesize(model, mask, name, seed, not a.independent, a.batch, opts)
-                synth.append(SliceVolume(name, image, mask.astype(np.uint8)))
+                masks.append(varied_mask(src, rng, a.deform_mm))
+                names.append(f"{src.case_id}_var{k:03d}")
+            images = synthesize_many(model, masks, names, seed, not a.independent, a.batch, opts)
+            synth = [SliceVolume(nm, im, m.astype(np.uint8)) for nm, im, m in zip(names, images, masks)]
             print(f"N={n} seed={seed}: {len(synth)} synthetic volumes ({time.perf_counter() - t0:.0f} s)")
             for arm, vols in (("real", real), ("real+synthetic", real + synth)):
                 dice = train_and_score(vols, test, seed, a.seg_steps, a.seg_width, size)

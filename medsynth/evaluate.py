@@ -201,11 +201,14 @@ def figure_batch(datamodule: L.LightningDataModule, num_slices: int = 4) -> dict
         raise ValueError("the test split is empty")
     picks = sorted({round(i * (n - 1) / max(num_slices - 1, 1)) for i in range(num_slices)})
     items = [dataset[i] for i in picks]
+    from medsynth.data.context import CONTEXT_KEYS
+
     return {
         "image": torch.stack([it["image"] for it in items]),
         "mask": torch.stack([it["mask"] for it in items]),
         "case_id": [it["case_id"] for it in items],
         "slice_index": torch.stack([torch.as_tensor(it["slice_index"]) for it in items]),
+        **{k: torch.stack([it[k] for it in items]) for k in CONTEXT_KEYS if k in items[0]},
     }
 
 
@@ -227,6 +230,7 @@ def write_evaluation(
 
     Slices in the figure are generated with the same per-slice seeds as the metrics.
     """
+    from medsynth.data.context import batch_context
     from medsynth.metrics.report import comparison_figure, normalize_row, write_report
     from medsynth.random import slice_generators
 
@@ -242,7 +246,10 @@ def write_evaluation(
             opts = model.generate_kwargs(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale)
             keys = list(zip(batch["case_id"], batch["slice_index"].tolist()))
             gens = slice_generators(keys, seed, model.device)
-            outputs[label] = model.generate(batch["mask"].to(model.device), generator=gens, **opts).cpu()
+            context = batch_context(model, batch)  # a 2.5D model's: the real neighbours
+            outputs[label] = model.generate(
+                batch["mask"].to(model.device), generator=gens, context=context, **opts
+            ).cpu()
         paths.append(comparison_figure(batch["mask"], outputs, out / f"{name}.png", real=batch["image"]))
     return paths
 
@@ -376,7 +383,21 @@ def evaluate_checkpoints(
             fast=totalseg_fast,
             label_set=next(iter(label_sets.values())),
         )
-    dm = build_datamodule(data_config, None if data_config else {"image_size": size})
+    contexts = {m.context_spec for m in loaded if m.context_spec is not None}
+    if len(contexts) > 1:
+        raise ValueError(
+            f"the checkpoints are 2.5D models with different contexts {sorted(map(str, contexts))}; evaluate them apart"
+        )
+    overrides = {} if data_config else {"image_size": size}
+    dm = build_datamodule(data_config, overrides or None)
+    # A 2.5D model is tested on the same data with its context in the batches (a data module of its
+    # own: Lightning refuses a model and data module whose shared hyperparameters differ).
+    context_dm = {
+        spec: build_datamodule(
+            data_config, {**overrides, "context_slices": spec.neighbours, "context_previous": spec.previous}
+        )
+        for spec in contexts
+    }
     if getattr(dm, "image_size", size) != size:
         raise ValueError(
             f"{data_config}: data image_size={dm.image_size} but the checkpoints were trained at {size}"
@@ -393,16 +414,19 @@ def evaluate_checkpoints(
     output = Path(output)
     opts = {"sampler": sampler, "num_steps": num_steps, "guidance_scale": guidance_scale}
     slice_metrics = [m for m in metrics if not (m == "dice" and scorer is not None)]
-    rows = (
-        evaluate_models(
-            models, dm, metrics=slice_metrics, segmenter=segmenter, fid_weights=fid_weights, seed=seed,
-            accelerator=accelerator, log_dir=output / "tensorboard", **opts,
-        )
-        if slice_metrics
-        else {name: {} for name in models}
-    )  # fmt: skip
+    rows: dict[str, dict[str, float]] = {name: {} for name in models}
+    for data in {id(d): d for d in [dm, *context_dm.values()]}.values():
+        group = {n: m for n, m in models.items() if context_dm.get(m.context_spec, dm) is data}
+        if slice_metrics and group:
+            rows.update(
+                evaluate_models(
+                    group, data, metrics=slice_metrics, segmenter=segmenter, fid_weights=fid_weights, seed=seed,
+                    accelerator=accelerator, log_dir=output / "tensorboard", **opts,
+                )
+            )  # fmt: skip
     if scorer is not None:
         for name, model in models.items():
             rows[name].update(totalseg_dice(model, cases, scorer, seed=seed, **model.generate_kwargs(**opts)))
-    batch = figure_batch(dm, figure_slices) if figure_slices > 0 else None
+    # the figure's slices with the context a 2.5D model needs (2D models ignore it)
+    batch = figure_batch(next(iter(context_dm.values()), dm), figure_slices) if figure_slices > 0 else None
     return write_evaluation(rows, output, models=models, batch=batch, reference=reference, seed=seed, **opts)

@@ -6,6 +6,11 @@ orientation, body class, resize), a trained medsynth model generates every axial
 slices are put back into the input's geometry (shape, affine, orientation) with intensities
 mapped back to HU through the training window. Every input is validated before any slice is
 generated, and every file is written atomically (temporary name, then rename).
+
+A 2.5D model (:attr:`~medsynth.models.SynthesisModule.context_spec`) makes a volume in order,
+inferior to superior, each slice given its neighbours' masks and the slice(s) made just before
+it (:func:`generate_volumes`); several volumes go together, slice index by slice index, so a
+volume of N slices costs N sequential ``generate()`` calls of a batch, whatever the number of volumes.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import importlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medsynth.data.context import SliceContext, neighbour_positions, volume_context
 from medsynth.data.geometry import reassemble_volume, window_to_hu
 from medsynth.io import LabelCase, find_image, nifti_inputs, read_label_case, save_nifti
 from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet
@@ -34,6 +42,10 @@ __all__ = [
     "nifti_inputs",
     "LabelCase",
     "read_label_case",
+    "generate_volumes",
+    "case_slices",
+    "synthesize_cases",
+    "volume_group_size",
     "synthesize_volume",
     "synthesize_files",
 ]
@@ -98,6 +110,228 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     return model.eval()
 
 
+def _generation_waves(indices: np.ndarray, previous: int) -> np.ndarray:
+    """``[D]``: the step at which each slice can be made when it needs its ``previous`` slices first.
+
+    0 for a slice without an existing previous slice (a volume's first, one after a gap in z), else
+    one more than the latest of its previous slices. Without previous slices every slice is 0.
+    """
+    wave = np.zeros(len(indices), dtype=np.int64)
+    if not previous:
+        return wave
+    prev = neighbour_positions(indices, range(-1, -previous - 1, -1))  # [D, p]
+    for d in np.argsort(indices, kind="stable"):  # previous slices have lower indices: done first
+        have = prev[d][prev[d] >= 0]
+        wave[d] = 1 + wave[have].max() if len(have) else 0
+    return wave
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``0-3, 7, 9-10`` for sorted ints."""
+    out, values = [], list(values)
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+@torch.no_grad()
+def generate_volumes(
+    model: SynthesisModule,
+    masks: Sequence[torch.Tensor],
+    names: Sequence[str],
+    *,
+    indices: Sequence[Sequence[int] | np.ndarray] | None = None,
+    batch_size: int = 16,
+    num_steps: int | None = None,
+    sampler: str | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    coherent: bool = False,
+    precision: str | None = None,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """Generate every slice of several volumes at the model's size, in the order the model needs.
+
+    A 2D model makes the slices in batches of ``batch_size``. A 2.5D model gets each slice's context
+    (:mod:`medsynth.data.context`): the masks of its neighbours and, with previous-slice context,
+    the slices made before it, so slices are made in steps: step z makes the z-th slice of every
+    volume at once (in batches of ``batch_size``). A volume of N slices then costs N sequential
+    batches however many volumes come along; slices of one volume never share a step.
+
+    Each slice's noise comes from its own generator seeded from ``(seed, name, slice index)``
+    (:func:`medsynth.random.slice_generators`; every slice from ``(seed, name)`` with ``coherent``),
+    so the volumes do not depend on ``batch_size`` nor on which volumes are made together (up to
+    the float rounding of convolutions over batches of different sizes: up to ~1e-3 measured on a
+    CPU for a tiny 2.5D model, carried along a volume made in order).
+
+    Args:
+        model: A trained synthesis method.
+        masks: Per volume, int ``[D, S, S]`` label slices at the model's ``image_size``.
+        names: Per volume, its case name (seeds its noise; unique).
+        indices: Per volume, the axial index of each slice (None: ``0..D-1``). Gaps in z are
+            missing neighbours: the slices on either side of a gap see none across it.
+        batch_size: Slices per ``generate()`` call.
+        num_steps, sampler, guidance_scale: Passed to ``generate()`` (None = method default).
+        seed: Base seed of every slice's noise.
+        coherent: The same noise for every slice of a volume.
+        precision: ``generate()`` precision (see :meth:`SynthesisModule.autocast`).
+        progress: Show a progress bar.
+
+    Returns:
+        Per volume, float32 ``[D, S, S]`` in [0, 1] on the CPU.
+
+    Raises:
+        ValueError: naming the volume for a wrong shape, duplicate indices or names.
+
+    A volume with fewer slices than the context spans (``2k + 1`` with neighbour masks) is made
+    all the same, with a UserWarning: its slices lack some neighbours, flagged missing as at any
+    volume's end.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if len(masks) != len(names) or (indices is not None and len(indices) != len(masks)):
+        raise ValueError(
+            f"masks, names and indices must have one entry per volume, got {len(masks)}, {len(names)}"
+            + (f", {len(indices)}" if indices is not None else "")
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate volume names {sorted({n for n in names if list(names).count(n) > 1})}")
+    spec, size = model.context_spec, model.image_size
+    vols, idxs = [], []
+    for v, (mask, name) in enumerate(zip(masks, names)):
+        mask = torch.as_tensor(mask)
+        if mask.dim() != 3 or tuple(mask.shape[1:]) != (size, size):
+            raise ValueError(
+                f"volume {name}: masks must be [D, {size}, {size}] (the model's size), got {tuple(mask.shape)}"
+            )
+        idx = np.arange(len(mask)) if indices is None else np.asarray(indices[v], dtype=np.int64).reshape(-1)
+        if len(idx) != len(mask):
+            raise ValueError(f"volume {name}: {len(idx)} indices for {len(mask)} slices")
+        try:
+            neighbour_positions(idx, ())
+        except ValueError as err:
+            raise ValueError(f"volume {name}: {err}") from err
+        if spec is not None and 0 < len(mask) < spec.span:
+            warnings.warn(
+                f"volume {name} has {len(mask)} slice(s), fewer than the {spec.span} the model's context spans "
+                f"({spec.describe()}): its slices see only the neighbours that exist; the others are flagged "
+                "missing, as at any volume's end",
+                stacklevel=2,
+            )
+        vols.append(mask.long())
+        idxs.append(idx)
+    waves = [_generation_waves(idx, spec.previous if spec else 0) for idx in idxs]
+    outs = [torch.zeros(len(m), size, size) for m in vols]
+    done = [torch.zeros(len(m), dtype=torch.bool) for m in vols]
+    # (step, volume, position) of every slice; steps in order, volumes and slices within a step.
+    todo = sorted((int(w), v, d) for v, wave in enumerate(waves) for d, w in enumerate(wave))
+    opts = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
+    from medsynth.callbacks.progress import progress_bar
+
+    label = names[0] if len(names) == 1 else f"{len(names)} volumes"
+    bar = progress_bar(len(todo), f"synthesize {label}", unit="slice", disable=not progress)
+    start = 0
+    while start < len(todo):
+        step = todo[start][0]
+        stop = start
+        while stop < len(todo) and todo[stop][0] == step and stop - start < batch_size:
+            stop += 1
+        chunk = todo[start:stop]
+        start = stop
+        batch = torch.stack([vols[v][d] for _, v, d in chunk]).to(model.device)  # [b, S, S]
+        keys = [(names[v], -1 if coherent else int(idxs[v][d])) for _, v, d in chunk]
+        context = None
+        if spec is not None:
+            per_volume = {}
+            for _, v, d in chunk:
+                per_volume.setdefault(v, []).append(d)
+            parts = {
+                v: volume_context(vols[v], idxs[v], spec, rows, images=outs[v], done=done[v])
+                for v, rows in per_volume.items()
+            }
+            # back into chunk order (volumes are contiguous in it, rows in order)
+            context = SliceContext.cat([parts[v] for v in per_volume])
+        with model.autocast(precision):
+            x = model.generate(
+                batch, generator=slice_generators(keys, seed, model.device), context=context, **opts
+            )
+        x = x[:, 0].float().cpu()  # [b, S, S] in [0, 1]
+        for j, (_, v, d) in enumerate(chunk):
+            outs[v][d] = x[j]
+            done[v][d] = True
+        bar.update(len(chunk))
+    bar.close()
+    return outs
+
+
+def case_slices(model: SynthesisModule, case: LabelCase) -> tuple[torch.Tensor, np.ndarray]:
+    """A label case's axial slices at the model's size and the indices to generate.
+
+    Returns:
+        ``(masks [D, S, S] int64, indices)``: all ``D`` slices for a 2D model. For a 2.5D model a
+        slice without any label (all 0: no body, no organ) is a gap in z and left out of
+        ``indices`` (a UserWarning names them): it is not generated (it stays air, the bottom of
+        the window) and its neighbours see it as missing, not as an empty slice.
+    """
+    size = model.image_size
+    mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.mask, 2, 0))).long()  # [D, H, W]
+    small = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest-exact")[
+        :, 0
+    ].long()  # [D, S, S]
+    indices = np.arange(len(small))
+    if model.context_spec is not None:
+        empty = ~mask.reshape(len(mask), -1).any(dim=1).numpy()  # [D] slices without any label
+        if empty.any():
+            warnings.warn(
+                f"{case.path}: axial slice(s) {_ranges(np.nonzero(empty)[0].tolist())} (canonical order, 0 = "
+                "most inferior) hold no label at all: gaps in z. They are not generated (they stay air) and "
+                "their neighbours see them as missing",
+                stacklevel=2,
+            )
+            indices = indices[~empty]
+    return small, indices
+
+
+@torch.no_grad()
+def synthesize_cases(
+    model: SynthesisModule,
+    cases: Sequence[LabelCase],
+    *,
+    window: tuple[float, float] | None = None,
+    **options: Any,
+) -> list[np.ndarray]:
+    """:func:`generate_volumes` over label cases, each returned in HU in its file's geometry.
+
+    Args:
+        model: A trained synthesis method.
+        cases: From :func:`read_label_case`; they are made together (see :func:`generate_volumes`).
+        window: (level, width) mapping [0, 1] back to HU (None: the model's, ``model.window``).
+        **options: Of :func:`generate_volumes` (batch_size, num_steps, sampler, guidance_scale,
+            seed, coherent, precision, progress).
+
+    Returns:
+        Per case, float32 ``[X, Y, Z]`` in HU, same shape and orientation as its input file.
+    """
+    level, width = model.window if window is None else window
+    slices = [case_slices(model, c) for c in cases]
+    masks = [m[torch.from_numpy(idx)] for m, idx in slices]
+    made = generate_volumes(
+        model, masks, [c.name for c in cases], indices=[idx for _, idx in slices], **options
+    )
+    out = []
+    for case, (mask, idx), x in zip(cases, slices, made):
+        full = torch.zeros(mask.shape, dtype=torch.float32)  # [D, S, S]; gaps stay 0 (the window's bottom)
+        full[torch.from_numpy(idx)] = x
+        # Back to the file's geometry (the inverse of the slice pipeline), then to HU.
+        out.append(window_to_hu(reassemble_volume(full, case.geometry), level, width).astype(np.float32))
+    return out
+
+
 @torch.no_grad()
 def synthesize_volume(
     model: SynthesisModule,
@@ -133,40 +367,36 @@ def synthesize_volume(
             sees). With a deterministic sampler (``ddim``; a flow's ``euler``/``heun``) the chain is a fixed
             function of the mask; with ancestral sampling every step's noise is shared.
 
+    A 2.5D model makes the slices in order with their context (:func:`generate_volumes`); slices
+    without any label are gaps (:func:`case_slices`).
+
     Returns:
         float32 ``[X, Y, Z]`` in HU, same shape and orientation as the input file.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    level, width = model.window if window is None else window
-    size = model.image_size
-    mask = torch.from_numpy(np.ascontiguousarray(np.moveaxis(case.mask, 2, 0))).long()  # [D, H, W]
-    depth = mask.shape[0]
-    small = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest-exact")[
-        :, 0
-    ].long()  # [D, S, S]
-    out = torch.empty(depth, size, size)
-    from medsynth.callbacks.progress import progress_bar
+    options = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, seed=seed)
+    options.update(batch_size=batch_size, progress=progress, precision=precision, coherent=coherent)
+    return synthesize_cases(model, [case], window=window, **options)[0]
 
-    bar = progress_bar(depth, f"synthesize {case.name}", unit="slice", disable=not progress)
-    for start in range(0, depth, batch_size):
-        batch = small[start : start + batch_size].to(model.device)
-        # One generator per slice, keyed on (case, slice): the output does not depend on batch_size.
-        # Coherent volumes key every slice on the case alone: the same noise for all of them.
-        keys = [(case.name, -1 if coherent else k) for k in range(start, start + batch.shape[0])]
-        opts = {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale}
-        with model.autocast(precision):
-            x = model.generate(batch, generator=slice_generators(keys, seed, model.device), **opts)
-        out[start : start + batch.shape[0]] = x[:, 0].float().cpu()  # [b, S, S] in [0, 1]
-        bar.update(batch.shape[0])
-    bar.close()
-    # Back to the file's geometry (the inverse of the slice pipeline), then to HU.
-    return window_to_hu(reassemble_volume(out, case.geometry), level, width).astype(np.float32)
+
+def volume_group_size(model: SynthesisModule, batch_size: int) -> int:
+    """Volumes :func:`synthesize_files` makes together: ``batch_size`` for a model that makes a
+    volume in order (previous-slice context: one step makes a slice of each), else 1."""
+    spec = model.context_spec
+    return batch_size if spec is not None and spec.previous else 1
 
 
 def _nnunet_labels(labels: LabelSet) -> dict[str, int]:
     """dataset.json ``labels`` of an export: every class but body (the files carry no body)."""
     return {c.name: c.index for c in labels.classes if c.index != labels.body}
+
+
+def _synthesized(
+    model: SynthesisModule, cases: Sequence[LabelCase], group: int, options: dict[str, Any]
+) -> Any:
+    """``(case, HU volume)`` of every case, made ``group`` cases at a time."""
+    for i in range(0, len(cases), group):
+        part = cases[i : i + group]
+        yield from zip(part, synthesize_cases(model, part, **options))
 
 
 def synthesize_files(
@@ -188,7 +418,8 @@ def synthesize_files(
     """Synthesize a CT volume for each label file; optionally also write an nnU-Net v2 raw dataset.
 
     All inputs are read and validated first; nothing is written when any is bad. Each output file
-    appears atomically; the nnU-Net folder appears only once complete.
+    appears atomically; the nnU-Net folder appears only once complete. A 2.5D model with
+    previous-slice context makes ``batch_size`` volumes together (:func:`volume_group_size`).
 
     ``precision`` is that of ``generate()`` (see :func:`synthesize_volume`).
 
@@ -218,20 +449,11 @@ def synthesize_files(
     if staging is not None:
         shutil.rmtree(staging, ignore_errors=True)
     written = []
+    options = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, seed=seed)
+    options.update(batch_size=batch_size, progress=progress, precision=precision, coherent=coherent)
+    group = volume_group_size(model, batch_size)
     try:
-        for case in cases:
-            hu = synthesize_volume(
-                model,
-                case,
-                batch_size=batch_size,
-                num_steps=num_steps,
-                sampler=sampler,
-                guidance_scale=guidance_scale,
-                seed=seed,
-                progress=progress,
-                precision=precision,
-                coherent=coherent,
-            )
+        for case, hu in _synthesized(model, cases, group, options):
             hu16 = np.round(hu).astype(np.int16)
             target = output / f"{case.name}.nii.gz"
             save_nifti(target, hu16, case.geometry.affine)

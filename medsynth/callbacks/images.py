@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from medsynth.callbacks.metrics import check_callback_samplers, dev_run_options
+from medsynth.data.context import batch_context
 from medsynth.labels import colorize
 from medsynth.models.base import check_batch
 from medsynth.precision import trainer_precision
@@ -113,7 +114,10 @@ class SynthesisImageGrid(Callback):
         gens = slice_generators(list(zip(case_ids[:n], slice_idx[:n])), self.seed, pl_module.device)
         options = dev_run_options(trainer, pl_module, self.options)  # a few steps under fast_dev_run
         with trainer_precision(trainer):  # the trainer's autocast: Lightning's skips callback hooks
-            fake = pl_module.generate(mask[:n].to(pl_module.device), generator=gens, **options).cpu()
+            context = batch_context(pl_module, batch, slice(0, n))  # a 2.5D model's: the real neighbours
+            fake = pl_module.generate(
+                mask[:n].to(pl_module.device), generator=gens, context=context, **options
+            ).cpu()
         grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), fake, self.alpha)
         self.last_grid = grid
         for logger in trainer.loggers:

@@ -38,6 +38,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from medsynth.data.context import SliceContext, batch_context
 from medsynth.data.geometry import WINDOW_LEVEL, WINDOW_WIDTH
 from medsynth.diffusion import check_sampler
 from medsynth.io import atomic_path
@@ -118,6 +119,8 @@ class SynthesisMetrics(Callback):
     columns, i.e. without prostate/uterus). Dice pools the voxel counts of
     all scored slices (a split-level Dice per organ). Under ``Trainer(fast_dev_run=...)``
     diffusion models sample with :data:`FAST_DEV_RUN_STEPS` steps (a code check, not a score).
+    A 2.5D model is given each slice's context from the batch, i.e. the real neighbours and
+    previous slices (teacher forcing); volumes made in order are scored by benchmarks/volumes.py.
 
     - ``frd``: FRD v1 of the synthetic slices against the real ones (real = reference).
     - ``hu/<class>/real_median``, ``real_q1``, ``real_q3``, ``synthetic_median``,
@@ -354,7 +357,12 @@ class SynthesisMetrics(Callback):
         self._score_batch(trainer, pl_module, batch, batch_idx, "test")
 
     def _generate(
-        self, pl_module: L.LightningModule, mask: Tensor, keys: list[SliceKey], stage: str
+        self,
+        pl_module: L.LightningModule,
+        mask: Tensor,
+        keys: list[SliceKey],
+        stage: str,
+        context: SliceContext | None = None,
     ) -> Tensor:
         options = {
             "num_steps": self.val_num_steps if stage == "val" else self.num_steps,
@@ -365,7 +373,7 @@ class SynthesisMetrics(Callback):
         # One generator per slice: batched, yet each slice's noise is independent of its batch.
         gens = slice_generators(keys, self.seed, pl_module.device)
         with trainer_precision(pl_module.trainer):  # the trainer's autocast: Lightning's skips callbacks
-            return pl_module.generate(mask, generator=gens, **options)  # [n, 1, H, W]
+            return pl_module.generate(mask, generator=gens, context=context, **options)  # [n, 1, H, W]
 
     @torch.no_grad()
     def _score_batch(
@@ -394,7 +402,9 @@ class SynthesisMetrics(Callback):
         keys = [keys_all[i] for i in rows]
         real = image[rows].to(pl_module.device)  # [n, 1, H, W]
         m = mask[rows].to(pl_module.device)  # [n, H, W]
-        fake = self._generate(pl_module, m, keys, stage).float()  # [n, 1, H, W]
+        # A 2.5D model gets the batch's context: the real neighbours and previous slices (teacher forcing).
+        context = batch_context(pl_module, batch, rows)
+        fake = self._generate(pl_module, m, keys, stage, context).float()  # [n, 1, H, W]
         recs: list[dict[str, Any]] = [{} for _ in keys]
         if "psnr" in self.metrics or "ssim" in self.metrics:
             f64, r64 = fake.double().cpu(), real.double().cpu()

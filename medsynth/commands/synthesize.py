@@ -29,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", type=Path, default=None, help="folder of the matching CT volumes (for the body class)"
     )
     add_sampling_arguments(p)
-    p.add_argument("--batch_size", type=int, default=16, help="slices per generate() call")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=16,
+        help="slices per generate() call; a 2.5D checkpoint also makes this many volumes together, slice "
+        "index by slice index (see docs/synthesis.md)",
+    )
     p.add_argument(
         "--coherent",
         action="store_true",
@@ -55,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = nifti_inputs(a.input, "--input")
         model = load_model(a.checkpoint, map_location=a.device)
+        if model.context_spec is not None:
+            print(
+                f"{a.checkpoint} is a 2.5D model ({model.context_spec.describe()}): each volume is made "
+                "in order, inferior to superior, every slice given its context"
+            )
         written = synthesize_files(
             model,
             inputs,

@@ -16,7 +16,17 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from medsynth.data.context import CONTEXT_MASK, PREVIOUS_IMAGE
+
 __all__ = ["SliceAugmentation", "AugmentedSlices"]
+
+#: Item entries that move with the slice, and their interpolation: images bilinear, masks nearest.
+_MODES = {
+    "image": "bilinear",
+    "mask": "nearest",
+    CONTEXT_MASK: "nearest",
+    PREVIOUS_IMAGE: "bilinear",
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,9 @@ class SliceAugmentation:
         prob: Probability of the affine part.
 
     Outside the original field of view the image gets 0 (the bottom of the window: air for the
-    paper's and every wider window) and the mask background.
+    paper's and every wider window) and the mask background. A 2.5D item's context (its
+    neighbours' masks, its previous slices: :mod:`medsynth.data.context`) gets the same flip and
+    affine as the slice, masks nearest, images bilinear.
     """
 
     flip: float = 0.5
@@ -54,16 +66,17 @@ class SliceAugmentation:
         """The MONAI flip and affine transforms for ``size`` x ``size`` slices."""
         from monai.transforms import RandAffined, RandFlipd
 
-        keys = ["image", "mask"]
-        flip = RandFlipd(keys=keys, prob=self.flip, spatial_axis=1)
+        # One draw of the random parameters per call, applied to every key present.
+        flip = RandFlipd(keys=list(_MODES), prob=self.flip, spatial_axis=1, allow_missing_keys=True)
         affine = RandAffined(
-            keys=keys,
+            keys=list(_MODES),
             prob=self.prob,
             rotate_range=math.radians(self.rotate_deg),
             scale_range=(self.scale, self.scale),
             translate_range=(self.translate * size, self.translate * size),
-            mode=("bilinear", "nearest"),
+            mode=tuple(_MODES.values()),
             padding_mode="zeros",
+            allow_missing_keys=True,
         )
         return flip, affine
 
@@ -94,6 +107,9 @@ class AugmentedSlices(Dataset):
         self._flip.set_random_state(seed=seed)
         self._affine.set_random_state(seed=seed + 1)
         pair = {"image": item["image"], "mask": item["mask"][None].float()}  # [1, H, W] each
+        for key in (CONTEXT_MASK, PREVIOUS_IMAGE):  # [2k, H, W] / [p, H, W]: channels move together
+            if key in item:
+                pair[key] = item[key].float()
         from monai.data.meta_obj import get_track_meta, set_track_meta
 
         tracking = get_track_meta()
@@ -105,6 +121,10 @@ class AugmentedSlices(Dataset):
         image, mask = (_plain(pair[k]) for k in ("image", "mask"))
         item["image"] = image.float().clamp_(0.0, 1.0)  # [1, H, W]
         item["mask"] = mask[0].round().long()  # [H, W]
+        if CONTEXT_MASK in pair:
+            item[CONTEXT_MASK] = _plain(pair[CONTEXT_MASK]).round().long()  # [2k, H, W]
+        if PREVIOUS_IMAGE in pair:
+            item[PREVIOUS_IMAGE] = _plain(pair[PREVIOUS_IMAGE]).float().clamp_(0.0, 1.0)  # [p, H, W]
         return item
 
 

@@ -22,6 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 from medsynth.data.amos import AMOSCase, index_amos, load_checked
 from medsynth.data.augment import AugmentedSlices, SliceAugmentation
 from medsynth.data.cache import BadCaseError, CacheEntry, SliceCache, files_fingerprint
+from medsynth.data.context import (
+    CONTEXT_MASK,
+    CONTEXT_MASK_VALID,
+    PREVIOUS_IMAGE,
+    PREVIOUS_VALID,
+    ContextSpec,
+    neighbour_positions,
+)
 from medsynth.data.transforms import (
     WINDOW_LEVEL,
     WINDOW_WIDTH,
@@ -58,6 +66,9 @@ class SliceDataset(Dataset):
         first_slices: Per case, the axial index of its first slice in the canonical volume
             (None: 0 for every case). Lets a dataset hold slabs of a volume (a z split) while
             ``slice_index`` stays the index in the whole volume.
+        context: 2.5D context of every item (None: none): the neighbours' masks and the previous
+            slices (:mod:`medsynth.data.context`), found by ``(case name, slice index)`` across
+            the pieces of a case; missing neighbours (volume ends, gaps in z) stay missing, flagged.
     """
 
     def __init__(
@@ -66,6 +77,7 @@ class SliceDataset(Dataset):
         masks: Sequence[np.ndarray],
         case_names: Sequence[str],
         first_slices: Sequence[int] | None = None,
+        context: ContextSpec | None = None,
     ) -> None:
         first_slices = [0] * len(images) if first_slices is None else [int(f) for f in first_slices]
         if not (len(images) == len(masks) == len(case_names) == len(first_slices)):
@@ -84,11 +96,37 @@ class SliceDataset(Dataset):
         # Plain ndarray views of the same buffers (np.memmap indexing has a per-call overhead).
         self._images = [np.asarray(x) for x in self.images]
         self._masks = [np.asarray(x) for x in self.masks]
+        self.context = context if context is not None and context.enabled else None
+        # [N, 2k + p]: the dataset index of each item's neighbour at every context offset, -1 if absent.
+        self._neighbours = self._neighbour_table() if self.context is not None else None
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[SliceVolume]) -> SliceDataset:
         """Dataset over preprocessed volumes held in memory."""
         return cls([v.image for v in volumes], [v.mask for v in volumes], [v.case_id for v in volumes])
+
+    def with_context(self, context: ContextSpec | None) -> SliceDataset:
+        """The same slices (the arrays are shared, not copied), each item with ``context``."""
+        return SliceDataset(self.images, self.masks, self.case_names, self.first_slices, context)
+
+    def _neighbour_table(self) -> np.ndarray:
+        assert self.context is not None
+        offsets = self.context.mask_offsets + self.context.previous_offsets
+        table = np.full((len(self), len(offsets)), -1, dtype=np.int64)
+        pieces: dict[str, list[int]] = {}
+        for piece, name in enumerate(self.case_names):
+            pieces.setdefault(name, []).append(piece)
+        for name, group in pieces.items():
+            items = np.concatenate([np.arange(self.offsets[p], self.offsets[p + 1]) for p in group])
+            z = np.concatenate([self.first_slices[p] + np.arange(len(self.images[p])) for p in group])
+            try:
+                pos = neighbour_positions(z, offsets)  # [n, 2k + p] positions within the case
+            except ValueError as err:
+                raise ValueError(
+                    f"case {name}: {err} in this dataset; 2.5D context needs each (case, slice index) once"
+                ) from err
+            table[items] = np.where(pos >= 0, items[pos.clip(min=0)], -1)
+        return table
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -107,12 +145,36 @@ class SliceDataset(Dataset):
         # float16 -> float32 cast is ~10x slower.
         image = torch.from_numpy(np.array(self._images[case][k])).float()[None]  # [1, S, S]
         mask = torch.from_numpy(np.array(self._masks[case][k])).long()  # [S, S]
-        return {
+        item = {
             "image": image,
             "mask": mask,
             "case_id": self.case_names[case],
             "slice_index": torch.tensor(self.first_slices[case] + k, dtype=torch.int64),
         }
+        if self._neighbours is not None:
+            item.update(self._context_item(self._neighbours[i % len(self)], mask.shape))
+        return item
+
+    def _slice(self, arrays: list[np.ndarray], i: int) -> torch.Tensor:
+        case, k = self.locate(i)
+        return torch.from_numpy(np.array(arrays[case][k]))
+
+    def _context_item(self, neighbours: np.ndarray, shape: torch.Size) -> dict[str, torch.Tensor]:
+        """The context entries of one item from its row of the neighbour table (0 where missing)."""
+        assert self.context is not None
+        n = 2 * self.context.neighbours
+        out = {}
+        if n:
+            blank = torch.zeros(shape, dtype=torch.long)
+            masks = [self._slice(self._masks, j).long() if j >= 0 else blank for j in neighbours[:n]]
+            out[CONTEXT_MASK] = torch.stack(masks)  # [2k, S, S]
+            out[CONTEXT_MASK_VALID] = torch.from_numpy(neighbours[:n] >= 0)
+        if self.context.previous:
+            blank = torch.zeros(shape)
+            images = [self._slice(self._images, j).float() if j >= 0 else blank for j in neighbours[n:]]
+            out[PREVIOUS_IMAGE] = torch.stack(images)  # [p, S, S]
+            out[PREVIOUS_VALID] = torch.from_numpy(neighbours[n:] >= 0)
+        return out
 
 
 class SliceDataModule(L.LightningDataModule):
@@ -127,6 +189,10 @@ class SliceDataModule(L.LightningDataModule):
             width 2000 keeps air at -1000 and bone up to 1000 HU, at a cost in soft-tissue contrast).
         augment: Random flips and small affines of the training slices with their masks (False;
             True: :class:`~medsynth.data.augment.SliceAugmentation`'s defaults, or one of them).
+        context_slices: 2.5D context: every batch also holds the masks of the slices ``±1..±k``
+            around each slice (0: none; :mod:`medsynth.data.context`). Must equal the model's.
+        context_previous: 2.5D context: every batch also holds the ``p`` real slices below each
+            slice (0: none). Must equal the model's.
     """
 
     def __init__(
@@ -137,6 +203,8 @@ class SliceDataModule(L.LightningDataModule):
         window_level: float = WINDOW_LEVEL,
         window_width: float = WINDOW_WIDTH,
         augment: bool | SliceAugmentation = False,
+        context_slices: int = 0,
+        context_previous: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(augment, (bool, SliceAugmentation)):
@@ -153,6 +221,12 @@ class SliceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.datasets: dict[str, SliceDataset] = {}
         self.augmentation = SliceAugmentation() if augment is True else (augment or None)
+        try:
+            spec = ContextSpec(context_slices, context_previous)
+        except ValueError as err:
+            raise ValueError(f"context_slices/context_previous: {err}") from err
+        #: The 2.5D context every batch holds (None: none).
+        self.context = spec if spec.enabled else None
 
     @property
     def window(self) -> tuple[float, float]:
@@ -165,6 +239,8 @@ class SliceDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise ValueError(f"{type(self).__name__} has no {split!r} split (0 cases)")
         dataset = self.datasets[split]
+        if self.context is not None:
+            dataset = dataset.with_context(self.context)
         if split == "train" and self.augmentation is not None:
             dataset = AugmentedSlices(dataset, self.augmentation, self.image_size)
         return DataLoader(
@@ -237,6 +313,7 @@ class PhantomDataModule(SliceDataModule):
         window_level, window_width: The CT window in HU (the paper's 40/400; see
             :class:`SliceDataModule`).
         augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
+        context_slices, context_previous: 2.5D context in every batch (see :class:`SliceDataModule`).
     """
 
     def __init__(
@@ -255,8 +332,19 @@ class PhantomDataModule(SliceDataModule):
         window_level: float = WINDOW_LEVEL,
         window_width: float = WINDOW_WIDTH,
         augment: bool = False,
+        context_slices: int = 0,
+        context_previous: int = 0,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
+        super().__init__(
+            image_size,
+            batch_size,
+            num_workers,
+            window_level,
+            window_width,
+            augment,
+            context_slices,
+            context_previous,
+        )
         from medsynth.data.phantom import check_irregularity
 
         irregularity = check_irregularity(irregularity)
@@ -439,6 +527,7 @@ class AMOSDataModule(_CachedDataModule):
         window_width: CT window width in HU.
         augment: Random flips and small affines of the training slices (see :class:`SliceDataModule`).
         progress: Show a progress bar while the cache is built.
+        context_slices, context_previous: 2.5D context in every batch (see :class:`SliceDataModule`).
     """
 
     def __init__(
@@ -456,8 +545,19 @@ class AMOSDataModule(_CachedDataModule):
         window_width: float = WINDOW_WIDTH,
         progress: bool = True,
         augment: bool = False,
+        context_slices: int = 0,
+        context_previous: int = 0,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
+        super().__init__(
+            image_size,
+            batch_size,
+            num_workers,
+            window_level,
+            window_width,
+            augment,
+            context_slices,
+            context_previous,
+        )
         if on_bad_case not in ("raise", "skip"):
             raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
         for name, value in (
@@ -547,7 +647,9 @@ class NNUNetDataModule(_CachedDataModule):
             ``start - slab_gap`` and from ``stop + slab_gap`` on. imagesTs is then not used.
             :func:`medsynth.data.nnunet.organ_slab` finds the smallest slab holding given organs.
         slab_gap: Slices left out on both sides of ``test_slab`` (4): neighbouring slices are
-            nearly copies of each other, so a slab without a gap is no held-out test.
+            nearly copies of each other, so a slab without a gap is no held-out test. With 2.5D
+            context the left-out slices are missing neighbours (flagged), as at a volume's end.
+        context_slices, context_previous: 2.5D context in every batch (see :class:`SliceDataModule`).
     """
 
     kind = "nnU-Net"
@@ -570,11 +672,22 @@ class NNUNetDataModule(_CachedDataModule):
         test_slab: tuple[int, int] | None = None,
         slab_gap: int = 4,
         augment: bool = False,
+        context_slices: int = 0,
+        context_previous: int = 0,
     ) -> None:
         from medsynth.data.nnunet import read_dataset_json
         from medsynth.labels import get_label_set
 
-        super().__init__(image_size, batch_size, num_workers, window_level, window_width, augment)
+        super().__init__(
+            image_size,
+            batch_size,
+            num_workers,
+            window_level,
+            window_width,
+            augment,
+            context_slices,
+            context_previous,
+        )
         if on_bad_case not in ("raise", "skip"):
             raise ValueError(f"on_bad_case must be 'raise' or 'skip', got {on_bad_case!r}")
         for name, value in (("num_val_cases", num_val_cases), ("max_train_cases", max_train_cases)):

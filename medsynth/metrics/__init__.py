@@ -41,7 +41,15 @@ from medsynth.metrics.memorization import (
     nearest_neighbors,
     pixel_vectors,
 )
-from medsynth.metrics.volume import adjacent_slice_difference
+from medsynth.metrics.volume import (
+    adjacent_difference_ratio,
+    adjacent_slice_difference,
+    highpass_residual,
+    median_drift,
+    orthogonal_views,
+    part_medians,
+    texture_sticking,
+)
 
 __all__ = [
     "psnr",
@@ -79,4 +87,10 @@ __all__ = [
     "pixel_vectors",
     "memorization_summary",
     "adjacent_slice_difference",
+    "adjacent_difference_ratio",
+    "highpass_residual",
+    "texture_sticking",
+    "part_medians",
+    "median_drift",
+    "orthogonal_views",
 ]

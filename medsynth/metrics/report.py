@@ -38,6 +38,7 @@ __all__ = [
     "section_tables",
     "format_sections",
     "comparison_figure",
+    "volume_views_figure",
 ]
 
 #: Column headers of the paper's Dice columns, in its order.
@@ -413,3 +414,59 @@ def _comparison_fig(
         fig.legend(handles=handles, loc="lower center", ncol=per_row, fontsize=6.5, frameon=False)
     fig.tight_layout(rect=(0.0, legend_h / height, 1.0, 1.0))
     return fig
+
+
+def volume_views_figure(
+    volumes: Mapping[str, Tensor | np.ndarray],
+    path: str | os.PathLike,
+    *,
+    z_aspect: float = 1.0,
+    row: int | None = None,
+    column: int | None = None,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    dpi: int = 150,
+) -> Path:
+    """A PNG of the sagittal (top row) and coronal (bottom row) cuts of volumes side by side.
+
+    Args:
+        volumes: Column title -> ``[D, H, W]`` (slice 0 the most inferior), e.g. ``{"real": ...,
+            "2.5D": ...}``; all of one shape.
+        path: Output PNG.
+        z_aspect: Slice spacing / in-plane pixel spacing (each axial slice drawn that many pixels tall).
+        row, column: The coronal cut's row and the sagittal cut's column (None: the middle).
+        vmin, vmax: Grey-level range (0..1: windowed images).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from medsynth.metrics.volume import orthogonal_views
+
+    if not volumes:
+        raise ValueError("volumes is empty")
+    views = {k: orthogonal_views(v, row, column) for k, v in volumes.items()}
+    shapes = {k: np.asarray(torch.as_tensor(v).shape) for k, v in volumes.items()}
+    if len({tuple(s) for s in shapes.values()}) != 1:
+        raise ValueError(f"volumes differ in shape: { {k: tuple(s) for k, s in shapes.items()} }")
+    n = len(views)
+    d, h, w = next(iter(shapes.values()))
+    height = d * z_aspect
+    fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 2.2 * height / max(h, w) * 2 + 0.6), squeeze=False)
+    for j, (title, (sagittal, coronal)) in enumerate(views.items()):
+        for i, (img, name) in enumerate(((sagittal, "sagittal"), (coronal, "coronal"))):
+            ax = axes[i, j]
+            ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=z_aspect, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out

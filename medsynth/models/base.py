@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 
+from medsynth.data.context import CONTEXT_MASK, ContextSpec, SliceContext
 from medsynth.labels import NUM_CLASSES, LabelSet, get_label_set
 from medsynth.nn.ema import EMA
 from medsynth.precision import sampling_autocast
@@ -22,6 +23,7 @@ from medsynth.random import GeneratorLike, check_generator
 __all__ = [
     "check_data_label_set",
     "check_data_window",
+    "check_data_context",
     "SynthesisModule",
     "is_method",
     "check_mask",
@@ -140,6 +142,31 @@ def check_data_window(model: Any, datamodule: Any) -> None:
         )
 
 
+def check_data_context(model: Any, datamodule: Any) -> None:
+    """Raise a ValueError, before any training, when the data's 2.5D context is not the model's.
+
+    Data modules expose theirs as ``context`` (a :class:`~medsynth.data.context.ContextSpec` or
+    None). A 2D model on data with context is refused too: it would ignore it, but Lightning's
+    logger refuses a model and data module whose shared hyperparameters differ, less clearly.
+    """
+    spec = getattr(model, "context_spec", None) or ContextSpec()
+    if datamodule is None:
+        return
+    data = getattr(datamodule, "context", None) or ContextSpec()
+    if data != spec and not spec.enabled:
+        raise ValueError(
+            f"the data module gives 2.5D context (context_slices={data.neighbours}, context_previous="
+            f"{data.previous}) but the model is 2D; drop --data.init_args.context_slices/context_previous "
+            "or give the model the same context"
+        )
+    if data != spec:
+        raise ValueError(
+            f"the model is 2.5D with context_slices={spec.neighbours}, context_previous={spec.previous}, but "
+            f"the data module gives context_slices={data.neighbours}, context_previous={data.previous}; set "
+            "--data.init_args.context_slices/context_previous to the model's (experiments/*/_context.yaml sets both)"
+        )
+
+
 class SynthesisModule(L.LightningModule):
     """Base of all mask-to-CT methods.
 
@@ -160,6 +187,9 @@ class SynthesisModule(L.LightningModule):
     """
 
     generate_options: tuple[str, ...] = ()
+    #: The 2.5D context ``generate()`` needs (None: a 2D model, slice by slice); set by the methods
+    #: that offer it (the diffusion models' ``context_slices`` / ``context_previous``).
+    context_spec: ContextSpec | None = None
     #: Set to True in the body of a shared base (this class, DiffusionModel, GANModule): not a
     #: method of its own, so the contract suite (tests/test_contract.py) skips it. Not inherited.
     _base_class: bool = True
@@ -202,6 +232,7 @@ class SynthesisModule(L.LightningModule):
         sampler: str | None = None,
         guidance_scale: float | None = None,
         generator: GeneratorLike = None,
+        context: SliceContext | None = None,
     ) -> Tensor:
         """Synthesize CT slices from label maps.
 
@@ -213,6 +244,10 @@ class SynthesisModule(L.LightningModule):
             generator: Seeds all randomness of the method; ignored where there is none. A
                 sequence of ``B`` generators seeds each slice on its own, so a slice's output does
                 not depend on the batch it is generated in.
+            context: A 2.5D model's context of each slice (its neighbours' masks, the previous
+                slices: :class:`~medsynth.data.context.SliceContext`); required by a model with a
+                ``context_spec``, None for any other. Whole volumes are easier made with
+                :func:`medsynth.synthesis.generate_volumes`, which builds it.
 
         Returns:
             float32 ``[B, 1, H, W]`` in [0, 1] (window level 40, width 400).
@@ -229,10 +264,13 @@ class SynthesisModule(L.LightningModule):
         mask = check_mask(mask, self.num_classes).to(self.device)
         self.check_size(mask)
         check_generator(generator, mask.shape[0])
+        context = self._check_context(mask, context)
         was_training = self.training
         self.eval()
         try:
             kwargs = {k: v for k, v in given.items() if k in self.generate_options}
+            if context is not None:
+                kwargs["context"] = context
             out = self._generate(mask, generator=generator, **kwargs)  # [B, 1, H, W]
         finally:
             self.train(was_training)
@@ -240,6 +278,29 @@ class SynthesisModule(L.LightningModule):
 
     def _generate(self, mask: Tensor, *, generator: GeneratorLike = None, **kwargs: Any) -> Tensor:
         raise NotImplementedError
+
+    def _check_context(self, mask: Tensor, context: SliceContext | None) -> SliceContext | None:
+        """``context`` validated against this model's ``context_spec`` and on its device."""
+        spec, name = self.context_spec, type(self).__name__
+        if spec is None:
+            if context is not None:
+                raise ValueError(
+                    f"{name}.generate() got context, but this model was trained slice by slice (no 2.5D "
+                    "context); pass context=None"
+                )
+            return None
+        if context is None:
+            raise ValueError(
+                f"this {name} is a 2.5D model: generate() needs context=SliceContext(...) with {spec.describe()} "
+                f"of every slice (context_slices={spec.neighbours}, context_previous={spec.previous}); "
+                "medsynth.synthesis.generate_volumes / synthesize_volume build it from whole label volumes, "
+                "medsynth.data.context.volume_context from your own slices"
+            )
+        if not isinstance(context, SliceContext):
+            raise TypeError(
+                f"context must be a medsynth.data.context.SliceContext, got {type(context).__name__}"
+            )
+        return context.check(spec, mask, self.num_classes).to(self.device)
 
     def autocast(self, precision: str | int | None = None) -> AbstractContextManager:
         """Context for ``generate()`` at ``precision`` on this model's device.
@@ -254,6 +315,9 @@ class SynthesisModule(L.LightningModule):
         # needs no device sync for it (check_batch(..., check_values=False) after consume_host_check).
         if isinstance(batch, Mapping) and isinstance(batch.get("mask"), Tensor):
             check_mask(batch["mask"], self.num_classes, "batch['mask']")
+            context = batch.get(CONTEXT_MASK)  # a 2.5D batch's neighbour masks: [B, 2k, H, W]
+            if isinstance(context, Tensor) and context.numel():
+                check_mask(context.flatten(0, 1), self.num_classes, f"batch[{CONTEXT_MASK!r}]")
             self._host_checked = True
         return batch
 
@@ -284,6 +348,7 @@ class SynthesisModule(L.LightningModule):
     def on_fit_start(self) -> None:
         check_data_label_set(self, getattr(self.trainer, "datamodule", None))
         check_data_window(self, getattr(self.trainer, "datamodule", None))
+        check_data_context(self, getattr(self.trainer, "datamodule", None))
         # seed_everything gives every DDP process the same seed, so each would draw the same
         # timesteps, noise and dropout for its (different) images. Offset the RNG by the rank.
         if self.trainer.world_size > 1:
@@ -335,7 +400,9 @@ class SynthesisModule(L.LightningModule):
         return None
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        return self.generate(batch["mask"])
+        # A 2.5D model takes its context from the batch (the real neighbours: teacher forcing).
+        context = SliceContext.from_batch(batch, self.context_spec) if self.context_spec else None
+        return self.generate(batch["mask"], context=context)
 
 
 def averaged_module_names(module: nn.Module) -> set[str]:

@@ -21,12 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from medsynth.data import semantic_edges
+from medsynth.data.context import ContextSpec, SliceContext
 from medsynth.diffusion import build_process, check_sampler, sample
 from medsynth.labels import LabelSet
 from medsynth.models.base import SynthesisModule, check_batch, one_hot
+from medsynth.nn.context import ContextDenoiser
 from medsynth.nn.ema import EMA
 from medsynth.nn.unet import DiffusionUNet
-from medsynth.random import GeneratorLike
+from medsynth.random import GeneratorLike, randn
 
 __all__ = ["DiffusionModel", "ConditionalDDPM", "MaskGuidedDDPM", "EdgeGuidedDDPM"]
 
@@ -86,6 +88,17 @@ class DiffusionModel(SynthesisModule):
         time_shift: SD3's time shift of a flow's training times and sampling grid (1: none).
         window_level, window_width: The CT window (HU) of the [0, 1] images it learns and makes
             (the paper's 40/400; must equal the data module's, see :class:`~medsynth.models.SynthesisModule`).
+        context_slices: 2.5D: the network also sees the masks of slices ``±1..±k`` (0, the
+            paper's setting: slice by slice). See :mod:`medsynth.nn.context` for the encoding.
+        context_previous: 2.5D: the network also sees the ``p`` slices below (0): real ones in
+            training, the generated ones when a volume is made in order (inferior to superior).
+        context_embed: Channels of each neighbour mask's learned embedding (4).
+        context_noise: The previous slices are noise-augmented in training (Ho et al. 2022,
+            Cascaded Diffusion Models) at a level drawn uniformly from 0 to this fraction of the
+            chain's T steps (0.2): x_prev -> q(x_s | x_prev); the level enters the network.
+        context_sample_noise: The level (fraction of T) the previous slices get when generating (0.1).
+        context_drop: Probability that training hides a slice's previous slices (flagged missing)
+            (0.1), so that the model also makes a slice after a gap in z, not only at a volume's start.
 
     Attributes:
         condition_cache: Whether ``generate()`` encodes the condition once per call instead of at
@@ -127,8 +140,33 @@ class DiffusionModel(SynthesisModule):
         time_shift: float = 1.0,
         window_level: float = 40.0,
         window_width: float = 400.0,
+        context_slices: int = 0,
+        context_previous: int = 0,
+        context_embed: int = 4,
+        context_noise: float = 0.2,
+        context_sample_noise: float = 0.1,
+        context_drop: float = 0.1,
     ) -> None:
         super().__init__(image_size, num_classes, label_set, window_level, window_width)
+        try:
+            spec = ContextSpec(context_slices, context_previous)
+        except ValueError as err:
+            raise ValueError(f"context_slices/context_previous: {err}") from err
+        if spec.enabled and process != "ddpm":
+            raise ValueError(
+                f"context_slices/context_previous (2.5D) need process='ddpm', got process={process!r}: "
+                "the previous slices' noise augmentation uses the DDPM's q(x_s | x_0)"
+            )
+        if not isinstance(context_embed, int) or context_embed < 1:
+            raise ValueError(f"context_embed must be a positive int, got {context_embed!r}")
+        for name, value in (("context_noise", context_noise), ("context_sample_noise", context_sample_noise)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"{name} must lie in [0, 1] (a fraction of the {timesteps} steps), got {value!r}"
+                )
+        if not 0.0 <= context_drop < 1.0:
+            raise ValueError(f"context_drop must lie in [0, 1), got {context_drop!r}")
+        self.context_spec = spec if spec.enabled else None
         diffusion = build_process(
             process,
             timesteps=timesteps,
@@ -156,7 +194,10 @@ class DiffusionModel(SynthesisModule):
         self.save_hyperparameters()
         #: The process (GaussianDiffusion or RectifiedFlow): loss, training times and samplers.
         self.diffusion = diffusion
-        self.net = self.build_network()
+        net = self.build_network()
+        if self.context_spec is not None:  # the variant's network, with the context added to x_t
+            net = ContextDenoiser(net, self.num_classes, context_slices, context_previous, context_embed)
+        self.net = net
         self.ema = EMA(self.net, ema_decay, warmup=ema_warmup)
         for net in (self.net, self.ema.shadow):
             if channels_last:
@@ -172,7 +213,8 @@ class DiffusionModel(SynthesisModule):
 
         Called once from ``DiffusionModel.__init__``, before the EMA copy is made: set whatever it
         reads other than ``self.hparams`` before ``super().__init__``. :meth:`unet` builds a
-        :class:`DiffusionUNet` with this module's widths plus variant overrides.
+        :class:`DiffusionUNet` with this module's widths plus variant overrides (and, for a 2.5D
+        model, the input channels of the context, which :class:`ContextDenoiser` then feeds).
         """
         raise NotImplementedError
 
@@ -188,19 +230,70 @@ class DiffusionModel(SynthesisModule):
         """The network used for sampling: the EMA copy (SDM wraps it with guidance)."""
         return self.ema.shadow
 
-    def sampling_model_kwargs(self, denoiser: nn.Module, mask: Tensor) -> dict[str, Any]:
-        """The keywords of every sampling step: :meth:`model_kwargs`, with the time-independent part
-        encoded once by the denoiser's ``encode_condition`` (the condition cache) where it has one."""
+    def sampling_model_kwargs(
+        self,
+        denoiser: nn.Module,
+        mask: Tensor,
+        context: SliceContext | None = None,
+        generator: GeneratorLike = None,
+    ) -> dict[str, Any]:
+        """The keywords of every sampling step: :meth:`model_kwargs` (and a 2.5D model's
+        :meth:`context_model_kwargs`), with the time-independent part encoded once by the denoiser's
+        ``encode_condition`` (the condition cache) where it has one."""
         kwargs = self.model_kwargs(mask)
+        if context is not None:
+            kwargs.update(self.context_model_kwargs(context, training=False, generator=generator))
         encode = getattr(denoiser, "encode_condition", None)
         if self.condition_cache and encode is not None:
             kwargs = encode(**kwargs)
         return kwargs
 
+    def context_model_kwargs(
+        self, context: SliceContext, training: bool, generator: GeneratorLike = None
+    ) -> dict[str, Tensor]:
+        """The keywords of :class:`ContextDenoiser` for a 2.5D context.
+
+        The previous slices are noise-augmented (Ho et al. 2022): in training at a level ``s``
+        drawn per slice from ``0..context_noise * T`` (and hidden with probability
+        ``context_drop``), when generating at ``context_sample_noise * T``; level 0 is the clean
+        slice, level ``s`` its ``q(x_{s-1} | x_0)`` under this model's noise schedule.
+        """
+        spec, hp = self.context_spec, self.hparams
+        assert spec is not None
+        out: dict[str, Tensor] = {}
+        if spec.neighbours:
+            out["context_mask"], out["context_mask_valid"] = context.masks, context.masks_valid
+        if spec.previous:
+            prev, valid = context.previous * 2.0 - 1.0, context.previous_valid  # [B, p, H, W], [B, p]
+            b, T, device = prev.shape[0], self.diffusion.num_timesteps, prev.device
+            if training:
+                g = generator if isinstance(generator, torch.Generator) else None
+                where = g.device if g is not None else device  # a generator draws on its own device
+                top = round(hp.context_noise * T)
+                level = torch.randint(0, top + 1, (b,), generator=g, device=where).to(device)  # [B]
+                if hp.context_drop > 0:
+                    keep = torch.rand(valid.shape, generator=g, device=where).to(device)  # [B, p]
+                    valid = valid & (keep >= hp.context_drop)
+            else:
+                level = torch.full((b,), round(hp.context_sample_noise * T), dtype=torch.long, device=device)
+            noise = randn(prev.shape, generator, device)  # per-slice generators: per-slice noise
+            noised = self.diffusion.q_sample(prev, (level - 1).clamp(min=0), noise)
+            prev = torch.where((level > 0)[:, None, None, None], noised, prev)
+            out["previous_image"] = prev * valid[:, :, None, None].to(prev.dtype)
+            out["previous_valid"] = valid
+            out["context_level"] = level.float() / T
+        return out
+
     def unet(self, **overrides: Any) -> DiffusionUNet:
-        """A :class:`DiffusionUNet` with this module's hyperparameters, plus variant overrides."""
+        """A :class:`DiffusionUNet` with this module's hyperparameters, plus variant overrides.
+
+        A 2.5D model's context channels are added to ``in_channels`` (x_t's and the variant's).
+        """
         hp = self.hparams
         cls = overrides.pop("cls", DiffusionUNet)
+        if self.context_spec is not None:
+            extra = ContextDenoiser.channels(hp.context_slices, hp.context_previous, hp.context_embed)
+            overrides["in_channels"] = overrides.get("in_channels", 1) + extra
         return cls(
             image_size=self.image_size,
             out_channels=self.diffusion.output_channels(1),  # 1 image channel
@@ -235,15 +328,27 @@ class DiffusionModel(SynthesisModule):
     def _losses(
         self, net: nn.Module, batch: Mapping[str, Any], training: bool, generator=None
     ) -> dict[str, Tensor]:
-        image, mask = check_batch(batch, self.num_classes, check_values=not self.consume_host_check())
+        host_checked = self.consume_host_check()
+        image, mask = check_batch(batch, self.num_classes, check_values=not host_checked)
         x0 = image * 2.0 - 1.0  # [B, 1, H, W] in [-1, 1]
         t = self.diffusion.sample_timesteps(x0.shape[0], self.device, generator)  # [B]
         noise = None
         if generator is not None:
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        context = None
+        if self.context_spec is not None:
+            context = SliceContext.from_batch(batch, self.context_spec).to(self.device)
+            context = context.check(self.context_spec, mask, self.num_classes, check_values=not host_checked)
         if training and self.hparams.get("organ_dropout", 0.0) > 0:
-            mask = drop_structures(mask, self.label_set, self.hparams.organ_dropout)
+            if context is not None and context.masks is not None:  # the same structures in every slice
+                both = torch.cat([mask[:, None], context.masks], dim=1)  # [B, 1 + 2k, H, W]
+                both = drop_structures(both, self.label_set, self.hparams.organ_dropout)
+                mask, context = both[:, 0], context.replace(masks=both[:, 1:])
+            else:
+                mask = drop_structures(mask, self.label_set, self.hparams.organ_dropout)
         kwargs = self.training_model_kwargs(mask) if training else self.model_kwargs(mask)
+        if context is not None:
+            kwargs.update(self.context_model_kwargs(context, training, generator))
         losses = self.diffusion.training_losses(net, x0, t, kwargs, noise)
         return {k: v.mean() for k, v in losses.items()}
 
@@ -285,6 +390,7 @@ class DiffusionModel(SynthesisModule):
         num_steps: int | None = None,
         sampler: str | None = None,
         guidance_scale: float | None = None,
+        context: SliceContext | None = None,
     ) -> Tensor:
         b, h, w = mask.shape
         denoiser = self.denoiser(guidance_scale)
@@ -294,7 +400,7 @@ class DiffusionModel(SynthesisModule):
             (b, 1, h, w),
             sampler=sampler or self.hparams.sampler,
             num_steps=num_steps if num_steps is not None else self.hparams.num_steps,
-            model_kwargs=self.sampling_model_kwargs(denoiser, mask),
+            model_kwargs=self.sampling_model_kwargs(denoiser, mask, context, generator),
             generator=generator,
             device=self.device,
         )  # [B, 1, H, W] in [-1, 1]
@@ -319,9 +425,10 @@ class LinearWarmup:
 def drop_structures(
     mask: Tensor, labels: LabelSet, p: float, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Relabel each structure of each mask ``[B, H, W]`` as body with probability ``p`` (mask ablation).
+    """Relabel each structure of each mask ``[B, ...]`` as body with probability ``p`` (mask ablation).
 
-    Background and body stay; a structure is dropped as a whole in one slice (all its pixels).
+    Background and body stay; a structure is dropped as a whole in one item (all its pixels: a
+    slice ``[H, W]``, or a slice with its neighbours ``[1 + 2k, H, W]``).
     """
     b = mask.shape[0]
     drop = torch.rand((b, labels.num_classes), generator=generator, device="cpu").to(mask.device) < p
