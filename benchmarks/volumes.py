@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,12 +50,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from quality import aggregate, load_segmenter  # noqa: I001 - sibling benchmark module
 
-from medsynth.evaluate import build_datamodule
-from medsynth.metrics import adjacent_difference_ratio, dice_per_class, median_drift, psnr, texture_sticking
-from medsynth.metrics.report import volume_views_figure
-from medsynth.synthesis import generate_volumes, load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
+from benchmarks.protocol import aggregate, load_segmenter  # noqa: E402
+from medsynth.evaluate import build_datamodule  # noqa: E402
+from medsynth.metrics import (  # noqa: E402
+    adjacent_difference_ratio,
+    dice_per_class,
+    median_drift,
+    psnr,
+    texture_sticking,
+)
+from medsynth.metrics.report import volume_views_figure  # noqa: E402
+from medsynth.synthesis import generate_volumes, load_model  # noqa: E402
 
 ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta", "pancreas")
 MODES = ("independent", "coherent", "2.5D")
