@@ -57,7 +57,10 @@ from benchmarks.protocol import (  # noqa: E402
     Settings,
     aggregate,
     calibrate_methods,
+    combine,
     fmt,
+    frd_scorer,
+    memorization_scorer,
     recipe_from_config,
     run_quality,
 )
@@ -188,6 +191,17 @@ def hu_scorer(window: tuple[float, float], organs: Mapping[str, int] = ORGANS):
     return scores
 
 
+def training_images(dm: NNUNetDataModule) -> torch.Tensor:
+    """The training slices as stored (not augmented), ``[M, 1, H, W]``: the memorization check's reference."""
+    from medsynth.data.augment import AugmentedSlices
+
+    dm.setup("fit")
+    data = dm.train_dataloader().dataset
+    while isinstance(data, AugmentedSlices):
+        data = data.dataset
+    return torch.stack([data[i]["image"] for i in range(len(data))])
+
+
 def add_ts_masks(batch: dict[str, Any], ts_dm: NNUNetDataModule) -> None:
     """``batch["ts_mask"]``: the TotalSegmentator labels of the evaluation slices (same keys)."""
     from benchmarks.protocol import eval_slices
@@ -243,6 +257,25 @@ def hu_markdown(results: Mapping[str, Any]) -> str:
     ]
     for label, m in rows.items():
         lines.append(f"| {label} | " + " | ".join(fmt(m.get(h), 1) for h in head) + " |")
+    dist = [
+        ("FD (segmenter)", "frechet_seg", 4),
+        ("FRD", "frd", 3),
+        ("copy rate", "memorization/copy_rate", 3),
+        ("nearest-train RMS, synthetic (median)", "memorization/synthetic_q50", 4),
+        ("nearest-train RMS, real held-out (median)", "memorization/real_q50", 4),
+    ]
+    lines += [
+        "",
+        "Distributions and copies: the segmenter's Fréchet distance (NOT FID) beside FRD v1 (radiomics, "
+        "in HU through the window; lower is closer), and the memorization check: copy rate = share of "
+        "synthetic slices nearer (RMS, window units) to a training slice than the 5th percentile of the "
+        "real held-out slices' nearest-training distances (about 5 % when nothing is copied).",
+        "",
+        "| method | " + " | ".join(c[0] for c in dist) + " |",
+        "|---|" + "---|" * len(dist),
+    ]
+    for label, m in rows.items():
+        lines.append(f"| {label} | " + " | ".join(fmt(m.get(k), d) for _, k, d in dist) + " |")
     lines += ["", "Targets (median HU error, Dice against the real slices', PSNR against painting):", ""]
     lines += [f"- {t}" for t in targets(results)]
     return "\n".join(lines) + "\n"
@@ -396,6 +429,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-steps", type=int, default=20)
     p.add_argument("--calibrate-only", action="store_true")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-frd", action="store_true", help="leave FRD out (it needs medsynth[frd])")
     p.add_argument(
         "--reuse-checkpoints",
         action="store_true",
@@ -467,7 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "window": list(window),
                 "test_slab": list(REALCT_TEST_SLAB),
             },
-            extra=hu_scorer(window),
+            extra=combine(
+                hu_scorer(window),
+                None if args.no_frd else frd_scorer(window),
+                memorization_scorer(training_images(train_dm)),
+            ),
             batch_hook=lambda batch: add_ts_masks(batch, ts_dm),
         )
     except (ResumeError, CalibrationError) as e:

@@ -59,7 +59,8 @@ def _looks_like_segmenter(ckpt: object) -> bool:
         return False
     hp, state = ckpt.get("hyper_parameters") or {}, ckpt.get("state_dict") or {}
     keys = {"image_size", "num_classes", "model_channels", "lr", "dropout"}
-    return keys <= set(hp) <= keys | {"label_set"} and any(str(k).startswith("net.conv_0.") for k in state)
+    optional = {"label_set", "window_level", "window_width"}
+    return keys <= set(hp) <= keys | optional and any(str(k).startswith("net.conv_0.") for k in state)
 
 
 def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> SynthesisModule:

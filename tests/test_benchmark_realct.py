@@ -73,19 +73,23 @@ def test_targets_count_hu_dice_and_psnr():
 
 
 def test_tiny_run_on_the_fixture(tmp_path, monkeypatch):
-    """One method, one seed, seconds of training at 32x32: quality.json holds the HU metrics of every
-    row, realct.md the table and the target line, and the scored slices are the held-out slab."""
+    """One method, one seed, seconds of training at 32x32: quality.json holds the HU metrics and the
+    memorization check of every row, realct.md the tables and the target line, and the scored slices
+    are the held-out slab (FRD left out here: PyRadiomics is slow; its scorer is tested in test_frd)."""
     monkeypatch.chdir(tmp_path)
     args = [
         "--source", str(REALCT_DIR), "--dataset", str(tmp_path / "ds"), "--cache", str(tmp_path / "cache"),
         "--budget", "0.02", "--seeds", "1", "--methods", "conditional_ddpm", "--image-size", "32",
-        "--segmenter-steps", "2", "--num-steps", "2", "--output", str(tmp_path / "out"),
+        "--segmenter-steps", "2", "--num-steps", "2", "--output", str(tmp_path / "out"), "--no-frd",
     ]  # fmt: skip
     assert realct.main(args) == 0
     res = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert res["test_slab"] == [20, 34] and res["num_eval"] == 14
     for row in (res["real"], res["painting"], res["methods"]["conditional_ddpm"]["1.0"]["metrics"]):
-        assert {"hu/liver", "hu/aorta", "hu/air", "hu/bone"} <= set(row)
+        assert {"hu/liver", "hu/aorta", "hu/air", "hu/bone", "memorization/copy_rate"} <= set(row)
+        assert "frd" not in row
     assert res["real"]["hu/liver"]["mean"] == 0.0
+    # the real held-out slices against themselves: exactly the slices below the 5th percentile
+    assert res["real"]["memorization/copy_rate"]["mean"] == pytest.approx(1 / 14)
     text = (tmp_path / "out" / "realct.md").read_text()
-    assert "| conditional_ddpm |" in text and "median HU error <= 20" in text
+    assert "| conditional_ddpm |" in text and "median HU error <= 20" in text and "copy rate" in text

@@ -151,20 +151,25 @@ def _config_text(config: Path) -> str:
     return "\n".join(f.read_text() for f, _ in config_chain(config))
 
 
+def _realct_dataset(folder: Path) -> None:
+    """The real-CT configs' dataset (datasets/Dataset700_RealCT under ``folder``), from the fixture."""
+    from medsynth.data.nnunet import realct_files
+    from medsynth.io import DatasetPair, write_nnunet_dataset
+
+    ct, labels, names = realct_files()
+    write_nnunet_dataset(
+        [DatasetPair(ct, labels, "realct")], folder / "datasets" / "Dataset700_RealCT", names
+    )
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter_checkpoint):
     """Every method config builds model, data and trainer; its run name and checkpoint folder are its
     file name (later configs and the docs name runs/<dataset>/<method>/checkpoints/last.ckpt)."""
     monkeypatch.chdir(tmp_path)  # configs name relative folders (logs, data, checkpoints)
     text = _config_text(config)
-    if "root: datasets/Dataset700_RealCT" in text:  # the real-CT configs: their dataset, from the fixture
-        from medsynth.data.nnunet import realct_files
-        from medsynth.io import DatasetPair, write_nnunet_dataset
-
-        ct, labels, names = realct_files()
-        write_nnunet_dataset(
-            [DatasetPair(ct, labels, "realct")], tmp_path / "datasets" / "Dataset700_RealCT", names
-        )
+    if "root: datasets/Dataset700_RealCT" in text:
+        _realct_dataset(tmp_path)
     # The AMOS configs score Dice with a trained segmenter and FID with the Inception file, and the
     # paper's SPADE needs ImageNet VGG19 weights; none can be downloaded here. Each missing file must
     # be named at construction, before any training (in whatever order the parts are built), and the
@@ -252,6 +257,8 @@ def test_documented_commands_name_existing_configs(tmp_path, monkeypatch):
         assert not ours or ROOT / ours[0] in CONFIGS, f"{where}: a command starts with a method config"
     combos = {c for _, c in DOC_COMMANDS if len(c) > 1 and all(x.startswith("experiments/") for x in c)}
     assert combos  # at least the documented smoke run
+    if any(c.startswith("experiments/realct/") for combo in combos for c in combo):
+        _realct_dataset(tmp_path)
     for configs in sorted(combos):
         args = [a for c in configs for a in ("--config", str(ROOT / c))]
         cli = lightning_cli(args, run=False)

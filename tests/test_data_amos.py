@@ -190,11 +190,13 @@ def test_edited_file_is_rebuilt(amos_root, tmp_path):
     import nibabel as nib
 
     vol = nib.load(str(img))
-    nib.save(nib.Nifti1Image(np.full(vol.shape, 1000.0, dtype=np.float32), vol.affine), str(img))
+    edited = np.full(vol.shape, 1000.0, dtype=np.float32)
+    edited[:2] = -1000.0  # still CT in HU: some air
+    nib.save(nib.Nifti1Image(edited, vol.affine), str(img))
     dm = _dm(root, tmp_path / "c")
     dm.prepare_data()
     dm.setup("fit")
-    assert float(dm.datasets["train"][0]["image"].min()) == 1.0
+    assert float(dm.datasets["train"][0]["image"].median()) == 1.0  # 1000 HU: the window's top
 
 
 def test_interrupted_build_is_not_complete(amos_root, tmp_path, monkeypatch):

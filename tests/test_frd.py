@@ -135,3 +135,16 @@ def test_bad_input_names_the_argument() -> None:
         radiomics_features(torch.zeros(2, 32, 32))
     with pytest.raises(ValueError, match="float"):
         radiomics_features(torch.zeros(2, 1, 32, 32, dtype=torch.long))
+
+
+def test_protocol_frd_scorer_equals_frd_on_the_same_slices(slice_sets) -> None:
+    """benchmarks.protocol.frd_scorer gives medsynth.metrics.frd.frd(real, synthetic) on a wider
+    window as well; the real slices against themselves (ln 0 = -inf in FRD v1) score NaN."""
+    from benchmarks.protocol import frd_scorer
+
+    real, synth = slice_sets[0][:6], slice_sets[1][:6]  # few slices: PyRadiomics takes ~1 s each
+    window = (0.0, 2000.0)
+    scorer = frd_scorer(window)
+    batch = {"image": real}
+    assert scorer(synth, batch)["frd"] == pytest.approx(frd(real, synth, window), rel=1e-9)
+    assert np.isnan(scorer(real, batch)["frd"])

@@ -129,3 +129,48 @@ def test_bottleneck_features_equal_the_forward_pass_activation() -> None:
     feats = seg.bottleneck_features(x)
     assert feats.shape == (3, 32) and seg.training  # 8c features; the mode is restored
     torch.testing.assert_close(feats, seen[0], rtol=1e-6, atol=1e-6)
+
+
+def test_training_slices_of_an_augmenting_data_module_are_the_stored_ones() -> None:
+    """Copies are judged against the training slices as stored: a data module that augments its
+    training batches (random flips / affine) gives the callback the un-augmented dataset, whose
+    items equal those of the same data module without augmentation."""
+    from medsynth.callbacks import SynthesisMetrics
+
+    kw = {"num_train_cases": 2, "num_val_cases": 1, "num_test_cases": 1, "depth": 4, "image_size": 32}
+    plain, augmented = PhantomDataModule(**kw), PhantomDataModule(**kw, augment=True)
+    for dm in (plain, augmented):
+        dm.setup("fit")
+    torch.manual_seed(0)
+    assert not all(
+        torch.equal(a["image"], b["image"])
+        for a, b in zip(augmented.train_dataloader().dataset, plain.train_dataloader().dataset)
+    )  # the loader's items are augmented
+    source = SynthesisMetrics(metrics=("memorization",))._training_slices(augmented)
+    reference = plain.train_dataloader().dataset
+    assert len(source) == len(reference) == 8
+    for a, b in zip(source, reference):
+        assert torch.equal(a["image"], b["image"])
+
+
+def test_protocol_memorization_scorer_matches_the_brute_force(phantom_slices) -> None:
+    """benchmarks.protocol.memorization_scorer: the copy rate and medians recomputed with the
+    numpy brute force; real test slices score the 5th-percentile rule's own 1/N-ish rate, copies
+    of training slices score 1."""
+    from benchmarks.protocol import memorization_scorer
+
+    train, test = phantom_slices["train"], phantom_slices["test"]
+    scorer = memorization_scorer(train)
+    batch = {"image": test}
+    flat = lambda x: x.double().flatten(1).numpy() / np.sqrt(32 * 32)  # noqa: E731
+    d_real, _ = _numpy_nn(flat(test), flat(train))
+    thr = np.percentile(d_real, 5.0)
+    synth = test.flip(-1)  # some other images
+    d_syn, _ = _numpy_nn(flat(synth), flat(train))
+    got = scorer(synth, batch)
+    assert got["memorization/threshold"] == pytest.approx(thr, rel=1e-9)
+    assert got["memorization/copy_rate"] == pytest.approx(float(np.mean(d_syn < thr)))
+    assert got["memorization/synthetic_q50"] == pytest.approx(float(np.median(d_syn)), rel=1e-9)
+    assert got["memorization/real_q50"] == pytest.approx(float(np.median(d_real)), rel=1e-9)
+    copies = train[: len(test)]
+    assert scorer(copies, batch)["memorization/copy_rate"] == 1.0

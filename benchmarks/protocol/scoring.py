@@ -12,6 +12,10 @@
   features of the synthetic and the real slices. NOT FID: an in-domain feature space (``8 * width``
   dimensions), comparable only within one benchmark.
 
+Optional scorers of more metrics (:data:`Extra`, joined with :func:`combine`):
+:func:`frd_scorer` (FRD v1, needs ``medsynth[frd]``) and :func:`memorization_scorer` (copy rate
+against the training slices, pixel space).
+
 The organ table maps a metric name to the id of that organ in the segmenter's label set (the
 masks scored are in that set): :data:`TARGET_ORGANS` for AMOS ids by default;
 :func:`organ_table` gives the same organs in another set by name.
@@ -44,6 +48,9 @@ from .budget import quiet_trainer
 __all__ = [
     "TARGET_ORGANS",
     "Extra",
+    "combine",
+    "frd_scorer",
+    "memorization_scorer",
     "Features",
     "SegmenterFeatures",
     "aggregate",
@@ -171,6 +178,62 @@ def organ_scores(
 
 #: A scorer of a data set's own metrics: ``(synthetic [N, 1, H, W], batch) -> {metric: value}``.
 Extra = Callable[[torch.Tensor, Mapping[str, Any]], Mapping[str, float]]
+
+
+def combine(*extras: Extra | None) -> Extra:
+    """One :data:`Extra` that joins the rows of ``extras`` (None entries are skipped)."""
+    parts = [e for e in extras if e is not None]
+
+    def scores(synth: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for e in parts:
+            out.update(e(synth, batch))
+        return out
+
+    return scores
+
+
+def frd_scorer(window: tuple[float, float]) -> Extra:
+    """``frd``: FRD v1 (:mod:`medsynth.metrics.frd`) of the synthetic slices against the batch's
+    real ones, both mapped to HU through ``window``; the real slices' features are extracted once,
+    and the real slices themselves score NaN (FRD v1 is ln d², -inf for a set against itself).
+    Raises ImportError naming the install command when ``frd-score`` is missing (before any work)."""
+    from medsynth.metrics.frd import check_frd_available, frd_from_features, radiomics_features
+
+    check_frd_available()
+    cache: dict[int, np.ndarray] = {}
+
+    def scores(synth: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, float]:
+        if torch.equal(synth, batch["image"]):  # the real row: ln of a zero distance, no information
+            return {"frd": float("nan")}
+        key = id(batch["image"])
+        if key not in cache:
+            cache[key] = radiomics_features(batch["image"], window)  # [N, D] float64
+        return {"frd": frd_from_features(cache[key], radiomics_features(synth, window))}
+
+    return scores
+
+
+def memorization_scorer(train_images: torch.Tensor) -> Extra:
+    """``memorization/copy_rate``, ``/threshold``, ``/synthetic_q50``, ``/real_q50``: each synthetic
+    slice's RMS distance to its nearest training slice (``train_images`` ``[M, 1, H, W]``) against
+    the same distance of the real held-out slices (:func:`medsynth.metrics.memorization_summary`:
+    copy rate = share of synthetic slices nearer than the real ones' 5th percentile)."""
+    from medsynth.metrics import memorization_summary, nearest_neighbors, pixel_vectors
+
+    reference = pixel_vectors(train_images)  # [M, H*W]
+    cache: dict[int, torch.Tensor] = {}
+
+    def scores(synth: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, float]:
+        key = id(batch["image"])
+        if key not in cache:
+            cache[key] = nearest_neighbors(pixel_vectors(batch["image"]), reference)[0]  # [N]
+        fake = nearest_neighbors(pixel_vectors(synth), reference)[0]  # [N]
+        summary = memorization_summary(fake, cache[key])
+        keep = ("copy_rate", "threshold", "synthetic_q50", "real_q50")
+        return {f"memorization/{k}": float(summary[k]) for k in keep}
+
+    return scores
 
 
 def score(

@@ -323,6 +323,10 @@ class SynthesisMetrics(Callback):
                 raise ValueError(
                     f"metrics include 'memorization' but {type(source).__name__} has no training split: {err}"
                 ) from err
+        from medsynth.data.augment import AugmentedSlices
+
+        while isinstance(source, AugmentedSlices):  # copies are judged against the slices as stored
+            source = source.dataset
         if len(source) == 0:
             raise ValueError("metrics include 'memorization' but the training set is empty")
         return source
