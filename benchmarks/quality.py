@@ -37,6 +37,10 @@ warm-up) and recorded (method, settings, s/step, date, CPU, threads). Time it on
 machine (``--calibrate-only`` times and records without training); every later run with that file
 trains the same number of steps, however loaded the machine.
 
+``--frd`` adds FRD v1 (radiomics; needs ``medsynth[frd]``) beside the segmenter's Fréchet
+distance, ``--memorization`` the copy rate against the training slices (pixel space); both are
+off by default so that a run started without them can be resumed.
+
 ``--samplers`` instead compares DDIM, DPM-Solver++ and respaced ancestral sampling at 10 / 25 /
 50 / 100 network evaluations against the 1000-step chain on the trained diffusion models (or
 on ``--ckpt``), and writes ``samplers.md`` / ``samplers.json``.
@@ -69,9 +73,13 @@ from benchmarks.protocol import (  # noqa: E402
     ResumeError,
     Settings,
     calibrate_methods,
+    combine,
+    frd_scorer,
+    memorization_scorer,
     phantom,
     run_quality,
     run_samplers,
+    training_images,
 )
 
 SAMPLER_SETTINGS: tuple[tuple[str, int], ...] = tuple(
@@ -131,6 +139,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--reference", default="ddpm:1000", help="--samplers: the reference setting, or 'none' (ddpm:1000)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--frd", action="store_true", help="also score FRD v1 (needs medsynth[frd]; ~0.1 s/slice)")
+    p.add_argument(
+        "--memorization", action="store_true", help="also score the copy rate against the training slices"
+    )
     p.add_argument(
         "--calibration",
         type=Path,
@@ -220,7 +232,11 @@ def run(args: argparse.Namespace) -> None:
             targets = {n: (n, out / "checkpoints" / f"{n}_100.ckpt") for n in args.methods if n in DIFFUSION}
         run_samplers(s, out, targets, dm, args.settings, args.reference)
     else:
-        run_quality(s, args.methods, args.output, dm, train_dm)
+        extra = combine(
+            frd_scorer(dm.window) if args.frd else None,
+            memorization_scorer(training_images(train_dm)) if args.memorization else None,
+        )
+        run_quality(s, args.methods, args.output, dm, train_dm, extra=extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

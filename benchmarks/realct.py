@@ -63,6 +63,7 @@ from benchmarks.protocol import (  # noqa: E402
     memorization_scorer,
     recipe_from_config,
     run_quality,
+    training_images,
 )
 from medsynth.data import NNUNetDataModule  # noqa: E402
 from medsynth.data.nnunet import REALCT_TEST_SLAB  # noqa: E402
@@ -191,17 +192,6 @@ def hu_scorer(window: tuple[float, float], organs: Mapping[str, int] = ORGANS):
     return scores
 
 
-def training_images(dm: NNUNetDataModule) -> torch.Tensor:
-    """The training slices as stored (not augmented), ``[M, 1, H, W]``: the memorization check's reference."""
-    from medsynth.data.augment import AugmentedSlices
-
-    dm.setup("fit")
-    data = dm.train_dataloader().dataset
-    while isinstance(data, AugmentedSlices):
-        data = data.dataset
-    return torch.stack([data[i]["image"] for i in range(len(data))])
-
-
 def add_ts_masks(batch: dict[str, Any], ts_dm: NNUNetDataModule) -> None:
     """``batch["ts_mask"]``: the TotalSegmentator labels of the evaluation slices (same keys)."""
     from benchmarks.protocol import eval_slices
@@ -257,25 +247,6 @@ def hu_markdown(results: Mapping[str, Any]) -> str:
     ]
     for label, m in rows.items():
         lines.append(f"| {label} | " + " | ".join(fmt(m.get(h), 1) for h in head) + " |")
-    dist = [
-        ("FD (segmenter)", "frechet_seg", 4),
-        ("FRD", "frd", 3),
-        ("copy rate", "memorization/copy_rate", 3),
-        ("nearest-train RMS, synthetic (median)", "memorization/synthetic_q50", 4),
-        ("nearest-train RMS, real held-out (median)", "memorization/real_q50", 4),
-    ]
-    lines += [
-        "",
-        "Distributions and copies: the segmenter's Fréchet distance (NOT FID) beside FRD v1 (radiomics, "
-        "in HU through the window; lower is closer), and the memorization check: copy rate = share of "
-        "synthetic slices nearer (RMS, window units) to a training slice than the 5th percentile of the "
-        "real held-out slices' nearest-training distances (about 5 % when nothing is copied).",
-        "",
-        "| method | " + " | ".join(c[0] for c in dist) + " |",
-        "|---|" + "---|" * len(dist),
-    ]
-    for label, m in rows.items():
-        lines.append(f"| {label} | " + " | ".join(fmt(m.get(k), d) for _, k, d in dist) + " |")
     lines += ["", "Targets (median HU error, Dice against the real slices', PSNR against painting):", ""]
     lines += [f"- {t}" for t in targets(results)]
     return "\n".join(lines) + "\n"

@@ -180,3 +180,19 @@ def test_a_resumed_run_keeps_the_earlier_rows_and_adds_the_new_method(
     assert main([*tiny, "--budget", "0.05", "--resume", "--methods", "oasis"]) == 2
     assert "--budget" in capsys.readouterr().err
     assert (out / "quality.json").read_bytes() == before
+
+
+def test_memorization_flag_adds_the_copy_rate_to_every_row(tmp_path: Path, keep_threads) -> None:
+    """``--memorization``: every row (references and the method) holds the copy rate, the real
+    held-out slices score 1/N by construction (only their nearest one lies below their own 5th
+    percentile), and quality.md gains the distribution table."""
+    out = tmp_path / "q"
+    tiny = ["--budget", "0.03", "--seeds", "1", "--num-eval", "4", "--segmenter-steps", "2"]
+    assert (
+        main([*tiny, "--threads", "1", "--methods", "pix2pix", "--memorization", "--output", str(out)]) == 0
+    )
+    res = json.loads((out / "quality.json").read_text())
+    for row in (res["real"], res["painting"], res["methods"]["pix2pix"]["1.0"]["metrics"]):
+        assert 0.0 <= row["memorization/copy_rate"]["mean"] <= 1.0
+    assert res["real"]["memorization/copy_rate"]["mean"] == 0.25
+    assert "| copy rate |" in (out / "quality.md").read_text()

@@ -35,7 +35,7 @@ from .budget import (
     trained_checkpoints,
     write_calibration,
 )
-from .data import eval_slices, phantom
+from .data import eval_slices, phantom, training_images
 from .methods import (
     DIFFUSION,
     DIFFUSION_RECIPE,
@@ -132,6 +132,7 @@ __all__ = [
     "step_budget",
     "synthesize",
     "train_method",
+    "training_images",
     "trained_checkpoints",
     "train_segmenter",
     "training_class_means",

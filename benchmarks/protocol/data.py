@@ -56,3 +56,15 @@ def eval_slices(dm: L.LightningDataModule, num: int | None) -> dict[str, Any]:
         "mask": torch.stack([it["mask"] for it in items]),  # [N, H, W]
         "keys": [(str(it["case_id"]), int(it["slice_index"])) for it in items],
     }
+
+
+def training_images(dm: L.LightningDataModule) -> torch.Tensor:
+    """``dm``'s training slices as stored (not augmented), ``[M, 1, H, W]``: the reference of the
+    memorization check."""
+    from medsynth.data.augment import AugmentedSlices
+
+    dm.setup("fit")
+    data = dm.train_dataloader().dataset
+    while isinstance(data, AugmentedSlices):
+        data = data.dataset
+    return torch.stack([data[i]["image"] for i in range(len(data))])
