@@ -77,6 +77,30 @@ def test_write_report(tmp_path):
     assert "150k Mask-guided DDPM (paper)" in paths["markdown"].read_text()
 
 
+def test_report_keeps_the_paper_apart_and_shows_only_scored_organs(tmp_path):
+    """A run on other data (PSNR 20.99, as the phantom demo) is not bold against the paper's AMOS
+    rows nor they against it: the published rows are a table of their own. Dice columns where no
+    row of the run scores above 0 are left out (and named); the CSV keeps every column and row."""
+    ours = {"psnr": 20.99, "ssim": 0.7, "dice/liver": 0.9, "dice/spleen": 0.0}
+    real = {"psnr": float("nan"), "dice/liver": 0.95, "dice/spleen": 0.0}
+    paths = write_report({"Ours": ours, "Real": real}, tmp_path, reference=2)
+    md = paths["markdown"].read_text()
+    first, published = md.split("Published reference", 1)
+    assert "(paper)" not in first and "Mask-guided DDPM (paper)" in published
+    header = first.splitlines()[0]
+    assert "Liv." in header and "Sple." not in header and "FID" not in header  # no FID: no row has one
+    assert "**20.99**" in first and "**0.700**" in first and "**95.0**" in first and "**90.0**" not in first
+    assert "left out" in first and "Sple." in first.split("left out", 1)[1]
+    oasis = next(line for line in published.splitlines() if line.startswith("| OASIS"))
+    assert "**78.9**" in oasis  # the best published gallbladder Dice, bold among the published rows
+    assert "**16.28**" in published  # the best published PSNR: ours (20.99) is not in that table
+    rows = list(csv.reader(io.StringIO(paths["csv"].read_text())))
+    assert rows[0][:4] == ["Method", "FID", "PSNR", "SSIM"] and len(rows[0]) == 1 + len(COLUMNS)
+    assert [r[0] for r in rows[1:3]] == ["Ours", "Real"] and len(rows) == 3 + len(paper_rows(2))
+    tex = paths["latex"].read_text()
+    assert tex.count("\\begin{tabular}") == 2 and "\\textbf{20.99}" in tex
+
+
 def test_comparison_figure(tmp_path):
     masks = torch.zeros(2, 32, 32, dtype=torch.long)
     masks[:, 8:24, 8:24] = 6

@@ -4,7 +4,8 @@ A row maps metric names as logged by :class:`medsynth.callbacks.SynthesisMetrics
 ``psnr``, ``ssim``, ``dice/<organ>``, Dice as a fraction; a ``test/`` or ``val/`` prefix is
 stripped) to values. Tables list FID, PSNR, SSIM, then the 14 organ Dice columns of the paper
 in its order (:data:`medsynth.labels.PAPER_DICE_ORDER`), Dice in percent; the best value of
-each column is bold in Markdown and LaTeX.
+each column is bold in Markdown and LaTeX. The paper's rows, on another dataset, are a table
+of their own in a report, never bold against a run's rows.
 
 Metrics beyond the paper get sections of their own (:func:`section_tables`), after the table in
 the Markdown file and one CSV each: FRD beside FID, the memorization check, organ statistics
@@ -34,6 +35,7 @@ __all__ = [
     "paper_rows",
     "normalize_row",
     "format_table",
+    "scored_columns",
     "write_report",
     "section_tables",
     "format_sections",
@@ -128,13 +130,35 @@ def _best(rows: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     return best
 
 
-def format_table(rows: Mapping[str, Mapping[str, float | Tensor]], fmt: str = "markdown") -> str:
-    """The table in "markdown", "csv" (raw numbers, Dice in percent) or "latex"."""
+def scored_columns(rows: Mapping[str, Mapping[str, float | Tensor]]) -> tuple[tuple, ...]:
+    """The :data:`COLUMNS` some row has a value for, Dice columns only where some row's Dice is
+    above 0 (an organ the segmenter found nowhere, real slices included, says nothing)."""
+    norm = [normalize_row(r) for r in rows.values()]
+
+    def shown(key: str) -> bool:
+        vals = [r[key] for r in norm if key in r and not math.isnan(r[key])]
+        return bool(vals) and (not key.startswith("dice/") or max(vals) > 0)
+
+    return tuple(c for c in COLUMNS if shown(c[0]))
+
+
+def format_table(
+    rows: Mapping[str, Mapping[str, float | Tensor]],
+    fmt: str = "markdown",
+    columns: Sequence[tuple[str, str, bool, float, int]] = COLUMNS,
+) -> str:
+    """The table in "markdown", "csv" (raw numbers, Dice in percent) or "latex"; the best value of
+    each column among ``rows`` is bold (Markdown, LaTeX). ``columns``: a subset of :data:`COLUMNS`
+    (e.g. :func:`scored_columns`)."""
     if fmt not in ("markdown", "csv", "latex"):
         raise ValueError(f"fmt must be 'markdown', 'csv' or 'latex', got {fmt!r}")
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"columns must be entries of COLUMNS, got {unknown}")
+    COLS = tuple(columns)  # noqa: N806 - the columns of this table
     norm = {name: normalize_row(r) for name, r in rows.items()}
     best = _best(norm)
-    headers = ["Method"] + [h for _k, h, _l, _s, _d in COLUMNS]
+    headers = ["Method"] + [h for _k, h, _l, _s, _d in COLS]
 
     def cell(row: Mapping[str, float], col: tuple) -> str:
         key, _h, _l, scale, dec = col
@@ -153,24 +177,26 @@ def format_table(rows: Mapping[str, Mapping[str, float | Tensor]], fmt: str = "m
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(headers)
         for name, r in norm.items():
-            w.writerow([name] + [cell(r, c) for c in COLUMNS])
+            w.writerow([name] + [cell(r, c) for c in COLS])
         return buf.getvalue()
     if fmt == "markdown":
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * len(COLUMNS)) + "|"]
-        lines += [
-            "| " + " | ".join([name] + [cell(r, c) for c in COLUMNS]) + " |" for name, r in norm.items()
-        ]
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * len(COLS)) + "|"]
+        lines += ["| " + " | ".join([name] + [cell(r, c) for c in COLS]) + " |" for name, r in norm.items()]
         return "\n".join(lines) + "\n"
-    arrows = ["FID $\\downarrow$", "PSNR $\\uparrow$", "SSIM $\\uparrow$"]
+    arrows = {"fid": "FID $\\downarrow$", "psnr": "PSNR $\\uparrow$", "ssim": "SSIM $\\uparrow$"}
+    n_dice = sum(c[0].startswith("dice/") for c in COLS)
+    group = f" & \\multicolumn{{{len(COLS) - n_dice}}}{{c}}{{}}" if len(COLS) > n_dice else ""
+    if n_dice:
+        group += f" & \\multicolumn{{{n_dice}}}{{c}}{{DSC (\\%) $\\uparrow$}}"
     lines = [
-        "\\begin{tabular}{l" + "r" * len(COLUMNS) + "}",
+        "\\begin{tabular}{l" + "r" * len(COLS) + "}",
         "\\toprule",
-        f" & \\multicolumn{{3}}{{c}}{{}} & \\multicolumn{{{len(DICE_HEADERS)}}}{{c}}{{DSC (\\%) $\\uparrow$}} \\\\",
-        "Method & " + " & ".join(arrows + [h.replace("_", "\\_") for h in DICE_HEADERS]) + " \\\\",
+        group + " \\\\",
+        "Method & " + " & ".join(arrows.get(k, h).replace("_", "\\_") for k, h, *_ in COLS) + " \\\\",
         "\\midrule",
     ]
     for name, r in norm.items():
-        lines.append(" & ".join([name.replace("_", "\\_")] + [cell(r, c) for c in COLUMNS]) + " \\\\")
+        lines.append(" & ".join([name.replace("_", "\\_")] + [cell(r, c) for c in COLS]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
@@ -294,19 +320,35 @@ def write_report(
     reference: int | None = 2,
     name: str = "results",
 ) -> dict[str, Path]:
-    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.tex``; ``reference`` appends the paper's
-    Table 1 or 2 rows (None: none). Rows with FRD, memorization or HU metrics add their sections
+    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.tex``; ``reference`` adds the paper's
+    Table 1 or 2 rows (None: none) as a table of their own (other data: never compared or bold
+    against this run's rows; in the CSV after them). This run's table shows the columns some row
+    has a value for, and Dice only for organs some row scores above 0 (:func:`scored_columns`). Rows with FRD, memorization or HU metrics add their sections
     to the Markdown file and ``<name>_<section>.csv`` files (:func:`section_tables`). Returns the
     paths by format / section."""
-    all_rows = dict(rows)
-    if reference is not None:
-        all_rows.update(paper_rows(reference))
+    published = paper_rows(reference) if reference is not None else {}
+    columns = scored_columns(rows) or COLUMNS
+    left_out = [h for k, h, *_ in COLUMNS if k.startswith("dice/") and (k, h, *_) not in columns]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for fmt, ext in (("markdown", "md"), ("csv", "csv"), ("latex", "tex")):
         p = out / f"{name}.{ext}"
-        text = format_table(all_rows, fmt)
+        if fmt == "csv":  # raw numbers: every column, the published rows after this run's
+            text = format_table({**rows, **published}, fmt)
+        else:
+            text = format_table(rows, fmt, columns)
+        if fmt == "markdown" and left_out and any(k.startswith("dice/") for k, *_ in columns):
+            text += f"\nDice left out where no row scores above 0 (the segmenter finds no such organ): {', '.join(left_out)}.\n"
+        if published:  # another dataset: a table of its own, never bold against this run
+            title = (
+                f"Published reference: Zhuang et al., Table {reference} (AMOS22 test set, 256x256). "
+                "Other data and settings: not comparable with the rows above."
+            )
+            if fmt == "markdown":
+                text += f"\n{title}\n\n" + format_table(published, fmt)
+            elif fmt == "latex":
+                text += f"% {title}\n" + format_table(published, fmt)
         if fmt == "markdown" and (sections := format_sections(rows)):
             text += "\n" + sections
         p.write_text(text)
