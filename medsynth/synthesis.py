@@ -41,7 +41,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from medsynth.data.context import SliceContext, neighbour_positions, volume_context
 from medsynth.data.geometry import reassemble_volume, window_to_hu
-from medsynth.io import LabelCase, copy_file, find_image, nifti_inputs, read_label_case, save_nifti, write_json
+from medsynth.io import (
+    LabelCase,
+    copy_file,
+    find_image,
+    nifti_inputs,
+    read_label_case,
+    save_nifti,
+    write_json,
+)
 from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, LABEL_SET_KEY, SynthesisModule
 from medsynth.random import slice_generators
@@ -442,7 +450,9 @@ class _VolumeSynthesis(L.LightningModule):
         self.model = model
         self.options = options
 
-    def transfer_batch_to_device(self, batch: list[LabelCase], device: torch.device, dataloader_idx: int) -> Any:
+    def transfer_batch_to_device(
+        self, batch: list[LabelCase], device: torch.device, dataloader_idx: int
+    ) -> Any:
         return batch  # label volumes stay on the CPU; generate_volumes moves each batch of slices
 
     def predict_step(self, batch: list[LabelCase], batch_idx: int) -> list[tuple[LabelCase, np.ndarray]]:
@@ -501,9 +511,7 @@ def _trainer_devices(
     return {"cuda": "gpu"}.get(device.type, device.type), [device.index] if device.index is not None else 1
 
 
-def _export_nnunet(
-    model: SynthesisModule, cases: Sequence[LabelCase], output: Path, nnunet: str
-) -> None:
+def _export_nnunet(model: SynthesisModule, cases: Sequence[LabelCase], output: Path, nnunet: str) -> None:
     """The nnU-Net v2 raw dataset ``<output>/<nnunet>`` from the finished volumes, staged and renamed."""
     staging, final = output / f".{nnunet}.partial", output / nnunet
     shutil.rmtree(staging, ignore_errors=True)
@@ -630,7 +638,9 @@ def synthesize_files(
         inference_mode=False,
     )
     loader = torch.utils.data.DataLoader(items, batch_size=1, collate_fn=_first)
-    trainer.predict(_VolumeSynthesis(model, {**options, "progress": progress}), loader, return_predictions=False)
+    trainer.predict(
+        _VolumeSynthesis(model, {**options, "progress": progress}), loader, return_predictions=False
+    )
     model.to(device)  # Lightning leaves the module on the CPU
     trainer.strategy.barrier("medsynth_volumes_written")
     if trainer.is_global_zero:

@@ -73,7 +73,9 @@ def add_distributed_arguments(parser: argparse.ArgumentParser, accelerator: str 
     )
     parser.add_argument("--num_nodes", type=int, default=1, help="nodes (machines) of the run")
     parser.add_argument(
-        "--strategy", default="auto", help="Lightning strategy; ddp for several devices (see docs/multi_gpu.md)"
+        "--strategy",
+        default="auto",
+        help="Lightning strategy; ddp for several devices (see docs/multi_gpu.md)",
     )
 
 
