@@ -27,6 +27,7 @@ from test_synthesis import LutModel
 
 import medsynth.synthesis as synthesis
 from medsynth.autolabel import label_folder
+from medsynth.commands.synthesize import main as synthesize_main
 from medsynth.evaluate import evaluate_checkpoints
 from medsynth.labels import BODY
 from medsynth.models import MaskGuidedDDPM
@@ -180,16 +181,41 @@ def test_rerun_makes_only_what_is_missing_and_refuses_another_run(tmp_path, monk
     assert made == [] and image_data(out) == before
 
 
-def test_cli_ddp_two_processes_under_lightnings_launcher(tmp_path):
+@pytest.fixture(scope="module")
+def lut_checkpoint(tmp_path_factory) -> Path:
+    """The LUT model of tests/test_synthesis.py at 32 x 32 (every voxel becomes ``25 * label - 160`` HU)."""
+    import lightning as L
+
+    path = tmp_path_factory.mktemp("lut") / "lut.ckpt"
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(LutModel(image_size=32))
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_bad_distributed_flags_are_named_before_any_work(lut_checkpoint, tmp_path, capsys):
+    """Lightning's refusal of a flag ends the command with status 2, naming it; nothing is written."""
+    write_labels(tmp_path / "labels", 1)
+    base = [
+        "--checkpoint",
+        str(lut_checkpoint),
+        "--input",
+        str(tmp_path / "labels"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    assert synthesize_main([*base, "--accelerator", "cpu", "--strategy", "nonsense"]) == 2
+    assert "strategy='nonsense'" in capsys.readouterr().err
+    assert synthesize_main([*base, "--num_nodes", "0"]) == 2
+    assert "--num_nodes must be a positive int, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_ddp_two_processes_under_lightnings_launcher(lut_checkpoint, tmp_path):
     """``medsynth synthesize --devices 2 --strategy ddp`` as on a GPU node (rank 1 is a second
     ``python -m medsynth``, each rank loads the checkpoint): the volumes and the nnU-Net export of
     one process (LUT model: every voxel is ``25 * label - 160`` HU)."""
-    import lightning as L
-
-    ckpt = tmp_path / "lut.ckpt"
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(LutModel(image_size=32))
-    trainer.save_checkpoint(ckpt)
+    ckpt = lut_checkpoint
     inputs = write_labels(tmp_path / "labels", 3)
     tests = str(Path(__file__).parent)
     env = {

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
 from medsynth.commands.common import (
     HelpFormatter,
     add_distributed_arguments,
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             num_nodes=a.num_nodes,
             strategy=a.strategy,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MisconfigurationException) as err:  # the last: Lightning's flags
         return report_error("evaluate", err, FLAGS)
     for p in paths:
         print(f"wrote {p}")

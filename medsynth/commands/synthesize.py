@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 
 from medsynth.commands.common import (
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             num_nodes=a.num_nodes,
             strategy=a.strategy,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MisconfigurationException) as err:  # the last: Lightning's flags
         return report_error("synthesize", err)
     if rank_zero_only.rank == 0:
         print(f"{len(written)} synthetic CT volume(s) in {a.output}")
