@@ -613,8 +613,7 @@ def synthesize_files(
     options = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, seed=seed)
     options.update(batch_size=batch_size, precision=precision, coherent=coherent)
     manifest = {"model": _model_fingerprint(model), **options, "precision": str(precision or "32")}
-    _check_manifest(output, manifest)
-    output.mkdir(parents=True, exist_ok=True)
+    _check_manifest(output, manifest)  # the folder is made by global rank 0 with the manifest
     targets = [output / f"{name}.nii.gz" for name in names]
     group = volume_group_size(model, batch_size)
     # The work items: groups of the whole input list (so a rerun makes the same groups); done ones out.
