@@ -456,6 +456,8 @@ class _VolumeSynthesis(L.LightningModule):
         return batch  # label volumes stay on the CPU; generate_volumes moves each batch of slices
 
     def predict_step(self, batch: list[LabelCase], batch_idx: int) -> list[tuple[LabelCase, np.ndarray]]:
+        if not batch:  # a placeholder of a process with nothing to make
+            return []
         progress = self.options.get("progress", False) and self.trainer.is_global_zero
         return list(zip(batch, synthesize_cases(self.model, batch, **{**self.options, "progress": progress})))
 
@@ -636,6 +638,8 @@ def synthesize_files(
         enable_progress_bar=False,
         inference_mode=False,
     )
+    # Lightning's sampler for predict needs an item per process: idle processes get an empty one.
+    items += [[]] * max(trainer.world_size - len(items), 0)
     loader = torch.utils.data.DataLoader(items, batch_size=1, collate_fn=_first)
     trainer.predict(
         _VolumeSynthesis(model, {**options, "progress": progress}), loader, return_predictions=False
