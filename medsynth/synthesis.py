@@ -639,7 +639,8 @@ def synthesize_files(
         inference_mode=False,
     )
     # Lightning's sampler for predict needs an item per process: idle processes get an empty one.
-    items += [[]] * max(trainer.world_size - len(items), 0)
+    # (The world size as the flags give it: before its processes start, a Trainer may say 1.)
+    items += [[]] * max(trainer.num_nodes * trainer.num_devices - len(items), 0)
     loader = torch.utils.data.DataLoader(items, batch_size=1, collate_fn=_first)
     trainer.predict(
         _VolumeSynthesis(model, {**options, "progress": progress}), loader, return_predictions=False
