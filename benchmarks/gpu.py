@@ -11,7 +11,9 @@ Prints four tables:
    without the condition cache (1000 only for the ancestral "ddpm" sampler, the paper's chain, and
    only while the time budget lasts; a skipped row says so);
 4. bf16 vs fp32 sampling: PSNR between the two outputs on the same seeds (random weights unless
-   --ckpt gives a trained diffusion checkpoint).
+   --ckpt gives a trained diffusion checkpoint);
+5. synthesis on 1..N GPUs (``--sections synth``, N = the visible GPUs): slices per second of
+   ``synthesize_files`` on 1, 2, 4, ... processes (benchmarks/synthesis_scaling.py's measurement).
 
 ``--cpu-smoke`` runs the same code paths on the CPU at tiny sizes in seconds (what the test suite
 runs). Networks are randomly initialised and their EMA weights perturbed (zero-initialised output
@@ -38,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
 import sampling_speed as speed_bench  # noqa: E402
+import synthesis_scaling  # noqa: E402
 from train_throughput_gan import _Slices, random_vgg_weights  # noqa: E402
 
 from benchmarks.protocol import StepTimer, quiet_trainer  # noqa: E402
@@ -315,6 +318,38 @@ def _bf16_quality(a: argparse.Namespace, device: torch.device) -> None:
             print(f"| {cls.__name__} | {sampler} | {nfe} | {psnr(out, ref):.1f} | {diff:.3g} |", flush=True)
 
 
+def synthesis_gpus(a: argparse.Namespace, clock: Clock) -> None:
+    """Slices per second of ``synthesize_files`` on 1, 2, 4, ... GPUs (all visible ones last)."""
+    gpus = torch.cuda.device_count() if a.accelerator == "gpu" else 1
+    counts = sorted({*(2**k for k in range(gpus.bit_length()) if 2**k <= gpus), gpus})
+    depth, steps = (2, 1) if a.cpu_smoke else (32, 25)
+    print(
+        f"\n## synthesis on 1..{gpus} devices ({a.size}x{a.size}, {2 * gpus} volumes x {depth} slices, DDIM {steps})"
+    )
+    print(
+        "| devices | s (all) | s start-up | slices/s after start-up | speed-up |\n|---:|---:|---:|---:|---:|"
+    )
+    torch.manual_seed(0)
+    model = diffusion_model(MaskGuidedDDPM, a, torch.device("cpu"), None)  # each process moves its copy
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = synthesis_scaling.label_volumes(Path(tmp) / "labels", 2 * gpus, depth, a.size)
+        first = None
+        for n in counts:
+            if clock.left() < 60 and not a.cpu_smoke:
+                print(f"| {n} | skipped (time budget) | | | |", flush=True)
+                continue
+            row = synthesis_scaling.time_synthesis(
+                model, inputs, Path(tmp) / f"out{n}", n,
+                accelerator=a.accelerator, num_steps=steps, batch_size=a.batch,
+            )  # fmt: skip
+            first = first or row["slices_per_s_after_startup"]
+            print(
+                f"| {n} | {row['seconds']:.1f} | {row['startup_seconds']:.1f} | "
+                f"{row['slices_per_s_after_startup']:.2f} | {row['slices_per_s_after_startup'] / first:.2f}x |",
+                flush=True,
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="same code paths on CPU, tiny sizes, seconds")
@@ -325,7 +360,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--ckpt", type=Path, default=None, help="a trained diffusion checkpoint for the bf16 check"
     )
-    p.add_argument("--sections", nargs="+", default=["train", "mfu", "sample", "bf16"])
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=["train", "mfu", "sample", "bf16", "synth"],
+        choices=["train", "mfu", "sample", "bf16", "synth"],
+    )
     p.add_argument("--compile", action="store_true", help="add a torch.compile row to the MFU table (slow)")
     a = p.parse_args(argv)
     if a.cpu_smoke:
@@ -355,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         bf16_quality(a, device)
     if "sample" in a.sections:
         sampling_speed(a, device, clock)
+    if "synth" in a.sections:
+        synthesis_gpus(a, clock)
     print(f"\ntotal {time.perf_counter() - clock.t0:.0f} s")
 
 

@@ -9,19 +9,88 @@
 
 Resumable: a case is done when its label file exists; each file is written under a temporary
 name and renamed, the label last, so an interrupted run leaves no half-written case, and a rerun
-skips the finished cases. ``dataset.json`` is rewritten after every case.
+skips the finished cases. ``dataset.json`` is rewritten after every case (by the calling process
+alone; with ``workers`` the cases run in worker processes, each writing only its own case's files).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medsynth.io import atomic_path, case_name, copy_file, nifti_files, save_nifti, write_json
 
 __all__ = ["label_folder"]
+
+
+def _label_case(
+    path: Path,
+    name: str,
+    output_dir: Path,
+    segment: dict[str, Any],
+    segment_fn: Callable[[object], object] | None,
+) -> str:
+    """Segment one CT volume and write its image and label files (the label last); returns ``name``."""
+    import nibabel as nib
+
+    from medsynth.labels import totalseg_label_set
+    from medsynth.metrics.dice import run_totalsegmentator
+
+    body = totalseg_label_set().body
+    ct = nib.load(str(path))
+    if len(ct.shape) == 4:
+        ct = nib.Nifti1Image(np.asanyarray(ct.dataobj)[..., 0], ct.affine, ct.header)
+    if segment_fn is not None:
+        seg = segment_fn(ct)
+    else:
+        seg = run_totalsegmentator(
+            ct, segment["roi_subset"], segment["fast"], segment["device"], segment["weights_dir"]
+        )
+    seg = np.asanyarray(seg.dataobj) if hasattr(seg, "dataobj") else np.asarray(seg)
+    if seg.shape[:3] != tuple(ct.shape[:3]):
+        raise ValueError(f"{path}: segmentation shape {seg.shape} does not match the CT {ct.shape}")
+    if seg.size and (seg.min() < 0 or seg.max() >= body):
+        raise ValueError(f"{path}: segmentation ids {seg.min()}..{seg.max()} outside 0..{body - 1}")
+    image_out = output_dir / "imagesTr" / f"{name}_0000.nii.gz"
+    if path.name.endswith(".nii.gz"):
+        copy_file(path, image_out)
+    else:
+        with atomic_path(image_out) as tmp:
+            nib.save(ct, str(tmp))
+    # The label last: the case now counts as done.
+    save_nifti(output_dir / "labelsTr" / f"{name}.nii.gz", seg.astype(np.uint8), ct.affine)
+    return name
+
+
+def _labelled(
+    todo: Sequence[tuple[Path, str]],
+    output_dir: Path,
+    segment: dict[str, Any],
+    segment_fn: Callable[[object], object] | None,
+    workers: int,
+) -> Iterator[str]:
+    """The case names of ``todo`` as each is done: in order here, as they finish in ``workers`` processes."""
+    if workers == 1:
+        for path, name in todo:
+            yield _label_case(path, name, output_dir, segment, segment_fn)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: a fresh interpreter per worker (a forked copy of a process that has run OpenMP or CUDA can hang)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_label_case, path, name, output_dir, segment, segment_fn) for path, name in todo
+        ]
+        try:
+            for future in as_completed(futures):
+                yield future.result()  # a worker's error stops the run; cases already written stay
+        finally:
+            for future in futures:
+                future.cancel()  # those not started yet
 
 
 def label_folder(
@@ -34,6 +103,7 @@ def label_folder(
     weights_dir: str | Path | None = None,
     segment_fn: Callable[[object], object] | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> list[str]:
     """Segment every CT volume of ``input_dir`` and write an nnU-Net raw dataset to ``output_dir``.
 
@@ -47,10 +117,14 @@ def label_folder(
         weights_dir: TotalSegmentator home folder (None: its default); missing weights are an
             error naming the folder and the download command, before any work.
         segment_fn: Replaces the TotalSegmentator call (nibabel CT -> label ids); tests use it.
+            With ``workers > 1`` it must be picklable (a module-level function).
         progress: Show a progress bar.
+        workers: Cases segmented at once, each in its own process (1: in this process). On one
+            GPU every worker holds its own TotalSegmentator model.
 
     Returns:
-        The case names segmented in this call (finished ones from earlier runs excluded).
+        The case names segmented in this call (finished ones from earlier runs excluded), in the
+        order they finished.
 
     Raises:
         ValueError / FileNotFoundError: naming the folder, file or structure at fault.
@@ -59,9 +133,11 @@ def label_folder(
 
     from medsynth.callbacks.progress import progress_bar
     from medsynth.labels import totalseg_label_set
-    from medsynth.metrics.dice import check_totalseg_weights, run_totalsegmentator
+    from medsynth.metrics.dice import check_totalseg_weights
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"--workers must be a positive int, got {workers!r}")
     if not input_dir.is_dir():
         raise FileNotFoundError(f"--input {input_dir} is not a folder")
     files = nifti_files(input_dir)
@@ -103,31 +179,10 @@ def label_folder(
     }
     done = []
     todo = [(p, n) for p, n in zip(files, names) if not (labels / f"{n}.nii.gz").is_file()]
+    segment = {"roi_subset": roi_subset, "fast": fast, "device": device, "weights_dir": weights_dir}
     bar = progress_bar(len(todo), "label", unit="case", disable=not progress)
     try:
-        for path, name in todo:
-            ct = nib.load(str(path))
-            if len(ct.shape) == 4:
-                ct = nib.Nifti1Image(np.asanyarray(ct.dataobj)[..., 0], ct.affine, ct.header)
-            if segment_fn is not None:
-                seg = segment_fn(ct)
-            else:
-                seg = run_totalsegmentator(ct, roi_subset, fast, device, weights_dir)
-            seg = np.asanyarray(seg.dataobj) if hasattr(seg, "dataobj") else np.asarray(seg)
-            if seg.shape[:3] != tuple(ct.shape[:3]):
-                raise ValueError(f"{path}: segmentation shape {seg.shape} does not match the CT {ct.shape}")
-            if seg.size and (seg.min() < 0 or seg.max() >= ts.body):
-                raise ValueError(
-                    f"{path}: segmentation ids {seg.min()}..{seg.max()} outside 0..{ts.body - 1}"
-                )
-            image_out = images / f"{name}_0000.nii.gz"
-            if path.name.endswith(".nii.gz"):
-                copy_file(path, image_out)
-            else:
-                with atomic_path(image_out) as tmp:
-                    nib.save(ct, str(tmp))
-            # The label last: the case now counts as done.
-            save_nifti(labels / f"{name}.nii.gz", seg.astype(np.uint8), ct.affine)
+        for name in _labelled(todo, output_dir, segment, segment_fn, min(workers, max(len(todo), 1))):
             done.append(name)
             meta["numTraining"] = len(list(labels.glob("*.nii.gz")))
             write_json(output_dir / "dataset.json", meta)

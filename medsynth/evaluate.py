@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from medsynth.models.base import SynthesisModule
 
@@ -92,6 +93,9 @@ def evaluate_models(
     guidance_scale: float | None = None,
     seed: int = 0,
     accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     log_dir: str | Path | None = None,
     callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, dict[str, float]]:
@@ -99,6 +103,9 @@ def evaluate_models(
 
     Options that do not apply to a method (a sampler for a GAN) are dropped for that method.
     ``callbacks`` join the test loop (e.g. a :class:`~medsynth.callbacks.SynthesisImageGrid`).
+    ``accelerator``, ``devices``, ``num_nodes`` and ``strategy`` are Lightning's: on several
+    processes each tests its share of the slices and :class:`~medsynth.callbacks.SynthesisMetrics`
+    gathers them, so every process returns the numbers of one process.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -116,7 +123,9 @@ def evaluate_models(
         )
         trainer = L.Trainer(
             accelerator=accelerator,
-            devices=1,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
             logger=logger,
             callbacks=[callback, *callbacks, default_progress_bar()],
             enable_checkpointing=False,
@@ -308,6 +317,9 @@ def evaluate_checkpoints(
     figure_slices: int = 4,
     reference: int | None = 2,
     accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
 ) -> list[Path]:
     """``medsynth evaluate`` as a function: checkpoints -> the paper-style report in ``output``.
 
@@ -334,9 +346,12 @@ def evaluate_checkpoints(
         figure_slices: Rows of the figure (0: none).
         reference: Paper table whose rows join the report (1, 2; None: none).
         accelerator: Lightning accelerator ("auto": a GPU when there is one).
+        devices, num_nodes, strategy: Lightning's, for the metric suite on several processes
+            (every process calls this function and loads the same checkpoint files; global rank 0
+            alone computes ``totalseg`` Dice and the figure and writes the report).
 
     Returns:
-        The written files.
+        The written files (none on the other processes).
 
     Raises:
         ValueError / FileNotFoundError: naming the argument (``names=``, ``segmenter=``, ...) or
@@ -356,7 +371,9 @@ def evaluate_checkpoints(
     if segmenter is not None and not Path(segmenter).is_file():
         raise ValueError(f"segmenter={segmenter}: file not found")
     device = "cuda" if accelerator != "cpu" and torch.cuda.is_available() else "cpu"
-    loaded = [load_model(c, map_location=device) for c in checkpoints]
+    # On the CPU: Lightning moves each process's copy to its device (loading on "cuda" would put
+    # every process's copy on the first GPU).
+    loaded = [load_model(c, map_location="cpu") for c in checkpoints]
     row_names = list(names) if names is not None else [type(m).__name__ for m in loaded]
     if len(set(row_names)) != len(row_names):
         raise ValueError(f"row names must be unique, got {row_names}; pass distinct names=[...]")
@@ -421,9 +438,14 @@ def evaluate_checkpoints(
             rows.update(
                 evaluate_models(
                     group, data, metrics=slice_metrics, segmenter=segmenter, fid_weights=fid_weights, seed=seed,
-                    accelerator=accelerator, log_dir=output / "tensorboard", **opts,
+                    accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                    log_dir=output / "tensorboard", **opts,
                 )
             )  # fmt: skip
+    if rank_zero_only.rank != 0:
+        return []  # every process has the same rows; rank 0 writes them
+    for model in loaded:
+        model.to(device)  # Lightning leaves a tested module on the CPU
     if scorer is not None:
         for name, model in models.items():
             rows[name].update(totalseg_dice(model, cases, scorer, seed=seed, **model.generate_kwargs(**opts)))

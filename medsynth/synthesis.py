@@ -11,10 +11,19 @@ A 2.5D model (:attr:`~medsynth.models.SynthesisModule.context_spec`) makes a vol
 inferior to superior, each slice given its neighbours' masks and the slice(s) made just before
 it (:func:`generate_volumes`); several volumes go together, slice index by slice index, so a
 volume of N slices costs N sequential ``generate()`` calls of a batch, whatever the number of volumes.
+
+:func:`synthesize_files` runs on Lightning's machinery (``Trainer.predict``), so one call uses one
+device or every GPU of several nodes (``devices``, ``num_nodes``, ``strategy``, as ``medsynth fit``
+has them). The unit of work is what one process makes at once: a volume, or a group of volumes
+for a model that makes them in order together (:func:`volume_group_size`); Lightning's
+distributed sampler gives each process its own work items and a prediction writer saves each
+volume on the process that made it, so no file has two writers. Slices draw their noise from
+per-slice generators, so the files do not depend on the number of processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -24,13 +33,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from medsynth.data.context import SliceContext, neighbour_positions, volume_context
 from medsynth.data.geometry import reassemble_volume, window_to_hu
-from medsynth.io import LabelCase, find_image, nifti_inputs, read_label_case, save_nifti
+from medsynth.io import (
+    LabelCase,
+    copy_file,
+    find_image,
+    nifti_inputs,
+    read_label_case,
+    save_nifti,
+    write_json,
+)
 from medsynth.labels import BUILTIN_LABEL_SETS, LabelSet
 from medsynth.models.base import CHECKPOINT_CLASS_KEY, LABEL_SET_KEY, SynthesisModule
 from medsynth.random import slice_generators
@@ -48,7 +67,11 @@ __all__ = [
     "volume_group_size",
     "synthesize_volume",
     "synthesize_files",
+    "RUN_MANIFEST",
 ]
+
+#: The file in a ``synthesize_files`` output folder that records the run writing into it.
+RUN_MANIFEST = "medsynth_synthesis.json"
 
 _SEGMENTER = "medsynth.models.segmenter.OrganSegmenter"
 
@@ -391,13 +414,127 @@ def _nnunet_labels(labels: LabelSet) -> dict[str, int]:
     return {c.name: c.index for c in labels.classes if c.index != labels.body}
 
 
-def _synthesized(
-    model: SynthesisModule, cases: Sequence[LabelCase], group: int, options: dict[str, Any]
-) -> Any:
-    """``(case, HU volume)`` of every case, made ``group`` cases at a time."""
-    for i in range(0, len(cases), group):
-        part = cases[i : i + group]
-        yield from zip(part, synthesize_cases(model, part, **options))
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's class and state dict (names, dtypes, shapes, values): equal for equal weights."""
+    digest = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for name, value in sorted(model.state_dict().items()):
+        if not isinstance(value, torch.Tensor):  # e.g. a module's extra state
+            digest.update(f"\x00{name}\x00{value!r}".encode())
+            continue
+        digest.update(f"\x00{name}\x00{value.dtype}\x00{tuple(value.shape)}\x00".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_manifest(output: Path, manifest: dict[str, Any]) -> None:
+    """Raise a ValueError naming ``output`` when it holds the files of another run."""
+    path = output / RUN_MANIFEST
+    if not path.is_file():
+        return
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--output {output}: unreadable run record {path.name} ({err})") from err
+    if found != manifest:
+        diff = sorted(k for k in {*found, *manifest} if found.get(k) != manifest.get(k))
+        raise ValueError(
+            f"--output {output} holds volumes of another run (its {RUN_MANIFEST} differs in {diff}); "
+            "rerun with the same checkpoint and settings to complete it, or choose another --output"
+        )
+
+
+class _VolumeSynthesis(L.LightningModule):
+    """``predict_step``: a work item (cases made together) -> ``[(case, HU volume)]`` (:func:`synthesize_cases`)."""
+
+    def __init__(self, model: SynthesisModule, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.options = options
+
+    def transfer_batch_to_device(
+        self, batch: list[LabelCase], device: torch.device, dataloader_idx: int
+    ) -> Any:
+        return batch  # label volumes stay on the CPU; generate_volumes moves each batch of slices
+
+    def predict_step(self, batch: list[LabelCase], batch_idx: int) -> list[tuple[LabelCase, np.ndarray]]:
+        if not batch:  # a placeholder of a process with nothing to make
+            return []
+        progress = self.options.get("progress", False) and self.trainer.is_global_zero
+        return list(zip(batch, synthesize_cases(self.model, batch, **{**self.options, "progress": progress})))
+
+
+class _VolumeWriter(BasePredictionWriter):
+    """Writes each volume of a work item as ``<output>/<case>.nii.gz`` (int16 HU), atomically, on the
+    process that made it; global rank 0 records the run (:data:`RUN_MANIFEST`) before any work."""
+
+    def __init__(self, output: Path, manifest: dict[str, Any]) -> None:
+        super().__init__(write_interval="batch")
+        self.output, self.manifest = output, manifest
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning holds every process at a barrier after the setup hooks: nothing is made before this.
+        if trainer.is_global_zero:
+            _check_manifest(self.output, self.manifest)  # again: another run may have started since
+            if not (self.output / RUN_MANIFEST).is_file():
+                write_json(self.output / RUN_MANIFEST, self.manifest)
+            for stale in self.output.glob(".*.partial*"):  # left by a killed run; never looks complete
+                if stale.is_file():
+                    stale.unlink()
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: list[tuple[LabelCase, np.ndarray]],
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        for case, hu in prediction:
+            target = self.output / f"{case.name}.nii.gz"
+            if not target.exists():  # a group is remade whole; its finished volumes stay as they are
+                save_nifti(target, np.round(hu).astype(np.int16), case.geometry.affine)
+
+
+def _first(items: list[Any]) -> Any:
+    """collate_fn of the work items: one item per ``predict_step``."""
+    return items[0]
+
+
+def _trainer_devices(
+    model: SynthesisModule, accelerator: str | None, devices: int | str | list[int]
+) -> tuple[str, int | str | list[int]]:
+    """Lightning's ``(accelerator, devices)``; ``accelerator=None`` with one device: the model's device."""
+    if accelerator is not None:
+        return accelerator, devices
+    if devices != 1:
+        return "auto", devices
+    device = model.device
+    return {"cuda": "gpu"}.get(device.type, device.type), [device.index] if device.index is not None else 1
+
+
+def _export_nnunet(model: SynthesisModule, cases: Sequence[LabelCase], output: Path, nnunet: str) -> None:
+    """The nnU-Net v2 raw dataset ``<output>/<nnunet>`` from the finished volumes, staged and renamed."""
+    staging, final = output / f".{nnunet}.partial", output / nnunet
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for case in cases:
+            copy_file(output / f"{case.name}.nii.gz", staging / "imagesTr" / f"{case.name}_0000.nii.gz")
+            organs = np.where(case.labels == model.label_set.body, 0, case.labels).astype(np.uint8)
+            save_nifti(staging / "labelsTr" / f"{case.name}.nii.gz", organs, case.geometry.affine)
+        meta = {
+            "name": nnunet,
+            "description": "Synthetic abdominal CT generated by medsynth",
+            "channel_names": {"0": "CT"},
+            "labels": _nnunet_labels(model.label_set),
+            "numTraining": len(cases),
+            "file_ending": ".nii.gz",
+        }
+        (staging / "dataset.json").write_text(json.dumps(meta, indent=2))
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def synthesize_files(
@@ -415,6 +552,10 @@ def synthesize_files(
     progress: bool = True,
     precision: str | None = None,
     coherent: bool = False,
+    accelerator: str | None = None,
+    devices: int | str | list[int] = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
 ) -> list[Path]:
     """Synthesize a CT volume for each label file; optionally also write an nnU-Net v2 raw dataset.
 
@@ -422,10 +563,35 @@ def synthesize_files(
     appears atomically; the nnU-Net folder appears only once complete. A 2.5D model with
     previous-slice context makes ``batch_size`` volumes together (:func:`volume_group_size`).
 
-    ``precision`` is that of ``generate()`` (see :func:`synthesize_volume`).
+    Runs as ``Trainer.predict`` over the work items (a volume, or such a group), on one device or
+    on several processes (``devices``, ``num_nodes``, ``strategy``: Lightning's flags): each
+    process makes and writes whole volumes, so the files are the same for any number of
+    processes. Every process calls this function with the same model (loaded from the same
+    checkpoint, or pickled to spawned processes); global rank 0 writes the nnU-Net dataset after
+    every process has finished.
+
+    Resumable: a volume whose file exists is not made again (a group is remade whole when one of
+    its volumes is missing, and only the missing ones are written). The folder records the run in
+    :data:`RUN_MANIFEST` (model fingerprint and settings); a rerun with another model or other
+    settings is refused.
+
+    Args:
+        model: A trained synthesis method.
+        inputs: Label volumes (NIfTI).
+        output: Output folder.
+        images: Folder of the matching CT volumes (for the body class).
+        nnunet: Also write ``<output>/<nnunet>``, an nnU-Net v2 raw dataset (``Dataset123_Name``).
+        batch_size, num_steps, sampler, guidance_scale, seed, coherent: As in :func:`synthesize_volume`.
+        progress: Show a progress bar (global rank 0).
+        precision: That of ``generate()`` (see :func:`synthesize_volume`).
+        accelerator: Lightning accelerator (None: the model's device with ``devices=1``, else "auto").
+        devices, num_nodes, strategy: Lightning's (e.g. ``devices=4, strategy="ddp"``).
 
     Returns:
-        The written CT volumes (``<output>/<case>.nii.gz``).
+        The CT volumes (``<output>/<case>.nii.gz``), in input order, made now or before.
+
+    Raises:
+        ValueError: naming the file, flag or folder at fault, before any slice is made.
     """
     import re
 
@@ -433,6 +599,8 @@ def synthesize_files(
         raise ValueError(f"--nnunet must look like 'Dataset123_Name', got {nnunet!r}")
     if not inputs:
         raise ValueError("no label volumes given")
+    if not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"--num_nodes must be a positive int, got {num_nodes!r}")
     cases = []
     for path in inputs:
         image = find_image(path, images) if images is not None else None
@@ -442,39 +610,48 @@ def synthesize_files(
         raise ValueError(
             f"duplicate case names among the inputs: {sorted(n for n in names if names.count(n) > 1)}"
         )
-    output.mkdir(parents=True, exist_ok=True)
     final_nnunet = output / nnunet if nnunet else None
     if final_nnunet is not None and final_nnunet.exists():
         raise ValueError(f"{final_nnunet} exists already; refusing to overwrite an nnU-Net dataset")
-    staging = output / f".{nnunet}.partial" if nnunet else None
-    if staging is not None:
-        shutil.rmtree(staging, ignore_errors=True)
-    written = []
     options = dict(num_steps=num_steps, sampler=sampler, guidance_scale=guidance_scale, seed=seed)
-    options.update(batch_size=batch_size, progress=progress, precision=precision, coherent=coherent)
+    options.update(batch_size=batch_size, precision=precision, coherent=coherent)
+    manifest = {"model": _model_fingerprint(model), **options, "precision": str(precision or "32")}
+    _check_manifest(output, manifest)  # the folder is made by global rank 0 with the manifest
+    targets = [output / f"{name}.nii.gz" for name in names]
     group = volume_group_size(model, batch_size)
-    try:
-        for case, hu in _synthesized(model, cases, group, options):
-            hu16 = np.round(hu).astype(np.int16)
-            target = output / f"{case.name}.nii.gz"
-            save_nifti(target, hu16, case.geometry.affine)
-            written.append(target)
-            if staging is not None:
-                save_nifti(staging / "imagesTr" / f"{case.name}_0000.nii.gz", hu16, case.geometry.affine)
-                organs = np.where(case.labels == model.label_set.body, 0, case.labels).astype(np.uint8)
-                save_nifti(staging / "labelsTr" / f"{case.name}.nii.gz", organs, case.geometry.affine)
-        if staging is not None:
-            meta = {
-                "name": nnunet,
-                "description": "Synthetic abdominal CT generated by medsynth",
-                "channel_names": {"0": "CT"},
-                "labels": _nnunet_labels(model.label_set),
-                "numTraining": len(cases),
-                "file_ending": ".nii.gz",
-            }
-            (staging / "dataset.json").write_text(json.dumps(meta, indent=2))
-            os.replace(staging, final_nnunet)
-    finally:
-        if staging is not None and staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return written
+    # The work items: groups of the whole input list (so a rerun makes the same groups); done ones out.
+    items = [
+        cases[i : i + group]
+        for i in range(0, len(cases), group)
+        if not all(t.exists() for t in targets[i : i + group])
+    ]
+    accelerator, devices = _trainer_devices(model, accelerator, devices)
+    device = model.device
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        logger=False,
+        callbacks=[_VolumeWriter(output, manifest)],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        inference_mode=False,
+    )
+    # Lightning's sampler for predict needs an item per process: idle processes get an empty one.
+    # (The world size as the flags give it: before its processes start, a Trainer may say 1.)
+    items += [[]] * max(trainer.num_nodes * trainer.num_devices - len(items), 0)
+    loader = torch.utils.data.DataLoader(items, batch_size=1, collate_fn=_first)
+    trainer.predict(
+        _VolumeSynthesis(model, {**options, "progress": progress}), loader, return_predictions=False
+    )
+    model.to(device)  # Lightning leaves the module on the CPU
+    trainer.strategy.barrier("medsynth_volumes_written")
+    if trainer.is_global_zero:
+        missing = [str(t) for t in targets if not t.is_file()]
+        if missing:
+            raise RuntimeError(f"volumes missing after synthesis: {missing[:5]}")
+        if final_nnunet is not None:
+            _export_nnunet(model, cases, output, nnunet)
+    return targets

@@ -548,6 +548,7 @@ def test_gpu_benchmark_cpu_smoke() -> None:
         "sampling",
         "SDM encoding",
         "bf16 vs fp32",
+        "synthesis on 1..1 devices",
     ):
         assert heading in proc.stdout, proc.stdout
     for method in ("ConditionalDDPM", "MaskGuidedDDPM", "EdgeGuidedDDPM", "SDM", "Pix2Pix", "SPADE", "OASIS"):

@@ -7,7 +7,14 @@ import re
 import sys
 from collections.abc import Mapping
 
-__all__ = ["HelpFormatter", "add_sampling_arguments", "in_cli_words", "report_error"]
+__all__ = [
+    "HelpFormatter",
+    "add_sampling_arguments",
+    "add_distributed_arguments",
+    "parse_devices",
+    "in_cli_words",
+    "report_error",
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,6 +47,36 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (SDM)")
     parser.add_argument("--seed", type=int, default=0, help="seeds each slice's noise")
+
+
+def parse_devices(text: str) -> int | str:
+    """``--devices``: an int (``2``, ``-1`` for all GPUs) or Lightning's other forms (``auto``, ``0,1``)."""
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser, accelerator: str | None = "auto") -> None:
+    """``--accelerator``, ``--devices``, ``--num_nodes`` and ``--strategy``: the Lightning Trainer flags
+    of ``medsynth fit`` (``--trainer.devices`` ...) for commands that run on several processes
+    (docs/multi_gpu.md)."""
+    parser.add_argument(
+        "--accelerator",
+        default=accelerator,
+        help="Lightning accelerator: cpu, gpu, auto (a GPU when there is one)"
+        + (" (default: that of --device)" if accelerator is None else ""),
+    )
+    parser.add_argument(
+        "--devices",
+        type=parse_devices,
+        default=1,
+        help="devices (processes) per node: an int, -1 for all GPUs, or a list such as 0,1",
+    )
+    parser.add_argument("--num_nodes", type=int, default=1, help="nodes (machines) of the run")
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        help="Lightning strategy; ddp for several devices (see docs/multi_gpu.md)",
+    )
 
 
 def in_cli_words(message: str, flags: Mapping[str, str]) -> str:

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from medsynth.commands.common import HelpFormatter, add_sampling_arguments, in_cli_words, report_error
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from medsynth.commands.common import (
+    HelpFormatter,
+    add_distributed_arguments,
+    add_sampling_arguments,
+    in_cli_words,
+    report_error,
+)
 from medsynth.evaluate import METRICS, evaluate_checkpoints, metric_problems
 
 __all__ = ["build_parser", "choose_metrics", "main"]
@@ -71,9 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reference", type=int, choices=(0, 1, 2), default=2, help="paper table for reference rows (0: none)"
     )
-    p.add_argument(
-        "--accelerator", default="auto", help="Lightning accelerator (auto: a GPU when there is one)"
-    )
+    add_distributed_arguments(p)
     return p
 
 
@@ -129,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             figure_slices=a.figure_slices,
             reference=a.reference or None,
             accelerator=a.accelerator,
+            devices=a.devices,
+            num_nodes=a.num_nodes,
+            strategy=a.strategy,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MisconfigurationException) as err:  # the last: Lightning's flags
         return report_error("evaluate", err, FLAGS)
     for p in paths:
         print(f"wrote {p}")

@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights", type=Path, default=None, help="TotalSegmentator home folder (default: TOTALSEG_HOME_DIR)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="cases segmented at once, each in its own process (on one GPU each holds its own model)",
+    )
     p.add_argument("--no_progress", action="store_true")
     return p
 
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             device=a.device,
             weights_dir=a.weights,
             progress=not a.no_progress,
+            workers=a.workers,
         )
     except (ValueError, FileNotFoundError) as err:
         return report_error("label", err, FLAGS)

@@ -6,8 +6,15 @@ import argparse
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_only
 
-from medsynth.commands.common import HelpFormatter, add_sampling_arguments, report_error
+from medsynth.commands.common import (
+    HelpFormatter,
+    add_distributed_arguments,
+    add_sampling_arguments,
+    report_error,
+)
 from medsynth.io import nifti_inputs
 from medsynth.precision import PRECISIONS
 from medsynth.synthesis import load_model, synthesize_files
@@ -44,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device of a one-process run (several processes: --accelerator, --devices)",
+    )
+    add_distributed_arguments(p, accelerator=None)
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -60,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         inputs = nifti_inputs(a.input, "--input")
-        model = load_model(a.checkpoint, map_location=a.device)
-        if model.context_spec is not None:
+        # Every process loads the same checkpoint file; several processes load it on the CPU and
+        # Lightning moves each copy to its own device.
+        single = a.devices == 1 and a.num_nodes == 1 and a.accelerator is None
+        model = load_model(a.checkpoint, map_location=a.device if single else "cpu")
+        if model.context_spec is not None and rank_zero_only.rank == 0:
             print(
                 f"{a.checkpoint} is a 2.5D model ({model.context_spec.describe()}): each volume is made "
                 "in order, inferior to superior, every slice given its context"
@@ -80,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
             progress=not a.no_progress,
             precision=a.precision,
             coherent=a.coherent,
+            accelerator=a.accelerator,
+            devices=a.devices,
+            num_nodes=a.num_nodes,
+            strategy=a.strategy,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MisconfigurationException) as err:  # the last: Lightning's flags
         return report_error("synthesize", err)
-    print(f"wrote {len(written)} synthetic CT volume(s) to {a.output}")
-    if a.nnunet:
-        print(f"nnU-Net dataset: {a.output / a.nnunet}")
+    if rank_zero_only.rank == 0:
+        print(f"{len(written)} synthetic CT volume(s) in {a.output}")
+        if a.nnunet:
+            print(f"nnU-Net dataset: {a.output / a.nnunet}")
     return 0
