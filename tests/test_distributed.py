@@ -251,7 +251,10 @@ def ddpm_checkpoint(tmp_path_factory) -> Path:
 
 def test_evaluate_report_of_two_processes_equals_one(ddpm_checkpoint, tmp_path):
     """5 test slices on 2 processes (3 + 2, one padded duplicate dropped): the report's rows equal
-    one process's (the metrics are exact under DDP: tests/test_callbacks.py)."""
+    one process's (the metrics are exact under DDP: tests/test_callbacks.py) up to float32
+    rounding of batches of another shape: in one idle run SSIM was 0.00798186 on one process and
+    0.00798190 on two (4.4e-8 apart; the report prints 3 decimals), PSNR equal. Numbers are
+    compared to 1e-6 absolute (Dice, SSIM) or 1e-4 relative, names exactly."""
     cfg, _ = _data_config(tmp_path / "data.yaml")
     common = dict(
         data_config=cfg, metrics=("psnr", "ssim", "hu"), figure_slices=0, reference=None, num_steps=2, seed=1
@@ -260,7 +263,13 @@ def test_evaluate_report_of_two_processes_equals_one(ddpm_checkpoint, tmp_path):
     paths = evaluate_checkpoints([ddpm_checkpoint], tmp_path / "two", **SPAWN, **common)
     assert tmp_path / "two" / "report.csv" in paths
     one, two = (list(csv.DictReader((tmp_path / d / "report.csv").open())) for d in ("one", "two"))
-    assert two == one and len(one) == 1
+    assert len(one) == len(two) == 1 and one[0].keys() == two[0].keys()
+    for key, a in one[0].items():
+        b = two[0][key]
+        if key == "Method" or a == "":
+            assert b == a, key
+        else:
+            assert float(b) == pytest.approx(float(a), rel=1e-4, abs=1e-6), key
 
 
 def test_evaluate_writes_the_report_on_rank_zero_only(ddpm_checkpoint, tmp_path, monkeypatch):
@@ -303,12 +312,15 @@ def test_label_workers_write_what_one_process_writes_and_resume(tmp_path):
 
 
 def test_synthesis_scaling_benchmark_smoke(tmp_path):
-    """benchmarks/synthesis_scaling.py at tiny size on 1 and 2 CPU processes: one row per process
-    count, each over all 2 x 2 slices (timings are not checked: the machine is shared)."""
+    """benchmarks/synthesis_scaling.py at tiny size on 1 CPU process: one row over all 2 x 2
+    slices (timings are not checked: the machine is shared). Several processes run the same
+    ``synthesize_files(devices=N, strategy='ddp_spawn')`` call that
+    test_two_processes_write_the_bytes_of_one checks; spawning them here twice (run and rerun)
+    would add ~25 s to the suite."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import synthesis_scaling
 
-    rows = synthesis_scaling.main(["--smoke", "--json", str(tmp_path / "rows.json")])
-    assert [r["processes"] for r in rows] == [1, 2] and all(r["slices"] == 4 for r in rows)
+    rows = synthesis_scaling.main(["--smoke", "--processes", "1", "--json", str(tmp_path / "rows.json")])
+    assert [r["processes"] for r in rows] == [1] and all(r["slices"] == 4 for r in rows)
     assert all(r["seconds"] > 0 and r["startup_seconds"] > 0 for r in rows)
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
