@@ -120,16 +120,6 @@ def test_two_processes_write_the_bytes_of_one(tmp_path):
     ]  # fmt: skip
 
 
-def test_more_processes_than_work_items(tmp_path):
-    """A 2.5D model with previous slices makes its 2 volumes as one work item: rank 1 has nothing
-    to do and ends cleanly; the files equal one process's."""
-    model = tiny_ddpm(context_slices=1, context_previous=1)
-    inputs = write_labels(tmp_path / "labels", 2)
-    synthesize_files(model, inputs, tmp_path / "one", **OPTIONS)
-    synthesize_files(model, inputs, tmp_path / "two", **OPTIONS, **SPAWN)
-    assert_same_volumes(tmp_path / "two", tmp_path / "one")
-
-
 def test_rerun_makes_only_what_is_missing_and_refuses_another_run(tmp_path, monkeypatch):
     """A failure mid-run leaves complete files only; the rerun makes the missing volume alone (and
     removes a killed run's hidden temporary file), giving the files of an uninterrupted run. Another
@@ -212,10 +202,12 @@ def test_bad_distributed_flags_are_named_before_any_work(lut_checkpoint, tmp_pat
 
 def test_cli_ddp_two_processes_under_lightnings_launcher(lut_checkpoint, tmp_path):
     """``medsynth synthesize --devices 2 --strategy ddp`` as on a GPU node (rank 1 is a second
-    ``python -m medsynth``, each rank loads the checkpoint): the volumes and the nnU-Net export of
-    one process (LUT model: every voxel is ``25 * label - 160`` HU)."""
+    ``python -m medsynth``, each rank loads the checkpoint), with more processes than work items:
+    one label volume, so rank 1 has nothing to make and ends cleanly (its placeholder item), and
+    the volume and the nnU-Net export are those of one process (LUT model: every voxel is
+    ``25 * label - 160`` HU). Spawned ranks that each make volumes: test_two_processes_*."""
     ckpt = lut_checkpoint
-    inputs = write_labels(tmp_path / "labels", 3)
+    inputs = write_labels(tmp_path / "labels", 1)
     tests = str(Path(__file__).parent)
     env = {
         **os.environ,
@@ -226,7 +218,7 @@ def test_cli_ddp_two_processes_under_lightnings_launcher(lut_checkpoint, tmp_pat
            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]  # fmt: skip
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("3 synthetic CT volume(s)") == 1  # rank 0 reports
+    assert run.stdout.count("1 synthetic CT volume(s)") == 1  # rank 0 reports
     for path in inputs:
         lab = np.asarray(nib.load(path).dataobj)
         for got in (
@@ -234,7 +226,7 @@ def test_cli_ddp_two_processes_under_lightnings_launcher(lut_checkpoint, tmp_pat
             tmp_path / "out" / "Dataset702_Two" / "imagesTr" / path.name.replace(".nii", "_0000.nii"),
         ):
             np.testing.assert_array_equal(np.asarray(nib.load(got).dataobj), 25 * lab.astype(np.int16) - 160)
-    assert json.loads((tmp_path / "out" / "Dataset702_Two" / "dataset.json").read_text())["numTraining"] == 3
+    assert json.loads((tmp_path / "out" / "Dataset702_Two" / "dataset.json").read_text())["numTraining"] == 1
 
 
 @pytest.fixture(scope="module")
