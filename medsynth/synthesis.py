@@ -130,7 +130,9 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
                     "checkpoint written by `medsynth fit` re-reads the file: put it back at that path"
                 )
             extra = {"label_set": ckpt[LABEL_SET_KEY]}
-    model = cls.load_from_checkpoint(path, map_location=map_location, **extra)
+    # weights_only=False as above: a checkpoint trained on an nnU-Net data module records its
+    # data module's hyperparameters, Path objects among them, which torch's weights-only loader refuses.
+    model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False, **extra)
     return model.eval()
 
 

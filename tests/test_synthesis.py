@@ -210,3 +210,22 @@ def test_coherent_volumes_share_the_noise_along_z(tmp_path):
     a = synthesize_volume(loaded, case, batch_size=1, progress=False, coherent=True)
     b = synthesize_volume(loaded, case, batch_size=6, progress=False, coherent=True)
     np.testing.assert_array_equal(a, b)
+
+
+def test_load_model_reads_a_checkpoint_that_records_paths(checkpoint, tmp_path):
+    """A model trained on an nnU-Net data module keeps its data module's hyperparameters, Path
+    objects among them (``root``, ``cache_dir``); torch's weights-only loader refuses those, so
+    such a checkpoint used to fail in load_model. It loads, with the same weights."""
+    from pathlib import Path, PurePosixPath
+
+    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt["datamodule_hyper_parameters"] = {
+        "root": Path("datasets/Dataset700_RealCT"),
+        "p": PurePosixPath("x"),
+    }
+    torch.save(ckpt, tmp_path / "with_paths.ckpt")
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        torch.load(tmp_path / "with_paths.ckpt", weights_only=True)
+    model = load_model(tmp_path / "with_paths.ckpt")
+    for (name, a), b in zip(load_model(checkpoint).state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
