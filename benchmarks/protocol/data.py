@@ -61,10 +61,8 @@ def eval_slices(dm: L.LightningDataModule, num: int | None) -> dict[str, Any]:
 def training_images(dm: L.LightningDataModule) -> torch.Tensor:
     """``dm``'s training slices as stored (not augmented), ``[M, 1, H, W]``: the reference of the
     memorization check."""
-    from medsynth.data.augment import AugmentedSlices
+    from medsynth.data.augment import stored_slices
 
     dm.setup("fit")
-    data = dm.train_dataloader().dataset
-    while isinstance(data, AugmentedSlices):
-        data = data.dataset
+    data = stored_slices(dm.train_dataloader().dataset)
     return torch.stack([data[i]["image"] for i in range(len(data))])

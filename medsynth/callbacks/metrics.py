@@ -323,10 +323,9 @@ class SynthesisMetrics(Callback):
                 raise ValueError(
                     f"metrics include 'memorization' but {type(source).__name__} has no training split: {err}"
                 ) from err
-        from medsynth.data.augment import AugmentedSlices
+        from medsynth.data.augment import stored_slices
 
-        while isinstance(source, AugmentedSlices):  # copies are judged against the slices as stored
-            source = source.dataset
+        source = stored_slices(source)  # copies are judged against the slices as stored
         if len(source) == 0:
             raise ValueError("metrics include 'memorization' but the training set is empty")
         return source

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from medsynth.data.context import CONTEXT_MASK, PREVIOUS_IMAGE
 
-__all__ = ["SliceAugmentation", "AugmentedSlices"]
+__all__ = ["SliceAugmentation", "AugmentedSlices", "stored_slices"]
 
 #: Item entries that move with the slice, and their interpolation: images bilinear, masks nearest.
 _MODES = {
@@ -131,3 +131,11 @@ class AugmentedSlices(Dataset):
 def _plain(x: Any) -> torch.Tensor:
     """A plain tensor from MONAI's output (a MetaTensor carries its transform history)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def stored_slices(dataset: Dataset) -> Dataset:
+    """``dataset`` without its :class:`AugmentedSlices` wrappers: the slices as stored (what a
+    memorization check compares with)."""
+    while isinstance(dataset, AugmentedSlices):
+        dataset = dataset.dataset
+    return dataset
