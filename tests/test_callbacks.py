@@ -299,3 +299,20 @@ def test_image_grid():
     t.test(TinySynth(), dataloaders=DataLoader(slices, batch_size=3, collate_fn=collate))
     assert cb.last_grid.shape == (2 * SIZE, 3 * SIZE, 3)
     assert not math.isnan(float(cb.last_grid.mean()))
+
+
+def test_image_grid_colours_a_models_own_label_set():
+    """A TotalSegmentator mask (ids up to 118) is drawn in that set's colours, not refused as an
+    AMOS mask (a model on real CT logs its validation grid this way)."""
+    from medsynth.labels import get_label_set
+
+    ts = get_label_set("totalseg")
+    image = torch.full((1, 1, 4, 4), 0.2)
+    mask = torch.zeros(1, 4, 4, dtype=torch.long)
+    mask[0, 1, 2] = ts.num_classes - 2  # the last structure before the body class
+    with pytest.raises(ValueError, match="mask values must lie in 0..16"):
+        comparison_grid(mask, image, image)
+    grid = comparison_grid(mask, image, image, label_set=ts)
+    colour = np.array(ts.classes[ts.num_classes - 2].color, dtype=np.float64)
+    np.testing.assert_array_equal(grid[1, 2], np.rint(0.5 * 0.2 * 255 + 0.5 * colour))
+    np.testing.assert_array_equal(grid[0, 0], np.rint(np.full(3, 0.2 * 255)))

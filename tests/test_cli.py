@@ -12,6 +12,7 @@ import pytest
 
 from medsynth.cli import lightning_cli, main
 from medsynth.configs import config_chain, expand_defaults
+from medsynth.models.base import check_data_label_set
 
 ROOT = Path(__file__).resolve().parents[1]
 # Method configs; files starting with "_" are shared pieces that method files name in `defaults`.
@@ -206,6 +207,9 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
         == {"amos": 256, "phantom": 64, "realct": 128}[dataset]
     )
     assert cli.trainer.max_steps > 0 or cli.trainer.max_epochs > 0
+    # fit checks this only when training starts: a config whose model and data disagree on the
+    # label set (realct's totalseg data with the models' default amos) fails there, not here
+    check_data_label_set(cli.model, cli.datamodule)
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     assert "LearningRateMonitor" not in names  # no method configures an LR scheduler
     for cb in cli.trainer.callbacks:

@@ -36,9 +36,11 @@ MethodTable = Mapping[str, tuple[str, Mapping[str, Any]]]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def recipe_from_config(path: str | Path, drop: tuple[str, ...] = ("sampler", "num_steps")) -> dict[str, Any]:
+def recipe_from_config(
+    path: str | Path, drop: tuple[str, ...] = ("sampler", "num_steps", "label_set")
+) -> dict[str, Any]:
     """The ``model.init_args`` of an experiment config (lists as tuples), without ``drop`` (the
-    sampler is the benchmark's own option)."""
+    sampler and the label set are the benchmark's own options)."""
     path = Path(path)
     try:
         init_args = yaml.safe_load(path.read_text())["model"]["init_args"]

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from medsynth.callbacks.metrics import check_callback_samplers, dev_run_options
 from medsynth.data.context import batch_context
-from medsynth.labels import colorize
+from medsynth.labels import LabelSet, colorize
 from medsynth.models.base import check_batch
 from medsynth.precision import trainer_precision
 from medsynth.random import slice_generators
@@ -22,10 +22,15 @@ from medsynth.random import slice_generators
 __all__ = ["overlay", "comparison_grid", "SynthesisImageGrid"]
 
 
-def overlay(image: Tensor | np.ndarray, mask: Tensor | np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray,
+    alpha: float = 0.5,
+    label_set: LabelSet | None = None,
+) -> np.ndarray:
     """Blend class colours over a gray slice: ``[H, W]`` in [0, 1] + ``[H, W]`` ids -> uint8 ``[H, W, 3]``.
 
-    Background (id 0) stays gray.
+    Background (id 0) stays gray. The colours are ``label_set``'s (AMOS's when None).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
@@ -34,16 +39,18 @@ def overlay(image: Tensor | np.ndarray, mask: Tensor | np.ndarray, alpha: float 
     if img.shape != m.shape or img.ndim != 2:
         raise ValueError(f"image {img.shape} and mask {m.shape} must both be [H, W]")
     gray = np.repeat(img[..., None] * 255.0, 3, axis=-1)
-    color = colorize(m).astype(np.float64)
+    color = (colorize if label_set is None else label_set.colorize)(m).astype(np.float64)
     a = np.where(m[..., None] > 0, alpha, 0.0)
     return np.clip(np.rint((1 - a) * gray + a * color), 0, 255).astype(np.uint8)
 
 
-def comparison_grid(mask: Tensor, real: Tensor, fake: Tensor, alpha: float = 0.5) -> np.ndarray:
+def comparison_grid(
+    mask: Tensor, real: Tensor, fake: Tensor, alpha: float = 0.5, label_set: LabelSet | None = None
+) -> np.ndarray:
     """Rows of (mask overlay on the real slice | real | synthetic): uint8 ``[n*H, 3*W, 3]``.
 
     Args:
-        mask: ``[n, H, W]`` class ids.
+        mask: ``[n, H, W]`` class ids of ``label_set`` (AMOS's when None).
         real: ``[n, 1, H, W]`` in [0, 1].
         fake: ``[n, 1, H, W]`` in [0, 1].
     """
@@ -57,7 +64,7 @@ def comparison_grid(mask: Tensor, real: Tensor, fake: Tensor, alpha: float = 0.5
         return np.repeat(np.rint(v[..., None] * 255.0), 3, axis=-1).astype(np.uint8)
 
     rows = [
-        np.concatenate([overlay(real[i, 0], mask[i], alpha), gray(real[i, 0]), gray(fake[i, 0])], axis=1)
+        np.concatenate([overlay(real[i, 0], mask[i], alpha, label_set), gray(real[i, 0]), gray(fake[i, 0])], axis=1)
         for i in range(mask.shape[0])
     ]
     return np.concatenate(rows, axis=0)
@@ -118,7 +125,8 @@ class SynthesisImageGrid(Callback):
             fake = pl_module.generate(
                 mask[:n].to(pl_module.device), generator=gens, context=context, **options
             ).cpu()
-        grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), fake, self.alpha)
+        label_set = getattr(pl_module, "label_set", None)  # the model's classes (totalseg: 118 structures)
+        grid = comparison_grid(mask[:n].cpu(), image[:n].cpu(), fake, self.alpha, label_set)
         self.last_grid = grid
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
