@@ -1,15 +1,21 @@
-"""Rectified flow against Improved DDPM on the phantom: quality at 1 to 32 network evaluations.
+"""Rectified flow against Improved DDPM, on the phantom or a real CT: quality at 1 to 32 network
+evaluations.
 
-Takes two checkpoints of one method (e.g. MaskGuidedDDPM) trained for the same wall-clock budget:
-a rectified flow (``process="rflow"``, experiments/phantom/<method>_rflow.yaml) and the DDPM
-(experiments/phantom/<method>.yaml). It samples the evaluation slices of benchmarks/quality.py
-(``--num-eval`` slices of the phantom's test split, one generator per slice, ``--seeds`` seeds)
-with the flow's Euler and Heun samplers at ``--nfe`` network evaluations (1, 2, 4, 8, 16, 32;
-Heun from 2: a Heun step takes 2), and with the DDPM's ancestral sampler at ``--ddpm-settings``
-(100 steps) and at the reference ``--reference`` (the paper's 1000-step chain). Every setting is
-scored as quality.py scores a method: PSNR and SSIM against the real slice, the per-organ
-mean-intensity error, the in-domain segmenter's Dice and the Fréchet distance of its features
-(NOT FID: comparable only within one table), mean ± SD over seeds.
+Takes two checkpoints of one method (e.g. MaskGuidedDDPM) trained for the same budget: a rectified
+flow (``process="rflow"``, experiments/<data>/<method>_rflow.yaml) and the DDPM
+(experiments/<data>/<method>.yaml). It samples evaluation slices (one generator per slice,
+``--seeds`` seeds) with the flow's Euler and Heun samplers at ``--nfe`` network evaluations (1, 2,
+4, 8, 16, 32; Heun from 2: a Heun step takes 2), and with the DDPM's ancestral sampler at
+``--ddpm-settings`` (100 steps) and at the reference ``--reference`` (the paper's 1000-step chain,
+over ``--reference-seeds`` seeds). Every setting is scored as the quality protocol scores a method:
+PSNR and SSIM against the real slice, the per-organ mean-intensity error, the in-domain
+segmenter's Dice and the Fréchet distance of its features (NOT FID: comparable only within one
+table), mean ± SD over seeds.
+
+``--data phantom`` (default): ``--num-eval`` slices of the phantom's test split, as
+benchmarks/quality.py. ``--data realct``: the held-out slab of the real case of ``--dataset``, as
+benchmarks/realct.py scores it (segmenter on AMOS labels, the models generating from their own
+label set, the CT window theirs) with its HU errors per organ (``hu/<organ>``, ``hu/abs_max``).
 
 "within 2 %" compares a setting with the reference chain: Dice and organ error as quality.py's
 ``within_2pct`` (|Dice - Dice_ref| <= 2 % of Dice_ref; error <= 1.02 err_ref + 0.002 window units),
@@ -20,6 +26,10 @@ this run's device, comparable only within one table.
     python benchmarks/flow.py --flow runs/phantom/mask_guided_ddpm_rflow/checkpoints/last.ckpt \\
         --ddpm runs/phantom/mask_guided_ddpm/checkpoints/last.ckpt \\
         --segmenter outputs/quality/checkpoints/segmenter.pt --gpu --output outputs/flow/mask_guided
+    python benchmarks/flow.py --data realct --dataset datasets/Dataset700_RealCT \\
+        --flow runs/realct/mask_guided_ddpm_rflow/checkpoints/last.ckpt \\
+        --ddpm outputs/realct_totalseg/checkpoints/mask_guided_ddpm_100.ckpt \\
+        --segmenter outputs/realct_totalseg/checkpoints/segmenter.pt --output outputs/flow/realct
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.protocol, run from anywhere
 from benchmarks.protocol import (  # noqa: E402  (the scoring protocol of the quality benchmark)
+    TARGET_ORGANS,
     SegmenterFeatures,
     aggregate,
     eval_slices,
@@ -48,6 +59,7 @@ from benchmarks.protocol import (  # noqa: E402  (the scoring protocol of the qu
     synthesize,
     within_2pct,
 )
+from benchmarks.protocol.scoring import Extra  # noqa: E402
 from medsynth.diffusion import FLOW_SAMPLERS  # noqa: E402
 from medsynth.synthesis import load_model  # noqa: E402
 
@@ -82,11 +94,41 @@ def load_pair(args: argparse.Namespace) -> dict[str, Any]:
         a, b = type(models["flow"]).__name__, type(models["ddpm"]).__name__
         if a != b:
             raise ValueError(f"--flow is a {a}, --ddpm a {b}: compare one method's two processes")
-        if models["flow"].image_size != models["ddpm"].image_size:
-            raise ValueError(
-                f"--flow has image_size {models['flow'].image_size}, --ddpm {models['ddpm'].image_size}"
-            )
+        for what, get in (
+            ("image_size", lambda m: m.image_size),
+            ("label set", lambda m: m.label_set.name),
+            ("CT window", lambda m: tuple(m.window)),
+        ):
+            if get(models["flow"]) != get(models["ddpm"]):
+                raise ValueError(f"--flow has {what} {get(models['flow'])}, --ddpm {get(models['ddpm'])}")
     return models
+
+
+def evaluation_data(
+    args: argparse.Namespace, model: Any
+) -> tuple[Any, dict[str, Any], Mapping[str, int], Extra | None]:
+    """The data module the segmenter scores in, the evaluation slices, the organs scored and the
+    extra scorer: the phantom's test slices, or the real case's held-out slab (with HU errors)."""
+    if args.data == "phantom":
+        dm = phantom(image_size=model.image_size)
+        return dm, eval_slices(dm, args.num_eval), TARGET_ORGANS, None
+    from benchmarks.realct import ORGANS, add_ts_masks, datamodule, ensure_dataset, hu_scorer
+
+    root = ensure_dataset(args.dataset, None)
+    window = tuple(float(v) for v in model.window)
+    dms = {
+        name: datamodule(root, name, window, args.cache, image_size=model.image_size)
+        for name in dict.fromkeys(("amos", model.label_set.name, "totalseg"))
+    }
+    for dm in dms.values():
+        dm.prepare_data()  # the slice cache (once per label set)
+    batch = eval_slices(dms["amos"], None)  # the whole held-out slab
+    gen = eval_slices(dms[model.label_set.name], None)
+    if gen["keys"] != batch["keys"]:
+        raise RuntimeError("the model's and the segmenter's label sets gave different test slices")
+    batch["gen_mask"] = gen["mask"]
+    add_ts_masks(batch, dms["totalseg"])
+    return dms["amos"], batch, ORGANS, hu_scorer(window)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -104,6 +146,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         ("Dice", "dice/mean", 3),
         ("FD (segmenter)", "frechet_seg", 4),
     ]
+    if results["data"] == "realct":
+        cols.append(("max abs HU err", "hu/abs_max", 1))
     rule = (
         f"'within 2%' of the DDPM's {results['reference']}: Dice within 2%, organ error <= 1.02 ref + 0.002, "
         "FD <= 1.02 ref"
@@ -111,8 +155,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         else "no DDPM given, so no 'within 2%' verdicts"
     )
     lines = [
-        f"{results['method']} on the phantom ({results['image_size']} px), {results['num_eval']} test slices, "
-        f"seeds {results['seeds']}; mean ± SD over seeds; device {results['device']}. Flow: {results['flow']}; "
+        f"{results['method']} on {results['data_name']} ({results['image_size']} px), {results['num_eval']} "
+        f"test slices, seeds {results['seeds']} (reference: {results['reference_seeds']}); mean ± SD over seeds; "
+        f"device {results['device']}. Flow: {results['flow']}; "
         f"DDPM: {results['ddpm'] or '—'}. {rule}. FD (segmenter) is NOT FID: comparable only within this table.",
         "",
         "| model | sampler | NFE | s/slice | " + " | ".join(c[0] for c in cols) + " | within 2% |",
@@ -146,20 +191,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise FileExistsError(f"--output {out} already holds {name}; choose another --output")
     models = load_pair(args)  # before any sampling: a wrong pair fails here
     seg = load_segmenter(args.segmenter).to(args.device)
+    dm, batch, organs, extra = evaluation_data(args, models["flow"])
     out.mkdir(parents=True, exist_ok=True)
-    dm = phantom(image_size=models["flow"].image_size)
-    batch = eval_slices(dm, args.num_eval)
     features = SegmenterFeatures(seg)
-    real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device)
+    real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device, organs, extra)
     ref_label = f"{args.reference[0][0]}:{args.reference[0][1]}" if args.ddpm else None
     results: dict[str, Any] = {
         "method": type(models["flow"]).__name__,
+        "data": args.data,
+        "data_name": "the phantom"
+        if args.data == "phantom"
+        else f"real CT ({args.dataset.name}, held-out slab, labels {models['flow'].label_set.name})",
         "image_size": models["flow"].image_size,
         "flow": str(args.flow),
         "ddpm": str(args.ddpm) if args.ddpm else None,
         "segmenter": str(args.segmenter),
         "num_eval": len(batch["mask"]),
         "seeds": list(range(args.seeds)),
+        "reference_seeds": list(range(args.reference_seeds or args.seeds)),
         "device": torch.cuda.get_device_name()
         if args.device == "cuda"
         else f"cpu, {torch.get_num_threads()} threads",
@@ -169,24 +218,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": [],
     }
     ref = None
-    for model_name, sampler, nfe in settings(args):
+    for i, (model_name, sampler, nfe) in enumerate(settings(args)):
         model = models[model_name]
+        seeds = results["reference_seeds"] if i == 0 and args.ddpm else results["seeds"]
         t0 = time.perf_counter()
-        per_seed = [
-            score(
-                synthesize(model, batch, s, {"sampler": sampler, "num_steps": nfe}),
-                batch,
-                features,
-                real_feats,
-            )
-            for s in range(args.seeds)
-        ]
+        per_seed = []
+        for s in seeds:
+            synth = synthesize(model, batch, s, {"sampler": sampler, "num_steps": nfe})
+            per_seed.append(score(synth, batch, features, real_feats, organs, extra))
         metrics = aggregate(per_seed)
         row = {
             "model": model_name,
             "sampler": sampler,
             "nfe": nfe,
-            "seconds_per_slice": (time.perf_counter() - t0) / (args.seeds * len(batch["mask"])),
+            "seconds_per_slice": (time.perf_counter() - t0) / (len(seeds) * len(batch["mask"])),
             "metrics": metrics,
             "per_seed": per_seed,
         }
@@ -241,7 +286,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--reference", default="ddpm:1000", metavar="SAMPLER:STEPS", help="the DDPM reference (ddpm:1000)"
     )
     p.add_argument("--seeds", type=int, default=4, help="noise seeds 0..n-1 (4)")
-    p.add_argument("--num-eval", type=int, default=64, help="test slices (64; 0: all 128)")
+    p.add_argument(
+        "--reference-seeds", type=int, default=None, help="seeds of the reference chain (default: --seeds)"
+    )
+    p.add_argument(
+        "--data", default="phantom", choices=["phantom", "realct"], help="where to evaluate (phantom)"
+    )
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        default=Path("datasets/Dataset700_RealCT"),
+        help="--data realct: the case's nnU-Net dataset (medsynth dataset; benchmarks/realct.py builds it)",
+    )
+    p.add_argument("--cache", type=Path, default=None, help="--data realct: slice cache folder")
+    p.add_argument(
+        "--num-eval",
+        type=int,
+        default=64,
+        help="phantom test slices (64; 0: all 128); realct: the whole slab",
+    )
     p.add_argument("--output", default="outputs/flow")
     p.add_argument("--gpu", action="store_true", help="sample on the GPU")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -255,8 +318,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     a.reference = [setting(a.reference, "--reference")]
     a.ddpm_settings = [setting(x, "--ddpm-settings") for x in a.ddpm_settings]
-    if a.seeds < 1 or any(n < 1 for n in a.nfe):
-        p.error(f"--seeds and --nfe must be positive, got --seeds {a.seeds} --nfe {a.nfe}")
+    if a.seeds < 1 or any(n < 1 for n in a.nfe) or (a.reference_seeds is not None and a.reference_seeds < 1):
+        p.error(
+            f"--seeds, --reference-seeds and --nfe must be positive, got --seeds {a.seeds} "
+            f"--reference-seeds {a.reference_seeds} --nfe {a.nfe}"
+        )
+    if a.data == "realct" and not (a.dataset / "dataset.json").is_file():
+        p.error(f"--dataset {a.dataset}: no dataset.json there (build it with medsynth dataset)")
     for flag, path in (("--flow", a.flow), ("--ddpm", a.ddpm), ("--segmenter", a.segmenter)):
         if path is not None and not path.is_file():
             p.error(f"{flag}: {path} does not exist")

@@ -15,7 +15,9 @@ from benchmarks.protocol import eval_slices, phantom, save_segmenter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from flow import main  # noqa: E402
+from realct import ensure_dataset  # noqa: E402
 
+from medsynth.data.nnunet import REALCT_DIR, REALCT_TEST_SLAB  # noqa: E402
 from medsynth.metrics import psnr  # noqa: E402
 from medsynth.models import ConditionalDDPM, MaskGuidedDDPM, OrganSegmenter  # noqa: E402
 from medsynth.random import slice_generators  # noqa: E402
@@ -24,14 +26,14 @@ from medsynth.synthesis import load_model  # noqa: E402
 TINY = dict(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=())
 
 
-def checkpoint(path: Path, cls: type = ConditionalDDPM, **kwargs) -> Path:
+def checkpoint(path: Path, cls: type = ConditionalDDPM, label_set: str = "amos", **kwargs) -> Path:
     """A medsynth checkpoint of a tiny 32x32 model after one training step, its weights then moved by
     seeded noise (std 0.05): the zero-initialised output layers would otherwise make the velocity
     nearly constant, and every sampler and step count give the same slices."""
     L.seed_everything(0, verbose=False)
-    model = cls(32, **TINY, **kwargs)
+    model = cls(32, **TINY, label_set=label_set, **kwargs)
     trainer = tiny_trainer(max_steps=1, limit_val_batches=0)
-    trainer.fit(model, datamodule=tiny_phantom(depth=2))
+    trainer.fit(model, datamodule=tiny_phantom(depth=2, label_set=label_set))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in [*model.parameters(), *model.ema.shadow.parameters()]:
@@ -129,3 +131,46 @@ def test_wrong_pairs_fail_before_sampling(files, tmp_path, capsys, keep_threads)
     with pytest.raises(SystemExit):
         main(["--flow", str(tmp_path / "missing.ckpt"), "--segmenter", str(files["segmenter"])])
     assert "--flow" in capsys.readouterr().err
+
+
+def test_real_ct_scores_the_held_out_slab_from_the_models_label_set(files, tmp_path, keep_threads) -> None:
+    """--data realct: two TotalSegmentator-label models on the shipped case's held-out slab (every
+    slice of it), scored with the AMOS segmenter and the HU errors; the reference chain over
+    --reference-seeds. A flow row's PSNR recomputed from the model's own masks of the slab; a pair
+    with different label sets is refused before sampling."""
+    dataset = ensure_dataset(tmp_path / "Dataset700_RealCT", REALCT_DIR)
+    flow = checkpoint(tmp_path / "flow_ts.ckpt", process="rflow", label_set="totalseg")
+    ddpm = checkpoint(tmp_path / "ddpm_ts.ckpt", label_set="totalseg")
+    out = tmp_path / "out"
+    common = [
+        *("--data", "realct", "--dataset", str(dataset), "--cache", str(tmp_path / "cache")),
+        *("--segmenter", str(files["segmenter"]), "--nfe", "1", "--samplers", "euler", "--seeds", "2"),
+        *("--reference", "ddpm:2", "--reference-seeds", "1", "--ddpm-settings", "--threads", "1"),
+    ]
+    assert main([*common, "--flow", str(flow), "--ddpm", str(ddpm), "--output", str(out)]) == 0
+    res = json.loads((out / "flow.json").read_text())
+    assert res["data"] == "realct" and res["num_eval"] == REALCT_TEST_SLAB[1] - REALCT_TEST_SLAB[0]
+    assert [(r["model"], r["nfe"], len(r["per_seed"])) for r in res["rows"]] == [
+        ("ddpm", 2, 1),
+        ("flow", 1, 2),
+    ]
+    assert res["reference_seeds"] == [0] and res["seeds"] == [0, 1]
+    for row in (res["real"], res["rows"][1]["metrics"]):
+        assert {"hu/liver", "hu/abs_max", "hu/bone", "dice/right_kidney"} <= set(row)
+    model = load_model(flow)
+    from realct import datamodule  # the slab in the model's label set, as realct.py builds it
+
+    dm = datamodule(dataset, "totalseg", tuple(model.window), tmp_path / "cache", image_size=32)
+    dm.prepare_data()
+    batch = eval_slices(dm, None)
+    assert [k[1] for k in batch["keys"]] == list(range(*REALCT_TEST_SLAB))
+    synth = model.generate(
+        batch["mask"], sampler="euler", num_steps=1, generator=slice_generators(batch["keys"], 1, "cpu")
+    )
+    assert res["rows"][1]["per_seed"][1]["psnr"] == pytest.approx(
+        float(psnr(synth, batch["image"])), rel=1e-5
+    )
+    assert "max abs HU err" in (out / "flow.md").read_text()
+    bad = tmp_path / "bad"
+    assert main([*common, "--flow", str(flow), "--ddpm", str(files["ddpm"]), "--output", str(bad)]) == 2
+    assert not bad.exists()

@@ -147,6 +147,27 @@ def test_comparison_figure_legend_and_titles_fit():
     assert leg_box.y0 >= 0 and leg_box.y1 <= min(a.get_window_extent(renderer).y0 for a in fig.axes) + 1
 
 
+def test_comparison_figure_legend_of_many_long_names_stays_inside():
+    """The real-CT figure's case: twelve classes, names up to 19 characters, three columns. The
+    legend wraps onto more lines instead of running past the figure's left and right edges."""
+    from medsynth.metrics.report import _comparison_fig
+
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]  # adrenal glands, gall bladder, ...
+    masks = torch.zeros(1, 32, 32, dtype=torch.long)
+    for i, c in enumerate(ids):
+        masks[0, 2 * i : 2 * i + 2, 2:30] = c
+    fig = _comparison_fig(
+        masks, {"mask_guided_ddpm": torch.rand(1, 1, 32, 32)}, real=torch.rand(1, 1, 32, 32)
+    )
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0]
+    assert len(legend.get_texts()) == len(ids)
+    box, fig_box = legend.get_window_extent(renderer), fig.bbox
+    assert fig_box.x0 <= box.x0 and box.x1 <= fig_box.x1, (box, fig_box)
+    assert box.y0 >= 0 and box.y1 <= min(a.get_window_extent(renderer).y0 for a in fig.axes) + 1
+
+
 def test_sections_for_frd_memorization_and_hu(tmp_path):
     """Rows with FRD, memorization and HU metrics get their sections (Markdown after the paper
     table, one CSV each) with the logged numbers; rows without them get none."""

@@ -431,7 +431,10 @@ def _comparison_fig(
     wrapped = ["\n".join(textwrap.wrap(name, TITLE_WIDTH)) or name for name, _ in cols]
     title_lines = max(t.count("\n") + 1 for t in wrapped)
     present = [c for c in CLASSES if c.index != 0 and (m == c.index).any()]
-    per_row = max(1, 2 * len(cols))  # legend entries per line: about one inch each
+    # legend entries per line: a swatch and padding (0.45 in) and the name at 6.5 pt (~0.055 in a
+    # character) each, as many as the figure's width holds (long names: "adrenal gland right")
+    entry_in = 0.45 + 0.055 * max((len(k.name) for k in present), default=0)
+    per_row = max(1, int(2.0 * len(cols) / entry_in))
     legend_lines = -(-len(present) // per_row)
     legend_h = 0.22 * legend_lines + (0.1 if present else 0.0)  # inches
     height = 2.0 * n + 0.16 * (title_lines - 1) + legend_h
