@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from medsynth.models.base import SynthesisModule
+from medsynth.models.base import SynthesisModule, check_data_label_set, check_data_window
 
 __all__ = [
     "METRICS",
@@ -112,6 +112,14 @@ def evaluate_models(
     from medsynth.callbacks import SynthesisMetrics
     from medsynth.callbacks.progress import default_progress_bar
 
+    for name, model in models.items():  # before any sampling: masks of other classes, another window
+        for check in (check_data_label_set, check_data_window):
+            try:
+                check(model, datamodule)
+            except ValueError as e:
+                raise ValueError(
+                    f"{name}: {e}. To evaluate, give data as the model was trained on (--data_config)"
+                ) from None
     rows = {}
     for name, model in models.items():
         opts = model.generate_kwargs(sampler=sampler, num_steps=num_steps, guidance_scale=guidance_scale)
@@ -259,7 +267,12 @@ def write_evaluation(
             outputs[label] = model.generate(
                 batch["mask"].to(model.device), generator=gens, context=context, **opts
             ).cpu()
-        paths.append(comparison_figure(batch["mask"], outputs, out / f"{name}.png", real=batch["image"]))
+        label_set = next(iter(models.values())).label_set  # the masks' classes (the data's, checked)
+        paths.append(
+            comparison_figure(
+                batch["mask"], outputs, out / f"{name}.png", real=batch["image"], label_set=label_set
+            )
+        )
     return paths
 
 

@@ -81,6 +81,21 @@ def test_evaluate_bad_input(lut_checkpoint, tmp_path, capsys):
     assert "none.ckpt" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_data_of_another_label_set_before_sampling(lut_checkpoint, tmp_path, capsys):
+    """An AMOS-label model on TotalSegmentator-labelled data would read every id above 16 as
+    garbage: refused, naming both label sets and the flag, before any slice is generated."""
+    config, args = _data_config(tmp_path / "data.yaml")
+    text = yaml.safe_load(config.read_text())
+    text["data"]["init_args"]["label_set"] = "totalseg"
+    config.write_text(yaml.safe_dump(text))
+    out = tmp_path / "o"
+    argv = ["--checkpoint", str(lut_checkpoint), "--output", str(out), "--metrics", "psnr"]
+    assert main([*argv, "--data_config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "'totalseg'" in err and "'amos'" in err and "--data_config" in err
+    assert not (out / "report.md").exists()
+
+
 def test_evaluate_metric_choice_before_any_work(lut_checkpoint, tmp_path, capsys, monkeypatch):
     """Offline (no Inception file): the default leaves fid and dice out with one warning naming the
     flags (and keeps frd and hu: no download); an explicit --metrics fid fails at once, in the

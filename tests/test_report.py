@@ -207,3 +207,25 @@ def test_sections_for_frd_memorization_and_hu(tmp_path):
     assert hu[0]["Class"] == "liver" and float(hu[0]["median_error"]) == 12.0
     assert set(paths) == {"markdown", "csv", "latex", "distances", "memorization", "hu"}
     assert section_tables({"Other": {"psnr": 1.0}}) == {} and format_sections({"Other": {"psnr": 1.0}}) == ""
+
+
+def test_comparison_figure_in_a_models_own_label_set(tmp_path):
+    """TotalSegmentator masks (ids up to 118, as `medsynth evaluate` gives for a real-CT model) are
+    drawn in that set's colours with its names; with AMOS's table they are refused."""
+    from medsynth.labels import get_label_set
+    from medsynth.metrics.report import _comparison_fig
+
+    ts = get_label_set("totalseg")
+    cls = ts.classes[ts.num_classes - 2]
+    masks = torch.zeros(1, 32, 32, dtype=torch.long)
+    masks[0, 8:24, 8:24] = cls.index
+    outputs = {"A": torch.rand(1, 1, 32, 32)}
+    with pytest.raises(ValueError, match="0..16"):
+        comparison_figure(masks, outputs, tmp_path / "amos.png")
+    fig = _comparison_fig(masks, outputs, label_set=ts)
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [cls.name.replace("_", " ")]
+    assert np.allclose(legend.legend_handles[0].get_facecolor()[:3], np.array(cls.color) / 255)
+    path = comparison_figure(masks, outputs, tmp_path / "ts.png", label_set=ts, dpi=50)
+    img = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(int)
+    assert (np.abs(img - np.array(cls.color)).sum(1) < 6).sum() > 100  # the mask panel in its colour

@@ -64,7 +64,9 @@ def comparison_grid(
         return np.repeat(np.rint(v[..., None] * 255.0), 3, axis=-1).astype(np.uint8)
 
     rows = [
-        np.concatenate([overlay(real[i, 0], mask[i], alpha, label_set), gray(real[i, 0]), gray(fake[i, 0])], axis=1)
+        np.concatenate(
+            [overlay(real[i, 0], mask[i], alpha, label_set), gray(real[i, 0]), gray(fake[i, 0])], axis=1
+        )
         for i in range(mask.shape[0])
     ]
     return np.concatenate(rows, axis=0)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from medsynth.labels import CLASSES, PAPER_DICE_ORDER, colorize
+from medsynth.labels import CLASSES, PAPER_DICE_ORDER, LabelSet, colorize
 
 __all__ = [
     "DICE_HEADERS",
@@ -371,21 +371,23 @@ def comparison_figure(
     real: Tensor | np.ndarray | None = None,
     titles: Sequence[str] | None = None,
     dpi: int = 150,
+    label_set: LabelSet | None = None,
 ) -> Path:
     """A PNG like the paper's Fig. 4: one row per slice; the mask in class colours, optionally
     the real slice, then each method's synthetic slice; column titles wrapped to fit their panel
     and a colour legend of the classes shown.
 
     Args:
-        masks: ``[n, H, W]`` class ids.
+        masks: ``[n, H, W]`` class ids of ``label_set``.
         outputs: Method name -> ``[n, 1, H, W]`` (or ``[n, H, W]``) in [0, 1].
         path: Output PNG.
         real: Optional real slices, same shape as the outputs.
         titles: Optional row labels.
+        label_set: The masks' classes, for colours and legend (None: AMOS's).
     """
     import matplotlib.pyplot as plt
 
-    fig = _comparison_fig(masks, outputs, real, titles)
+    fig = _comparison_fig(masks, outputs, real, titles, label_set)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
@@ -402,6 +404,7 @@ def _comparison_fig(
     outputs: Mapping[str, Tensor | np.ndarray],
     real: Tensor | np.ndarray | None = None,
     titles: Sequence[str] | None = None,
+    label_set: LabelSet | None = None,
 ):
     """The matplotlib figure of :func:`comparison_figure` (not saved)."""
     import textwrap
@@ -415,7 +418,10 @@ def _comparison_fig(
     m = np.asarray(torch.as_tensor(masks).cpu())
     if m.ndim != 3:
         raise ValueError(f"masks must have shape [n, H, W], got {m.shape}")
-    cols: list[tuple[str, np.ndarray]] = [("Mask", colorize(m))]
+    classes = CLASSES if label_set is None else label_set.classes
+    cols: list[tuple[str, np.ndarray]] = [
+        ("Mask", (colorize if label_set is None else label_set.colorize)(m))
+    ]
 
     def gray(x, name: str) -> np.ndarray:
         a = np.asarray(torch.as_tensor(x).detach().cpu().float())
@@ -430,7 +436,7 @@ def _comparison_fig(
     n = m.shape[0]
     wrapped = ["\n".join(textwrap.wrap(name, TITLE_WIDTH)) or name for name, _ in cols]
     title_lines = max(t.count("\n") + 1 for t in wrapped)
-    present = [c for c in CLASSES if c.index != 0 and (m == c.index).any()]
+    present = [c for c in classes if c.index != 0 and (m == c.index).any()]
     # legend entries per line: a swatch and padding (0.45 in) and the name at 6.5 pt (~0.055 in a
     # character) each, as many as the figure's width holds (long names: "adrenal gland right")
     entry_in = 0.45 + 0.055 * max((len(k.name) for k in present), default=0)
