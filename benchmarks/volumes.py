@@ -165,9 +165,19 @@ def _quiet() -> Iterator[None]:
 
 
 def slice_metrics(
-    synth: Sequence[np.ndarray], vols: Sequence[Volume], organs: Mapping[str, int], to_hu: HU, segmenter: Any
+    synth: Sequence[np.ndarray],
+    vols: Sequence[Volume],
+    organs: Mapping[str, int],
+    to_hu: HU,
+    segmenter: Any,
+    seg_lut: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Per-slice quality over all held-out slices: PSNR, organ median HU error, segmenter Dice."""
+    """Per-slice quality over all held-out slices: PSNR, organ median HU error, segmenter Dice.
+
+    ``seg_lut`` maps the volumes' label ids onto the segmenter's label set (by name,
+    :meth:`~medsynth.labels.LabelSet.lookup_to`) when the two differ: a TotalSegmentator-label
+    model scored with an AMOS-label segmenter, as benchmarks/realct.py trains it.
+    """
     x = torch.from_numpy(np.concatenate(synth))[:, None].float()  # [N, 1, S, S]
     real = torch.from_numpy(np.concatenate([v.image for v in vols]))[:, None].float()
     mask = torch.from_numpy(np.concatenate([v.mask for v in vols]))  # [N, S, S]
@@ -182,8 +192,10 @@ def slice_metrics(
         out["hu_err/mean"] = float(np.nanmean([out[f"hu_err/{n}"] for n in organs]))
     if segmenter is not None:
         labels = torch.cat([segmenter.segment(x[i : i + 64]).cpu() for i in range(0, len(x), 64)])
-        dice = dice_per_class(labels, mask, segmenter.num_classes)
-        for n, c in organs.items():
+        target = mask if seg_lut is None else seg_lut[mask.long()]
+        ids = dict(organs) if seg_lut is None else {n: int(seg_lut[c]) for n, c in organs.items()}
+        dice = dice_per_class(labels, target, segmenter.num_classes)
+        for n, c in ids.items():
             out[f"dice/{n}"] = float(dice[c])
         with _quiet():
             out["dice/mean"] = float(np.nanmean([out[f"dice/{n}"] for n in organs]))
@@ -228,9 +240,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         full.setup("fit")
         whole = dataset_volumes(full.datasets["train"])
     segmenter = load_segmenter(a.segmenter).to(a.device) if a.segmenter else None
+    seg_lut = None  # Dice in the segmenter's classes: the masks mapped by name when the sets differ
+    if segmenter is not None and segmenter.label_set.names() != labels.names():
+        seg_lut = torch.from_numpy(labels.lookup_to(segmenter.label_set)).long()
     models = {"independent": (m2, False), "coherent": (m2, True), "2.5D": (m25, False)}
     results: dict[str, Any] = {"organs": organs, "modes": {}, "held_out": [v.name for v in held]}
-    real = slice_metrics([v.image for v in held], held, organs, to_hu, segmenter)
+    real = slice_metrics([v.image for v in held], held, organs, to_hu, segmenter, seg_lut)
     results["real"] = {k: v for k, v in real.items() if k.startswith("dice")}  # the segmenter on real slices
     figure: dict[str, np.ndarray] = {}
     for mode, (model, coherent) in models.items():
@@ -239,7 +254,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             synth = synthesize(model, held, seed, coherent, a)
             row = {
                 **volume_metrics(synth, held, organs, to_hu),
-                **slice_metrics(synth, held, organs, to_hu, segmenter),
+                **slice_metrics(synth, held, organs, to_hu, segmenter, seg_lut),
             }
             shown = synth
             if whole is not None:

@@ -21,8 +21,9 @@ from conftest import TINY_SIZE, tiny_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from volumes import ORGANS, dataset_volumes, main  # noqa: E402
 
+from benchmarks.protocol import save_segmenter  # noqa: E402
 from medsynth.metrics import adjacent_difference_ratio  # noqa: E402
-from medsynth.models import MaskGuidedDDPM  # noqa: E402
+from medsynth.models import MaskGuidedDDPM, OrganSegmenter  # noqa: E402
 from medsynth.synthesis import generate_volumes, load_model  # noqa: E402
 
 
@@ -119,6 +120,9 @@ def test_real_ct_slab_and_whole_volume(tmp_path: Path) -> None:
         f"slab_gap: 4, progress: false, cache_dir: {tmp_path / 'cache'}}}\n"
     )
     c2, c25 = _checkpoints(tmp_path, label_set="totalseg")
+    torch.manual_seed(0)
+    segmenter = OrganSegmenter(image_size=TINY_SIZE, model_channels=4)  # AMOS labels, as realct.py's
+    save_segmenter(segmenter, tmp_path / "segmenter.pt")
     out = tmp_path / "out"
     args = [
         "--checkpoint-2d",
@@ -128,6 +132,8 @@ def test_real_ct_slab_and_whole_volume(tmp_path: Path) -> None:
         "--data-config",
         str(data),
         "--whole-volume",
+        "--segmenter",
+        str(tmp_path / "segmenter.pt"),
     ]
     args += ["--seeds", "0", "1", "--num-steps", "1", "--threads", "1", "--output", str(out)]
     assert main(args) == 0
@@ -136,6 +142,20 @@ def test_real_ct_slab_and_whole_volume(tmp_path: Path) -> None:
     row = res["modes"]["2.5D"]["seeds"][0]
     assert np.isfinite(row["whole/drift/max"]) and np.isfinite(row["drift/max"])
     assert "drift whole volume" in (out / "volumes.md").read_text()
+    # Dice of the AMOS segmenter against the TotalSegmentator masks mapped by name: the real row's
+    # liver recomputed here from the held-out slab
+    from medsynth.evaluate import build_datamodule
+    from medsynth.labels import get_label_set
+    from medsynth.metrics import dice_per_class
+
+    dm = build_datamodule(data, {"image_size": TINY_SIZE})
+    dm.setup("test")
+    vol = dataset_volumes(dm.datasets["test"])[0]
+    ts, amos = get_label_set("totalseg"), get_label_set("amos")
+    lut = torch.from_numpy(ts.lookup_to(amos)).long()
+    pred = segmenter.segment(torch.from_numpy(vol.image)[:, None].float())
+    want = dice_per_class(pred, lut[torch.from_numpy(vol.mask).long()], amos.num_classes)
+    assert res["real"]["dice/liver"] == pytest.approx(float(want[amos.by_name("liver").index]), rel=1e-6)
 
 
 def test_context_check_runs(capsys) -> None:
