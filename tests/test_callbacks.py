@@ -316,3 +316,31 @@ def test_image_grid_colours_a_models_own_label_set():
     colour = np.array(ts.classes[ts.num_classes - 2].color, dtype=np.float64)
     np.testing.assert_array_equal(grid[1, 2], np.rint(0.5 * 0.2 * 255 + 0.5 * colour))
     np.testing.assert_array_equal(grid[0, 0], np.rint(np.full(3, 0.2 * 255)))
+
+
+def test_model_checkpoint_last_holds_the_weights_training_ended_with(tmp_path):
+    """A run that max_steps stops between two validations (every 2 steps; 5 steps): last.ckpt is
+    step 5 with the model's final weights. (Lightning 2.6's own ModelCheckpoint leaves it at step 4,
+    the last validation: the real-CT flow run lost steps 2001-2634 that way.)"""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from medsynth.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    model = BoringModel()
+    cb = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer(
+        max_steps=5,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        enable_checkpointing=True,
+        callbacks=[cb],
+    ).fit(model)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 5
+    state = model.state_dict()
+    assert ckpt["state_dict"].keys() == state.keys()
+    for k, v in state.items():
+        torch.testing.assert_close(ckpt["state_dict"][k], v)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0-step=4.ckpt", "last.ckpt"]
