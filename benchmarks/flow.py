@@ -5,7 +5,7 @@ Takes two checkpoints of one method (e.g. MaskGuidedDDPM) trained for the same b
 flow (``process="rflow"``, experiments/<data>/<method>_rflow.yaml) and the DDPM
 (experiments/<data>/<method>.yaml). It samples evaluation slices (one generator per slice,
 ``--seeds`` seeds) with the flow's Euler and Heun samplers at ``--nfe`` network evaluations (1, 2,
-4, 8, 16, 32; Heun from 2: a Heun step takes 2), and with the DDPM's ancestral sampler at
+4, 8, 16, 32; Heun from 3: at 1 and 2 it is Euler, its last step always being one), and with the DDPM's ancestral sampler at
 ``--ddpm-settings`` (100 steps) and at the reference ``--reference`` (the paper's 1000-step chain,
 over ``--reference-seeds`` seeds). Every setting is scored as the quality protocol scores a method:
 PSNR and SSIM against the real slice, the per-organ mean-intensity error, the in-domain
@@ -23,6 +23,13 @@ and FD <= 1.02 FD_ref (lower FD is better). Writes ``flow.md`` and ``flow.json``
 (refused when they exist there; written atomically). Seconds per slice are the wall clock of
 this run's device, comparable only within one table.
 
+``--reuse-rows`` takes rows of an earlier ``flow.json`` of the same comparison (same data, method,
+checkpoints, segmenter, slices and seeds; its real-slice scores, recomputed here, must match): its
+DDPM rows (the reference chain is the slow part) and its flow rows of samplers that ``--samplers``
+does not name; the flow rows of ``--samplers`` are sampled anew. To rerun one sampler, e.g.
+``--samplers heun --reuse-rows old/flow.json``. Reused rows keep their seconds per slice (that
+run's device); ``flow.json`` names the file.
+
     python benchmarks/flow.py --flow runs/phantom/mask_guided_ddpm_rflow/checkpoints/last.ckpt \\
         --ddpm runs/phantom/mask_guided_ddpm/checkpoints/last.ckpt \\
         --segmenter outputs/quality/checkpoints/segmenter.pt --gpu --output outputs/flow/mask_guided
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -76,7 +84,7 @@ def settings(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     rows = []
     if args.ddpm:
         rows += [("ddpm", s, n) for s, n in (*args.reference, *args.ddpm_settings)]
-    rows += [("flow", s, n) for s in args.samplers for n in args.nfe if not (s == "heun" and n < 2)]
+    rows += [("flow", s, n) for s in args.samplers for n in args.nfe if not (s == "heun" and n < 3)]
     return rows
 
 
@@ -131,6 +139,49 @@ def evaluation_data(
     return dms["amos"], batch, ORGANS, hu_scorer(window)
 
 
+#: What must agree between an earlier flow.json and this run for its rows to be reused.
+SAME_RUN: tuple[str, ...] = (
+    "method",
+    "data",
+    "data_name",
+    "image_size",
+    "flow",
+    "ddpm",
+    "segmenter",
+    "num_eval",
+    "seeds",
+    "reference_seeds",
+    "reference",
+)
+
+
+def reusable_rows(path: Path, results: Mapping[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The rows of the earlier run ``path``, by ``(model, sampler, nfe)``, after checking it is this
+    comparison: the fields of :data:`SAME_RUN` equal, and the real slices' scores (the slices and the
+    segmenter) equal to those just computed. Raises ValueError naming the first difference."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--reuse-rows {path}: not a readable flow.json ({e})") from e
+    for key in SAME_RUN:
+        if old.get(key) != results[key]:
+            raise ValueError(
+                f"--reuse-rows {path}: {key} is {old.get(key)!r} there, {results[key]!r} in this run"
+            )
+    mine, theirs = results["real"], old.get("real", {})
+    for k, v in mine.items():
+        a, b = theirs.get(k, {}).get("mean"), v["mean"]
+        if a is None or not (
+            a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6 * max(1.0, abs(b))
+        ):
+            raise ValueError(
+                f"--reuse-rows {path}: the real slices score {k} = {theirs.get(k, {}).get('mean')} there, "
+                f"{v['mean']} here (other slices or another segmenter)"
+            )
+    results["reused_from"] = str(path)
+    return {(r["model"], r["sampler"], r["nfe"]): r for r in old["rows"]}
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -158,7 +209,12 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{results['method']} on {results['data_name']} ({results['image_size']} px), {results['num_eval']} "
         f"test slices, seeds {results['seeds']} (reference: {results['reference_seeds']}); mean ± SD over seeds; "
         f"device {results['device']}. Flow: {results['flow']}; "
-        f"DDPM: {results['ddpm'] or '—'}. {rule}. FD (segmenter) is NOT FID: comparable only within this table.",
+        f"DDPM: {results['ddpm'] or '—'}. {rule}. FD (segmenter) is NOT FID: comparable only within this table."
+        + (
+            f" Rows of {results['reused_from']} reused (the DDPM's and other samplers'; their s/slice from that run)."
+            if results.get("reused_from")
+            else ""
+        ),
         "",
         "| model | sampler | NFE | s/slice | " + " | ".join(c[0] for c in cols) + " | within 2% |",
         "|---|---|---|---|" + "---|" * len(cols) + "---|",
@@ -192,7 +248,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = load_pair(args)  # before any sampling: a wrong pair fails here
     seg = load_segmenter(args.segmenter).to(args.device)
     dm, batch, organs, extra = evaluation_data(args, models["flow"])
-    out.mkdir(parents=True, exist_ok=True)
     features = SegmenterFeatures(seg)
     real_feats, real_row, painting_row = reference_rows(dm, batch, features, args.device, organs, extra)
     ref_label = f"{args.reference[0][0]}:{args.reference[0][1]}" if args.ddpm else None
@@ -217,9 +272,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "painting": aggregate([painting_row]),
         "rows": [],
     }
+    earlier = reusable_rows(args.reuse_rows, results) if args.reuse_rows else {}
     ref = None
     for i, (model_name, sampler, nfe) in enumerate(settings(args)):
         model = models[model_name]
+        if model_name == "ddpm" and (model_name, sampler, nfe) in earlier:
+            row = dict(earlier[(model_name, sampler, nfe)])
+            if ref is None:
+                ref, row["within_2pct"] = row["metrics"], "reference"
+            else:
+                row["within_2pct"] = "yes" if within(row["metrics"], ref) else "no"
+            results["rows"].append(row)
+            print(f"  {model_name} {sampler}:{nfe} reused from {args.reuse_rows}", flush=True)
+            continue
         seeds = results["reference_seeds"] if i == 0 and args.ddpm else results["seeds"]
         t0 = time.perf_counter()
         per_seed = []
@@ -248,10 +313,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             + f" within 2%: {row['within_2pct']}",
             flush=True,
         )
+    kept = [r for k, r in earlier.items() if k[0] == "flow" and k[1] not in args.samplers]
+    for r in kept:  # the other samplers' rows of the earlier run, judged against this reference
+        r = dict(r, within_2pct="n/a" if ref is None else ("yes" if within(r["metrics"], ref) else "no"))
+        results["rows"].append(r)
+    results["rows"].sort(  # stable: the DDPM rows first, in their order; then per sampler by NFE
+        key=lambda r: (1, FLOW_SAMPLERS.index(r["sampler"]), r["nfe"]) if r["model"] == "flow" else (0, 0, 0)
+    )
     passing = [r for r in results["rows"] if r["model"] == "flow" and r["within_2pct"] == "yes"]
     if passing:
         best = min(passing, key=lambda r: r["nfe"])
         results["fewest_nfe_within_2pct"] = f"{best['sampler']} at {best['nfe']}"
+    out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "flow.json", json.dumps(results, indent=2, default=float))
     write_atomic(out / "flow.md", markdown(results))
     return results
@@ -306,6 +379,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="phantom test slices (64; 0: all 128); realct: the whole slab",
     )
     p.add_argument("--output", default="outputs/flow")
+    p.add_argument(
+        "--reuse-rows",
+        type=Path,
+        default=None,
+        metavar="FLOW_JSON",
+        help="an earlier flow.json of the same comparison: its DDPM rows and the rows of samplers "
+        "--samplers does not name are taken from it, not sampled again",
+    )
     p.add_argument("--gpu", action="store_true", help="sample on the GPU")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
@@ -325,7 +406,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if a.data == "realct" and not (a.dataset / "dataset.json").is_file():
         p.error(f"--dataset {a.dataset}: no dataset.json there (build it with medsynth dataset)")
-    for flag, path in (("--flow", a.flow), ("--ddpm", a.ddpm), ("--segmenter", a.segmenter)):
+    for flag, path in (
+        ("--flow", a.flow),
+        ("--ddpm", a.ddpm),
+        ("--segmenter", a.segmenter),
+        ("--reuse-rows", a.reuse_rows),
+    ):
         if path is not None and not path.is_file():
             p.error(f"{flag}: {path} does not exist")
     a.num_eval = None if a.num_eval == 0 else a.num_eval

@@ -65,30 +65,30 @@ def keep_threads():
 def args(files: dict[str, Path], out: Path, flow: str = "flow", ddpm: str = "ddpm") -> list[str]:
     return [
         *("--flow", str(files[flow]), "--ddpm", str(files[ddpm]), "--segmenter", str(files["segmenter"])),
-        *("--nfe", "1", "2", "--seeds", "2", "--num-eval", "4", "--threads", "1"),
+        *("--nfe", "1", "3", "--seeds", "2", "--num-eval", "4", "--threads", "1"),
         *("--reference", "ddpm:3", "--ddpm-settings", "ddpm:3", "ddpm:2", "--output", str(out)),
     ]
 
 
-def test_rows_scores_and_verdicts(files, tmp_path, keep_threads) -> None:
+def test_rows_scores_and_verdicts(files, tmp_path, capsys, keep_threads) -> None:
     out = tmp_path / "out"
     assert main(args(files, out)) == 0
     res = json.loads((out / "flow.json").read_text())
     got = [(r["model"], r["sampler"], r["nfe"]) for r in res["rows"]]
-    # Heun starts at 2 evaluations (one Heun step); the DDPM reference comes first
+    # Heun starts at 3 evaluations (one Heun step and the last Euler step); the DDPM reference first
     assert got == [
         ("ddpm", "ddpm", 3),
         ("ddpm", "ddpm", 3),
         ("ddpm", "ddpm", 2),
         ("flow", "euler", 1),
-        ("flow", "euler", 2),
-        ("flow", "heun", 2),
+        ("flow", "euler", 3),
+        ("flow", "heun", 3),
     ]
     assert res["method"] == "ConditionalDDPM" and res["reference"] == "ddpm:3"
     # the reference itself again: the same slices (seeded), so within 2 % ("yes" is reachable)
     assert [r["within_2pct"] for r in res["rows"]][:2] == ["reference", "yes"]
     psnrs = [r["metrics"]["psnr"]["mean"] for r in res["rows"][3:]]
-    assert len(set(psnrs)) == 3, psnrs  # Euler 1, Euler 2 and Heun 2 sample different slices
+    assert len(set(psnrs)) == 3, psnrs  # Euler 1, Euler 3 and Heun 3 sample different slices
     ref = res["rows"][0]["metrics"]
     for r in res["rows"][1:]:  # the verdict against its definition, from the stored means
         m = r["metrics"]
@@ -102,18 +102,46 @@ def test_rows_scores_and_verdicts(files, tmp_path, keep_threads) -> None:
     model = load_model(files["flow"])
     batch = eval_slices(phantom(image_size=32), 4)
     synth = model.generate(
-        batch["mask"], sampler="heun", num_steps=2, generator=slice_generators(batch["keys"], 1, "cpu")
+        batch["mask"], sampler="heun", num_steps=3, generator=slice_generators(batch["keys"], 1, "cpu")
     )
     assert res["rows"][5]["per_seed"][1]["psnr"] == pytest.approx(
         float(psnr(synth, batch["image"])), rel=1e-5
     )
     text = (out / "flow.md").read_text()
-    assert "| flow | heun | 2 |" in text and "Fewest flow evaluations within 2%" in text
+    assert "| flow | heun | 3 |" in text and "Fewest flow evaluations within 2%" in text
     assert not list(out.glob("*.tmp"))  # written atomically
     # an --output that holds results is refused, the files left as they were
     before = (out / "flow.json").read_bytes()
     assert main(args(files, out)) == 2
     assert (out / "flow.json").read_bytes() == before
+    # --reuse-rows: Heun sampled anew at 3 and 5, the DDPM rows and Euler's taken from the first run;
+    # Heun 3 sampled again equals its first sampling (seeded), the verdicts follow the reference
+    again = tmp_path / "again"
+    rerun = [
+        *args(files, again),
+        "--samplers",
+        "heun",
+        "--nfe",
+        "3",
+        "5",
+        "--reuse-rows",
+        str(out / "flow.json"),
+    ]
+    assert main(rerun) == 0
+    res2 = json.loads((again / "flow.json").read_text())
+    assert [(r["model"], r["sampler"], r["nfe"]) for r in res2["rows"]] == [
+        *got[:5],
+        ("flow", "heun", 3),
+        ("flow", "heun", 5),
+    ]
+    for a, b in zip(res["rows"][:6], res2["rows"][:6]):
+        assert a["per_seed"] == b["per_seed"] and a["within_2pct"] == b["within_2pct"]
+    assert res2["reused_from"] == str(out / "flow.json") and "reused" in (again / "flow.md").read_text()
+    # another comparison's rows are refused, naming the difference; nothing written
+    other = tmp_path / "other"
+    assert main([*args(files, other), "--seeds", "1", "--reuse-rows", str(out / "flow.json")]) == 2
+    assert "seeds is [0, 1] there, [0] in this run" in capsys.readouterr().err
+    assert not other.exists()
 
 
 def test_wrong_pairs_fail_before_sampling(files, tmp_path, capsys, keep_threads) -> None:

@@ -20,9 +20,14 @@ The network predicts C channels (the velocity); Improved DDPM's needs 2C (eps an
 
 Samplers (network evaluations = ``num_steps``, as for every medsynth sampler): ``"euler"``, n
 steps on a uniform grid of t from 1 to 0, n evaluations; ``"heun"``, Heun's second-order method
-(Karras et al. 2022, Alg. 1), 2 evaluations per step: n evaluations give n // 2 Heun steps, and
-for odd n a last Euler step to t = 0 (as Karras et al. end their chain), on ceil(n / 2) uniform
-intervals. ``clip_denoised`` clips the x_0 the velocity implies, x_0 = x_t - t v, to [-1, 1] and
+(Karras et al. 2022, Alg. 1), 2 evaluations per step, and always a last Euler step to t = 0 (as
+Karras et al. end their chain): n evaluations give (n - 1) // 2 Heun steps and 1 (odd n) or 2 (even
+n) Euler steps, on n - (n - 1) // 2 uniform intervals; at 1 and 2 evaluations Heun is Euler. The
+last step is Euler because the velocity is singular at t = 0: v(x, t) = (x - E[x_0 | x_t = x]) / t,
+finite at t = 0 only for smooth data (a Gaussian), so a correction evaluated there sees a field the
+network cannot have learnt (logit-normal training almost never draws t near 0). Even an exact field
+loses with it: on a one-interval chain the corrector's slope at t = 0, -x, leaves half the noise
+in the sample (x_1 / 2), where the Euler step lands on E[x_0 | x_1]. ``clip_denoised`` clips the x_0 the velocity implies, x_0 = x_t - t v, to [-1, 1] and
 steps with the velocity of the clipped x_0 (the flow's version of DDIM's clipping); the exact
 velocity of data in [-1, 1] implies an x_0 in [-1, 1], so it changes only a network's errors.
 
@@ -79,11 +84,13 @@ def shift_time(t: Tensor | float, shift: float) -> Tensor | float:
 def heun_schedule(num_evaluations: int) -> tuple[int, int]:
     """``(intervals, heun_intervals)`` for Heun with ``num_evaluations`` network evaluations.
 
-    n // 2 Heun steps (2 evaluations each) and, for odd n, a last Euler step (1 evaluation).
+    (n - 1) // 2 Heun steps (2 evaluations each), then Euler steps (1 evaluation each): one for odd
+    n, two for even n, so that no evaluation falls on t = 0 (module docstring).
     """
     if not isinstance(num_evaluations, int) or num_evaluations < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_evaluations!r}")
-    return (num_evaluations + 1) // 2, num_evaluations // 2
+    heun = (num_evaluations - 1) // 2
+    return num_evaluations - heun, heun
 
 
 def _mean_flat(x: Tensor) -> Tensor:
