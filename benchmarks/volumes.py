@@ -25,8 +25,9 @@ Against the real volume of the same masks (:mod:`medsynth.metrics.volume`), per 
   larger seed SD of the two rows.
 
 Organs: liver, spleen, both kidneys, stomach, aorta, pancreas (those the label set has). Prints
-and writes ``volumes.md`` / ``volumes.json`` and ``volumes.png`` (sagittal and coronal cuts: real
-| each mode, first seed) to ``--output``.
+and writes ``volumes.md`` / ``volumes.json``, ``volumes.png`` (sagittal and coronal cuts: real
+| each mode, first seed) and ``figure.pt`` (those volumes, float16, to redraw the figure with
+:func:`medsynth.metrics.report.volume_views_figure`) to ``--output``.
 
     python benchmarks/volumes.py --checkpoint-2d runs/phantom/mask_guided_ddpm/checkpoints/last.ckpt \\
         --checkpoint-25d runs/phantom/mask_guided_ddpm_context/checkpoints/last.ckpt
@@ -275,7 +276,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     z_real = volume_metrics([v.image for v in held], held, organs, to_hu)
     results["real"].update({k: v for k, v in z_real.items() if k.startswith("real")})
     a.output.mkdir(parents=True, exist_ok=True)
-    volume_views_figure({"real": ref.image, **figure}, a.output / "volumes.png", z_aspect=a.z_aspect)
+    shown = {"real": ref.image, **figure}
+    torch.save({k: torch.as_tensor(v).half() for k, v in shown.items()}, a.output / "figure.pt")
+    volume_views_figure(shown, a.output / "volumes.png", z_aspect=a.z_aspect)
     return results
 
 

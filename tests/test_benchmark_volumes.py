@@ -92,6 +92,10 @@ def test_phantom_table_figure_and_a_row_recomputed(tmp_path: Path) -> None:
             want = np.nanmean([np.nanmean([r[c] for r in ratios]) for c in organs.values()])
     assert modes["independent"]["seeds"][1]["ratio/mean"] == pytest.approx(want, rel=1e-9)
     assert set(organs) <= set(ORGANS)
+    # figure.pt keeps what volumes.png shows: the real volume and each mode's first-seed volume
+    shown = torch.load(out / "figure.pt", weights_only=True)
+    assert list(shown) == ["real", "independent", "coherent", "2.5D"]
+    np.testing.assert_allclose(shown["real"].float().numpy(), vols[0].image, atol=1e-3)
 
 
 def test_refuses_swapped_or_mismatched_checkpoints(tmp_path: Path) -> None:

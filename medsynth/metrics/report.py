@@ -513,8 +513,8 @@ def volume_views_figure(
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(name, fontsize=9)
+            if j == 0:  # horizontal: a slab of a few slices is a thin strip, shorter than the word
+                ax.set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
