@@ -316,6 +316,12 @@ def test_reference_rows_from_the_committed_segmenter_equal_the_committed_numbers
                 name,
                 k,
             )
+    # a data module that augments its training slices (the real-CT recipe) gives the same rows: the
+    # real-slice FD uses the training slices as stored, not the loader's random flips and affines
+    from medsynth.data.augment import SliceAugmentation
+
+    dm.augmentation = SliceAugmentation()
+    assert reference_rows(dm, batch, features)[1]["frechet_seg"] == real_row["frechet_seg"]
 
 
 # ------------------------------------------------------------------------------ calibration file

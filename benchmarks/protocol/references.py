@@ -69,14 +69,14 @@ def reference_rows(
     ``dm`` is the data module whose test slices ``batch`` holds (:func:`~.data.eval_slices`), in
     the segmenter's label set. The real row has PSNR NaN, SSIM 1 and organ errors 0 by definition;
     its Dice is the segmenter's on the real slices, its FD that of real training slices (as many,
-    spread evenly over the split) against the real test slices; ``extra`` scores the real slices
+    spread evenly over the split, not augmented) against the real test slices; ``extra`` scores the real slices
     themselves.
     """
     labels_set = features.label_set
     real_labels, real_feats = features(batch["image"].to(device))
     real_dice = dice_per_class(real_labels, batch["mask"], num_classes=labels_set.num_classes)
     dm.setup("fit")
-    train_ds = dm.train_dataloader().dataset
+    train_ds = dm.datasets["train"]  # as stored: not the loader's, which may augment (random flips, affines)
     pick = np.linspace(0, len(train_ds) - 1, len(batch["mask"])).round().astype(int)
     _, train_feats = features(torch.stack([train_ds[int(i)]["image"] for i in pick]).to(device))
     real_row = {
