@@ -317,11 +317,15 @@ def test_reference_rows_from_the_committed_segmenter_equal_the_committed_numbers
                 k,
             )
     # a data module that augments its training slices (the real-CT recipe) gives the same rows: the
-    # real-slice FD uses the training slices as stored, not the loader's random flips and affines
+    # real-slice FD and the painting's class means use the training slices as stored, not the
+    # loader's random flips and affines
     from medsynth.data.augment import SliceAugmentation
 
     dm.augmentation = SliceAugmentation()
-    assert reference_rows(dm, batch, features)[1]["frechet_seg"] == real_row["frechet_seg"]
+    _, real_aug, paint_aug = reference_rows(dm, batch, features)
+    assert real_aug["frechet_seg"] == real_row["frechet_seg"]
+    for k, v in paint_aug.items():
+        assert (math.isnan(v) and math.isnan(paint_row[k])) or v == pytest.approx(paint_row[k], rel=1e-12), k
 
 
 # ------------------------------------------------------------------------------ calibration file

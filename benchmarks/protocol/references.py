@@ -14,7 +14,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from medsynth.data.augment import stored_slices
 from medsynth.metrics import (
     background_mean,
     class_mean_painting,
@@ -28,13 +30,19 @@ from .scoring import TARGET_ORGANS, Extra, Features, organ_scores, score
 __all__ = ["painting_row", "reference_rows", "training_class_means"]
 
 
-def training_class_means(dm: L.LightningDataModule) -> torch.Tensor:
-    """Mean intensity of every class of ``dm``'s label set over its training slices, float64
-    ``[num_classes]`` (NaN for classes never seen)."""
+def stored_training_slices(dm: L.LightningDataModule) -> Dataset:
+    """``dm``'s training slices as stored: not through the loader's augmentation (random flips and
+    affines, the real-CT recipe), which would make the reference rows random."""
     dm.setup("fit")
+    return stored_slices(dm.train_dataloader().dataset)
+
+
+def training_class_means(dm: L.LightningDataModule) -> torch.Tensor:
+    """Mean intensity of every class of ``dm``'s label set over its training slices as stored (not
+    augmented), float64 ``[num_classes]`` (NaN for classes never seen)."""
     n = dm.label_set.num_classes
     total = torch.zeros(2, n, dtype=torch.float64)
-    for b in dm.train_dataloader():
+    for b in DataLoader(stored_training_slices(dm), batch_size=64):
         total += region_sums(b["image"], b["mask"], num_classes=n)
     return torch.where(
         total[1] > 0, total[0] / total[1].clamp(min=1), torch.full_like(total[0], float("nan"))
@@ -75,8 +83,7 @@ def reference_rows(
     labels_set = features.label_set
     real_labels, real_feats = features(batch["image"].to(device))
     real_dice = dice_per_class(real_labels, batch["mask"], num_classes=labels_set.num_classes)
-    dm.setup("fit")
-    train_ds = dm.datasets["train"]  # as stored: not the loader's, which may augment (random flips, affines)
+    train_ds = stored_training_slices(dm)
     pick = np.linspace(0, len(train_ds) - 1, len(batch["mask"])).round().astype(int)
     _, train_feats = features(torch.stack([train_ds[int(i)]["image"] for i in pick]).to(device))
     real_row = {
