@@ -235,8 +235,8 @@ def two_point_velocity(x: torch.Tensor, time: torch.Tensor, **kwargs) -> torch.T
 
 def test_heun_never_evaluates_the_singular_end_and_reaches_two_point_data() -> None:
     """On data with a singular velocity at t = 0 (two points, +-A) Heun never evaluates t = 0 (the
-    field raises there), and with 8 evaluations or more its samples lie within 0.02 of +-A on average
-    (measured 0.019 at 8, 1e-4 at 16; 0.016 at 8 is Euler's); half of them positive, as the data.
+    field raises there), and its samples approach +-A (mean distance measured 0.019 at 8, 1e-4 at
+    16, 0.0000 to 4 decimals at 32; asserted < 0.03, 0.002, 0.002), half of them positive, as the data.
     A chain that ends with a Heun correction at t = 0, fed the field's value there (-x: eps is
     independent of x_0), keeps a first-order error that halves as the evaluations double (measured
     0.10, 0.050, 0.025 at 8, 16, 32; 5.2x the last-Euler chain's at 8): the reason for the last Euler
@@ -251,9 +251,9 @@ def test_heun_never_evaluates_the_singular_end_and_reaches_two_point_data() -> N
         return float((x.abs() - TWO_POINT).abs().mean())
 
     old = {}
-    for n in (8, 16, 32):
+    for n, tol in ((8, 0.03), (16, 0.002), (32, 0.002)):
         x = flow.solve(two_point_velocity, z, "heun", n, clip_denoised=False)
-        assert distance(x) < 0.02 and abs(float((x > 0).float().mean()) - 0.5) < 0.02, n
+        assert distance(x) < tol and abs(float((x > 0).float().mean()) - 0.5) < 0.02, (n, distance(x))
         old[n] = distance(flow.integrate(at_zero_too, z, flow.time_grid(n // 2), n // 2, clip_denoised=False))
         assert old[n] > 4 * distance(x), (n, old[n], distance(x))
     assert 0.4 < old[16] / old[8] < 0.6 and 0.4 < old[32] / old[16] < 0.6, old

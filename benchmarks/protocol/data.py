@@ -13,8 +13,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import Dataset
 
 from medsynth.data import PhantomDataModule
+from medsynth.data.augment import stored_slices
 
 __all__ = ["eval_slices", "phantom"]
 
@@ -58,11 +60,15 @@ def eval_slices(dm: L.LightningDataModule, num: int | None) -> dict[str, Any]:
     }
 
 
+def stored_training_slices(dm: L.LightningDataModule) -> Dataset:
+    """``dm``'s training slices as stored: not through the loader's augmentation (random flips and
+    affines, the real-CT recipe), which would make references computed from them random."""
+    dm.setup("fit")
+    return stored_slices(dm.train_dataloader().dataset)
+
+
 def training_images(dm: L.LightningDataModule) -> torch.Tensor:
     """``dm``'s training slices as stored (not augmented), ``[M, 1, H, W]``: the reference of the
     memorization check."""
-    from medsynth.data.augment import stored_slices
-
-    dm.setup("fit")
-    data = stored_slices(dm.train_dataloader().dataset)
+    data = stored_training_slices(dm)
     return torch.stack([data[i]["image"] for i in range(len(data))])

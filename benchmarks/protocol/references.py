@@ -14,9 +14,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from medsynth.data.augment import stored_slices
 from medsynth.metrics import (
     background_mean,
     class_mean_painting,
@@ -25,16 +24,10 @@ from medsynth.metrics import (
     region_sums,
 )
 
+from .data import stored_training_slices
 from .scoring import TARGET_ORGANS, Extra, Features, organ_scores, score
 
 __all__ = ["painting_row", "reference_rows", "training_class_means"]
-
-
-def stored_training_slices(dm: L.LightningDataModule) -> Dataset:
-    """``dm``'s training slices as stored: not through the loader's augmentation (random flips and
-    affines, the real-CT recipe), which would make the reference rows random."""
-    dm.setup("fit")
-    return stored_slices(dm.train_dataloader().dataset)
 
 
 def training_class_means(dm: L.LightningDataModule) -> torch.Tensor:

@@ -27,9 +27,10 @@ last step is Euler because the velocity is singular at t = 0: v(x, t) = (x - E[x
 finite at t = 0 only for smooth data (a Gaussian), so a correction evaluated there sees a field the
 network cannot have learnt (logit-normal training almost never draws t near 0). Even an exact field
 loses with it: on a one-interval chain the corrector's slope at t = 0, -x, leaves half the noise
-in the sample (x_1 / 2), where the Euler step lands on E[x_0 | x_1]. ``clip_denoised`` clips the x_0 the velocity implies, x_0 = x_t - t v, to [-1, 1] and
-steps with the velocity of the clipped x_0 (the flow's version of DDIM's clipping); the exact
-velocity of data in [-1, 1] implies an x_0 in [-1, 1], so it changes only a network's errors.
+in the sample (x_1 / 2), where the Euler step lands on E[x_0 | x_1]. ``clip_denoised`` clips the
+x_0 the velocity implies, x_0 = x_t - t v, to [-1, 1] and steps with the velocity of the clipped
+x_0 (the flow's version of DDIM's clipping); the exact velocity of data in [-1, 1] implies an x_0
+in [-1, 1], so it changes only a network's errors.
 
 Why not a kept implementation (read: MONAI 1.6.1, diffusers 0.42.1). The math is a few lines;
 what the libraries add does not fit here, and both serve as references in the tests instead
