@@ -2,7 +2,7 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands in subclass mode
 (any method, any data module, configs from experiments/); ``synthesize``, ``evaluate``,
-``masks``, ``label``, ``phantom`` and ``demo`` are medsynth's own, one module each under
+``masks``, ``label``, ``dataset``, ``phantom``, ``reflow`` and ``demo`` are medsynth's own, one module each under
 :mod:`medsynth.commands` (``HelpFormatter`` is re-exported from there).
 """
 
@@ -43,6 +43,7 @@ medsynth's own commands:
   dataset     CT + label volumes you have (and their id -> name table) -> an nnU-Net raw dataset
   masks       varied label volumes from existing ones (organ scaling, elastic deformation)
   phantom     write the built-in phantom as an AMOS22-layout dataset
+  reflow      a rectified flow's (noise, sample) pairs, to fine-tune it for 1-2 step sampling
   demo        the main job on the phantom: train, sample, evaluate, write a report
   version     print the version (also: medsynth --version)
 

@@ -18,11 +18,13 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from medsynth.data.config import build_datamodule, data_sections
 from medsynth.models.base import SynthesisModule, check_data_label_set, check_data_window
 
 __all__ = [
     "METRICS",
     "build_datamodule",
+    "data_sections",
     "evaluate_models",
     "totalseg_dice",
     "figure_batch",
@@ -30,55 +32,6 @@ __all__ = [
     "metric_problems",
     "evaluate_checkpoints",
 ]
-
-
-def build_datamodule(
-    config: str | Path | None, overrides: Mapping[str, Any] | None = None
-) -> L.LightningDataModule:
-    """The ``data:`` section of an experiment config as a data module, parsed as ``medsynth fit`` does.
-
-    The config's ``defaults`` are followed (:mod:`medsynth.configs`), the ``data`` sections of all
-    pieces are merged in order, and jsonargparse validates and instantiates the result, so a
-    config that ``medsynth fit`` accepts gives the same data module here.
-
-    Args:
-        config: A YAML file with (or building on one with) a ``data`` section; None builds the
-            default :class:`~medsynth.data.PhantomDataModule` at ``image_size=64``.
-        overrides: Extra ``init_args`` (e.g. ``{"batch_size": 8}``).
-
-    Raises:
-        FileNotFoundError: naming a missing config.
-        ValueError: naming the config when no piece has a ``data`` section or it does not parse.
-    """
-    import json
-
-    from jsonargparse import ArgumentParser
-
-    import medsynth.data  # noqa: F401 - short class names, as in the CLI
-    from medsynth.configs import expand_defaults, load_piece
-
-    if config is None:
-        sections: list[Any] = [
-            {"class_path": "medsynth.data.PhantomDataModule", "init_args": {"image_size": 64}}
-        ]
-    else:
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"data config not found: {path}")
-        pieces = expand_defaults(["--config", str(path)])[1::2]  # paths or YAML text, in order
-        loaded = [load_piece(p) for p in pieces]
-        sections = [d["data"] for d in loaded if isinstance(d, dict) and isinstance(d.get("data"), dict)]
-        if not sections or not any("class_path" in s for s in sections):
-            raise ValueError(f"{path}: no 'data:' section with a class_path (in it or its defaults)")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    argv = [f"--data={json.dumps(s)}" for s in sections]
-    argv += [f"--data.init_args.{k}={json.dumps(v)}" for k, v in (overrides or {}).items()]
-    try:
-        cfg = parser.parse_args(argv)
-    except Exception as err:  # jsonargparse's ArgumentError names the bad key
-        raise ValueError(f"{config or 'default data'}: the data section does not parse: {err}") from err
-    return parser.instantiate_classes(cfg).data
 
 
 def evaluate_models(

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 
 from medsynth.cli import lightning_cli, main
 from medsynth.configs import config_chain, expand_defaults
@@ -163,6 +165,23 @@ def _realct_dataset(folder: Path) -> None:
     )
 
 
+def _reflow_pairs(config: Path, folder: Path) -> None:
+    """The pairs file a reflow config names, under ``folder``: two blank pairs that record the data
+    of the flow config it builds on (its first ``defaults`` entry), as ``medsynth reflow`` would."""
+    from medsynth.data.config import build_datamodule, data_sections
+    from medsynth.data.reflow import ReflowPairs, save_pairs
+
+    spec = yaml.safe_load(config.read_text())
+    sections = data_sections(config.parent / spec["defaults"][0])
+    real = build_datamodule(sections)
+    s = real.image_size
+    pairs = ReflowPairs(
+        torch.zeros(2, 1, s, s), torch.zeros(2, s, s, dtype=torch.long), torch.arange(2), [("c", 0), ("c", 1)],
+        meta={"data": sections, "image_size": s, "label_set": real.label_set.name, "window": list(real.window)},
+    )  # fmt: skip
+    save_pairs(pairs, folder / spec["data"]["init_args"]["pairs"])
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter_checkpoint):
     """Every method config builds model, data and trainer; its run name and checkpoint folder are its
@@ -185,6 +204,8 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
             (tmp_path / "weights").mkdir(exist_ok=True),
             (tmp_path / "weights" / "inception-2015-12-05.pt").write_bytes(b""),  # only its presence counts
         )
+    if "class_path: medsynth.data.ReflowDataModule" in text:
+        missing["reflow_pairs.pt"] = lambda: _reflow_pairs(config, tmp_path)
     args = ["--config", str(config)]
     if "vgg_weights: weights/vgg19.pth" in text:
         missing["lambda_vgg"] = lambda: args.extend(["--model.init_args.lambda_vgg", "0"])
@@ -218,7 +239,9 @@ def test_experiment_config_instantiates(config, tmp_path, monkeypatch, segmenter
             # the flow's default (Euler) for a rectified flow
             sampler = cb.val_sampler or cli.model.hparams.sampler or cli.model.diffusion.samplers[0]
             assert sampler == {"ddpm": "ddpm", "rflow": "euler"}[cli.model.hparams.get("process", "ddpm")]
-            assert config.stem.endswith("_rflow") == (cli.model.hparams.get("process") == "rflow")
+            assert config.stem.endswith(("_rflow", "_reflow")) == (
+                cli.model.hparams.get("process") == "rflow"
+            )
 
 
 def test_every_piece_is_used_and_method_files_are_short():

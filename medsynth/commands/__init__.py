@@ -1,4 +1,4 @@
-"""medsynth's own subcommands (``synthesize``, ``evaluate``, ``masks``, ``label``, ``dataset``, ``phantom``, ``demo``).
+"""medsynth's own subcommands (``synthesize``, ``evaluate``, ``masks``, ``label``, ``dataset``, ``phantom``, ``demo``, ``reflow``).
 
 One module per command, named after it: ``build_parser()`` and ``main(argv) -> int`` (0 when done,
 2 for bad input, with the error on stderr). A command parses its flags, calls typed library
@@ -16,6 +16,7 @@ COMMAND_MODULES = {
     "masks": "medsynth.commands.masks",
     "label": "medsynth.commands.label",
     "dataset": "medsynth.commands.dataset",
+    "reflow": "medsynth.commands.reflow",
 }
 
 __all__ = ["COMMAND_MODULES"]

@@ -9,12 +9,14 @@ from medsynth.data.datamodule import (
     SliceDataset,
 )
 from medsynth.data.edges import semantic_edges
+from medsynth.data.reflow import ReflowDataModule
 
 __all__ = [
     "AMOSDataModule",
     "BadCaseError",
     "NNUNetDataModule",
     "PhantomDataModule",
+    "ReflowDataModule",
     "SliceDataModule",
     "SliceDataset",
     "semantic_edges",

@@ -332,8 +332,23 @@ class DiffusionModel(SynthesisModule):
         image, mask = check_batch(batch, self.num_classes, check_values=not host_checked)
         x0 = image * 2.0 - 1.0  # [B, 1, H, W] in [-1, 1]
         t = self.diffusion.sample_timesteps(x0.shape[0], self.device, generator)  # [B]
-        noise = None
-        if generator is not None:
+        noise = batch.get("noise")  # reflow pairs (medsynth.reflow): the noise each image was made from
+        if noise is not None:
+            if self.diffusion.name != "rflow":
+                raise ValueError(
+                    f"the batch holds reflow pairs (a 'noise' entry), which only a rectified flow trains on; "
+                    f"this {type(self).__name__} has process {self.hparams.process!r}"
+                )
+            if tuple(noise.shape) != tuple(x0.shape):
+                raise ValueError(
+                    f"batch['noise'] {tuple(noise.shape)} does not match the images {tuple(x0.shape)}"
+                )
+            if training and self.hparams.get("organ_dropout", 0.0) > 0:
+                raise ValueError(
+                    "organ_dropout must be 0 on reflow pairs: each sample is the map of its full mask"
+                )
+            noise = noise.to(x0.device, torch.float32)
+        elif generator is not None:
             noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         context = None
         if self.context_spec is not None:
