@@ -23,6 +23,11 @@ and FD <= 1.02 FD_ref (lower FD is better). Writes ``flow.md`` and ``flow.json``
 (refused when they exist there; written atomically). Seconds per slice are the wall clock of
 this run's device, comparable only within one table.
 
+``--reflow`` adds a third model: the flow fine-tuned on its own (noise, sample) pairs
+(``medsynth reflow``, experiments/<data>/mask_guided_ddpm_reflow.yaml), sampled with Euler at
+``--reflow-nfe`` (1, 2, 4) and judged against the same reference. With ``--reuse-rows`` and
+``--samplers`` left empty only the reflow rows are sampled.
+
 ``--reuse-rows`` takes rows of an earlier ``flow.json`` of the same comparison (same data, method,
 checkpoints, segmenter, slices and seeds; its real-slice scores, recomputed here, must match): its
 DDPM rows (the reference chain is the slow part) and its flow rows of samplers that ``--samplers``
@@ -85,16 +90,34 @@ def settings(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     if args.ddpm:
         rows += [("ddpm", s, n) for s, n in (*args.reference, *args.ddpm_settings)]
     rows += [("flow", s, n) for s in args.samplers for n in args.nfe if not (s == "heun" and n < 3)]
+    if args.reflow:
+        rows += [("reflow", "euler", n) for n in args.reflow_nfe]
     return rows
+
+
+#: Table order of the models.
+MODELS: tuple[str, ...] = ("ddpm", "flow", "reflow")
 
 
 def load_pair(args: argparse.Namespace) -> dict[str, Any]:
     """The flow (and DDPM) models, checked to be one method with the expected processes."""
     models = {"flow": load_model(args.flow, map_location=args.device).eval()}
-    if models["flow"].hparams.get("process", "ddpm") != "rflow":
-        raise ValueError(
-            f"--flow {args.flow}: a DDPM checkpoint (process 'ddpm'); give a process='rflow' model"
-        )
+    if args.reflow:
+        models["reflow"] = load_model(args.reflow, map_location=args.device).eval()
+    for name in ("flow", "reflow"):
+        if name in models and models[name].hparams.get("process", "ddpm") != "rflow":
+            raise ValueError(
+                f"--{name} {getattr(args, name)}: a DDPM checkpoint (process 'ddpm'); give a process='rflow' model"
+            )
+    if args.reflow:
+        for what, get in (
+            ("method", lambda m: type(m).__name__),
+            ("image_size", lambda m: m.image_size),
+            ("label set", lambda m: m.label_set.name),
+            ("CT window", lambda m: tuple(m.window)),
+        ):
+            if get(models["flow"]) != get(models["reflow"]):
+                raise ValueError(f"--flow has {what} {get(models['flow'])}, --reflow {get(models['reflow'])}")
     if args.ddpm:
         models["ddpm"] = load_model(args.ddpm, map_location=args.device).eval()
         if models["ddpm"].hparams.get("process", "ddpm") != "ddpm":
@@ -211,7 +234,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{results['method']} on {results['data_name']} ({results['image_size']} px), {results['num_eval']} "
         f"test slices, seeds {results['seeds']} (reference: {results['reference_seeds']}); mean ± SD over seeds; "
         f"device {results['device']}. Flow: {results['flow']}; "
-        f"DDPM: {results['ddpm'] or '—'}. {rule}. FD (segmenter) is NOT FID: comparable only within this table."
+        f"DDPM: {results['ddpm'] or '—'}."
+        + (f" Reflow: {results['reflow']}." if results.get("reflow") else "")
+        + f" {rule}. FD (segmenter) is NOT FID: comparable only within this table."
         + (
             f" Rows of {results['reused_from']} reused (the DDPM's and other samplers'; their s/slice from that run)."
             if results.get("reused_from")
@@ -239,6 +264,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         f"Fewest flow evaluations within 2% of the reference: {best or 'none of the settings run'}.",
     ]
+    if results.get("reflow"):
+        best = results.get("fewest_reflow_nfe_within_2pct")
+        lines.append(
+            f"Fewest reflow evaluations within 2% of the reference: {best or 'none of the settings run'}."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -262,6 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": models["flow"].image_size,
         "flow": str(args.flow),
         "ddpm": str(args.ddpm) if args.ddpm else None,
+        "reflow": str(args.reflow) if args.reflow else None,
         "segmenter": str(args.segmenter),
         "num_eval": len(batch["mask"]),
         "seeds": list(range(args.seeds)),
@@ -319,13 +350,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in kept:  # the other samplers' rows of the earlier run, judged against this reference
         r = dict(r, within_2pct="n/a" if ref is None else ("yes" if within(r["metrics"], ref) else "no"))
         results["rows"].append(r)
-    results["rows"].sort(  # stable: the DDPM rows first, in their order; then per sampler by NFE
-        key=lambda r: (1, FLOW_SAMPLERS.index(r["sampler"]), r["nfe"]) if r["model"] == "flow" else (0, 0, 0)
+    results["rows"].sort(  # stable: the DDPM rows first, in their order; then per model and sampler by NFE
+        key=lambda r: (
+            (0, 0, 0)
+            if r["model"] == "ddpm"
+            else (MODELS.index(r["model"]), FLOW_SAMPLERS.index(r["sampler"]), r["nfe"])
+        )
     )
-    passing = [r for r in results["rows"] if r["model"] == "flow" and r["within_2pct"] == "yes"]
-    if passing:
-        best = min(passing, key=lambda r: r["nfe"])
-        results["fewest_nfe_within_2pct"] = f"{best['sampler']} at {best['nfe']}"
+    for model_name, key in (("flow", "fewest_nfe_within_2pct"), ("reflow", "fewest_reflow_nfe_within_2pct")):
+        passing = [r for r in results["rows"] if r["model"] == model_name and r["within_2pct"] == "yes"]
+        if passing:
+            best = min(passing, key=lambda r: r["nfe"])
+            results[key] = f"{best['sampler']} at {best['nfe']}"
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "flow.json", json.dumps(results, indent=2, default=float))
     write_atomic(out / "flow.md", markdown(results))
@@ -349,7 +385,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--nfe", type=int, nargs="+", default=list(NFE), help="flow network evaluations (1 2 4 8 16 32)"
     )
-    p.add_argument("--samplers", nargs="+", default=list(FLOW_SAMPLERS), choices=FLOW_SAMPLERS)
+    p.add_argument(
+        "--samplers",
+        nargs="*",
+        default=list(FLOW_SAMPLERS),
+        choices=FLOW_SAMPLERS,
+        help="the flow's samplers (none: only DDPM/reflow rows, the flow's reused with --reuse-rows)",
+    )
+    p.add_argument(
+        "--reflow", type=Path, default=None, help="checkpoint of the flow fine-tuned on its reflow pairs"
+    )
+    p.add_argument(
+        "--reflow-nfe", type=int, nargs="+", default=[1, 2, 4], help="the reflow model's Euler evaluations"
+    )
     p.add_argument(
         "--ddpm-settings",
         nargs="*",
@@ -401,16 +449,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     a.reference = [setting(a.reference, "--reference")]
     a.ddpm_settings = [setting(x, "--ddpm-settings") for x in a.ddpm_settings]
-    if a.seeds < 1 or any(n < 1 for n in a.nfe) or (a.reference_seeds is not None and a.reference_seeds < 1):
+    if (
+        a.seeds < 1
+        or any(n < 1 for n in (*a.nfe, *a.reflow_nfe))
+        or (a.reference_seeds is not None and a.reference_seeds < 1)
+    ):
         p.error(
-            f"--seeds, --reference-seeds and --nfe must be positive, got --seeds {a.seeds} "
-            f"--reference-seeds {a.reference_seeds} --nfe {a.nfe}"
+            f"--seeds, --reference-seeds, --nfe and --reflow-nfe must be positive, got --seeds {a.seeds} "
+            f"--reference-seeds {a.reference_seeds} --nfe {a.nfe} --reflow-nfe {a.reflow_nfe}"
         )
     if a.data == "realct" and not (a.dataset / "dataset.json").is_file():
         p.error(f"--dataset {a.dataset}: no dataset.json there (build it with medsynth dataset)")
     for flag, path in (
         ("--flow", a.flow),
         ("--ddpm", a.ddpm),
+        ("--reflow", a.reflow),
         ("--segmenter", a.segmenter),
         ("--reuse-rows", a.reuse_rows),
     ):

@@ -137,6 +137,26 @@ def test_rows_scores_and_verdicts(files, tmp_path, capsys, keep_threads) -> None
     for a, b in zip(res["rows"][:6], res2["rows"][:6]):
         assert a["per_seed"] == b["per_seed"] and a["within_2pct"] == b["within_2pct"]
     assert res2["reused_from"] == str(out / "flow.json") and "reused" in (again / "flow.md").read_text()
+    # --reflow with no --samplers: every flow row reused, only the reflow rows sampled. The flow
+    # itself given as the reflow model must score exactly as its own Euler rows of the first run.
+    refl = tmp_path / "reflow"
+    assert main([*args(files, refl), "--samplers", "--reflow", str(files["flow"]), "--reflow-nfe", "1", "3",
+                 "--reuse-rows", str(out / "flow.json")]) == 0  # fmt: skip
+    res3 = json.loads((refl / "flow.json").read_text())
+    assert [(r["model"], r["sampler"], r["nfe"]) for r in res3["rows"]] == [
+        *got,
+        ("reflow", "euler", 1),
+        ("reflow", "euler", 3),
+    ]
+    for flow_row, reflow_row in zip(res["rows"][3:5], res3["rows"][6:]):
+        assert (
+            reflow_row["per_seed"] == flow_row["per_seed"]
+            and reflow_row["within_2pct"] == flow_row["within_2pct"]
+        )
+    text = (refl / "flow.md").read_text()
+    assert "| reflow | euler | 1 |" in text and "Fewest reflow evaluations within 2%" in text
+    assert main([*args(files, tmp_path / "bad"), "--reflow", str(files["ddpm"])]) == 2
+    assert "--reflow" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     # another comparison's rows are refused, naming the difference; nothing written
     other = tmp_path / "other"
     assert main([*args(files, other), "--seeds", "1", "--reuse-rows", str(out / "flow.json")]) == 2

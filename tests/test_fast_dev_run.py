@@ -24,6 +24,30 @@ SMALL_DATA = [
 ]  # fmt: skip
 
 
+def reflow_inputs(config: Path, folder: Path) -> list[str]:
+    """What a reflow config needs before its fit, under ``folder``: the checkpoint of the flow it
+    builds on (untrained, at its ``init_from``) and a pairs file of that flow's samples of the cut
+    phantom (one per slice, 1 evaluation) recording that data. Returns the fit's extra arguments."""
+    import yaml
+
+    from medsynth.data.config import data_sections
+    from medsynth.data.reflow import save_pairs
+    from medsynth.reflow import make_pairs
+
+    spec = yaml.safe_load(config.read_text())
+    flow_config = config.with_name(spec["defaults"][0])
+    flow = lightning_cli(["--config", str(flow_config), *SMALL_DATA], run=False)
+    ckpt = folder / spec["model"]["init_args"]["init_from"]
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": flow.model.state_dict()}, ckpt)
+    pairs = make_pairs(flow.model, flow.datamodule, num_steps=1)
+    cut = dict(zip(SMALL_DATA[0:8:2], SMALL_DATA[1:8:2]))
+    small = {"init_args": {k.rsplit(".", 1)[1]: int(v) for k, v in cut.items()}}
+    pairs.meta["data"] = [*data_sections(flow_config), small]
+    save_pairs(pairs, folder / spec["data"]["init_args"]["pairs"])
+    return ["--data.init_args.batch_size", "4", "--trainer.accelerator", "cpu"]
+
+
 @pytest.mark.parametrize("config", PHANTOM, ids=lambda p: p.stem)
 def test_fast_dev_run_every_phantom_config(config, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -33,6 +57,9 @@ def test_fast_dev_run_every_phantom_config(config, tmp_path, monkeypatch, capsys
         path = tmp_path / "runs" / "phantom" / "sdm" / "checkpoints" / "last.ckpt"
         path.parent.mkdir(parents=True)
         torch.save({"state_dict": sdm.model.state_dict()}, path)
+    data = SMALL_DATA
+    if "class_path: medsynth.data.ReflowDataModule" in config.read_text():
+        data = reflow_inputs(config, tmp_path)
     steps: list[tuple[bool, int | None]] = []
     from medsynth.models.base import SynthesisModule
 
@@ -44,7 +71,7 @@ def test_fast_dev_run_every_phantom_config(config, tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(SynthesisModule, "generate", spy)
     start = time.monotonic()
-    assert main(["fit", "--config", str(config), *SMALL_DATA, "--trainer.fast_dev_run", "true"]) == 0
+    assert main(["fit", "--config", str(config), *data, "--trainer.fast_dev_run", "true"]) == 0
     elapsed = time.monotonic() - start
     out = capsys.readouterr().out
     # stdout is not a terminal here, so the CLI chose the plain-line progress bar.
