@@ -170,18 +170,36 @@ def check_image_size_link(args: Sequence[str]) -> None:
         )
 
 
-def _ckpt_subclass(class_path: Any) -> bool:
-    """Whether a callback's ``class_path`` names a ModelCheckpoint (sub)class."""
+def _class(class_path: Any) -> type | None:
+    """The class a ``class_path`` names, or None (jsonargparse has validated it; be permissive)."""
     if not isinstance(class_path, str) or "." not in class_path:
-        return False
+        return None
     import importlib
 
     module, name = class_path.rsplit(".", 1)
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
-        return False  # jsonargparse has already validated it; be permissive here
-    return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
+        return None
+    return cls if isinstance(cls, type) else None
+
+
+def _ckpt_subclass(class_path: Any) -> bool:
+    """Whether a callback's ``class_path`` names a ModelCheckpoint (sub)class."""
+    cls = _class(class_path)
+    return cls is not None and issubclass(cls, ModelCheckpoint)
+
+
+def check_callback_inputs(cfg: Any) -> None:
+    """Before anything is built: each callback class with a ``check_config(init_args)`` classmethod
+    checks its arguments (a missing weights file is named before a paper-sized model is built)."""
+    callbacks = cfg.get("trainer.callbacks") or []
+    for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
+        cls = _class(cb.get("class_path")) if hasattr(cb, "get") else None
+        check = getattr(cls, "check_config", None)
+        if check is not None:
+            init = cb.get("init_args")
+            check(init.as_dict() if hasattr(init, "as_dict") else dict(init or {}))
 
 
 def apply_run_name(cfg: Any) -> None:
@@ -246,4 +264,6 @@ class MedsynthCLI(LightningCLI):
             super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
-        apply_run_name(self.config[self.subcommand] if self.subcommand else self.config)
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        apply_run_name(cfg)
+        check_callback_inputs(cfg)

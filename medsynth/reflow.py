@@ -1,10 +1,10 @@
 """Reflow: a rectified flow's own (noise, sample) pairs, to train a straighter flow on.
 
-Liu et al., "Flow Straight and Fast" (ICLR 2023), Sec. 2.3: the ODE of a trained rectified flow
+Liu et al., "Flow Straight and Fast" (ICLR 2023), reflow: the ODE of a trained rectified flow
 carries each noise ``z`` to a sample ``x = Phi(z | mask)``. Trained again on these *coupled* pairs
 (same loss, ``x_t = (1 - t) x + t z``, target ``z - x``), the next flow's paths are straighter
-(their Theorem 3.7: straightness improves with each reflow) and a few Euler steps, one at best,
-follow them. InstaFlow (Liu et al., ICLR 2024) makes one-step text-to-image generators this way.
+(the paper's analysis: straightness improves with each reflow, and transport costs do not rise)
+and a few Euler steps, one at best, follow them. InstaFlow (Liu et al., ICLR 2024) makes one-step text-to-image generators this way.
 
 ``medsynth reflow`` makes the pairs (:func:`make_pairs`); the file format and
 :class:`~medsynth.data.ReflowDataModule`, which trains on them, are in :mod:`medsynth.data.reflow`.

@@ -329,3 +329,29 @@ def _free_models():
     """The AMOS configs build paper-sized models (~1 GB each); free them before the next one."""
     yield
     gc.collect()
+
+
+def test_missing_metric_files_are_named_before_any_model_is_built(tmp_path, monkeypatch):
+    """A config whose SynthesisMetrics needs a missing segmenter checkpoint fails naming it before
+    the (paper-sized) model is built: the CLI checks callbacks' inputs first (check_config)."""
+    from medsynth.models.base import SynthesisModule
+
+    monkeypatch.chdir(tmp_path)
+    built, init = [], SynthesisModule.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(SynthesisModule, "__init__", spy)
+    config = ROOT / "experiments" / "amos" / "mask_guided_ddpm.yaml"
+    with pytest.raises(
+        FileNotFoundError, match="segmenter checkpoint not found: checkpoints/organ_segmenter.ckpt"
+    ):
+        lightning_cli(["--config", str(config)], run=False)
+    assert built == []
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "organ_segmenter.ckpt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="Inception weights"):  # the next missing file, still first
+        lightning_cli(["--config", str(config)], run=False)
+    assert built == []

@@ -166,9 +166,10 @@ def test_data_module_names_a_bad_pairs_file(tmp_path) -> None:
         ReflowDataModule(tmp_path / "ts.pt", image_size=32)
 
 
-def test_reflow_command_then_fit_on_the_pairs(tmp_path, capsys) -> None:
+def test_reflow_command_then_fit_on_the_pairs(tmp_path, capsys, monkeypatch) -> None:
     """``medsynth reflow`` writes the pairs (and refuses to overwrite them, or to start from a DDPM);
     ``medsynth fit`` with ReflowDataModule fine-tunes the flow from its checkpoint for 2 steps."""
+    monkeypatch.chdir(tmp_path)  # the CLI's fit writes its config.yaml to the working folder
     flow = save_checkpoint(tiny_flow(), tmp_path / "flow.ckpt")
     config = tmp_path / "data.yaml"
     config.write_text(yaml.safe_dump({"data": DATA}))

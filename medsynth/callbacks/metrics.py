@@ -195,16 +195,7 @@ class SynthesisMetrics(Callback):
         for name, value in (("max_val_batches", max_val_batches), ("max_test_batches", max_test_batches)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-        if "dice" in metrics and segmenter is None:
-            raise ValueError(
-                "metrics include 'dice' but segmenter is None: pass an OrganSegmenter or its checkpoint"
-            )
-        if isinstance(segmenter, (str, os.PathLike)) and not Path(segmenter).is_file():
-            raise FileNotFoundError(f"segmenter checkpoint not found: {segmenter}")
-        if "fid" in metrics and feature_extractor is None:
-            find_inception_weights(fid_weights)  # fail now, not after hours of sampling
-        if "frd" in metrics:
-            check_frd_available()
+        self.check_inputs(metrics, segmenter, fid_weights, feature_extractor)
         if window is not None:
             hu_bins(window)  # ValueError naming a bad window
         self.metrics = metrics
@@ -233,6 +224,38 @@ class SynthesisMetrics(Callback):
         self.results: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def check_inputs(
+        metrics: Sequence[str],
+        segmenter: Any = None,
+        fid_weights: str | os.PathLike | None = None,
+        feature_extractor: Any = None,
+    ) -> None:
+        """The files and packages ``metrics`` need: a FileNotFoundError/ValueError naming the missing
+        one (the segmenter checkpoint, the Inception weights, frd-score), before any sampling."""
+        if "dice" in metrics and segmenter is None:
+            raise ValueError(
+                "metrics include 'dice' but segmenter is None: pass an OrganSegmenter or its checkpoint"
+            )
+        if isinstance(segmenter, (str, os.PathLike)) and not Path(segmenter).is_file():
+            raise FileNotFoundError(f"segmenter checkpoint not found: {segmenter}")
+        if "fid" in metrics and feature_extractor is None:
+            find_inception_weights(fid_weights)  # fail now, not after hours of sampling
+        if "frd" in metrics:
+            check_frd_available()
+
+    @classmethod
+    def check_config(cls, init_args: Mapping[str, Any]) -> None:
+        """:meth:`check_inputs` on a config's ``init_args`` (the CLI calls it before building
+        anything: :func:`medsynth.configs.check_callback_inputs`)."""
+        cls.check_inputs(
+            tuple(init_args.get("metrics") or PAPER_METRICS),
+            init_args.get("segmenter"),
+            init_args.get("fid_weights"),
+            init_args.get("feature_extractor"),
+        )
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_callback_samplers(self, pl_module, sampler=self.sampler, val_sampler=self.val_sampler)
         device = pl_module.device

@@ -179,7 +179,7 @@ class ReflowDataModule(L.LightningDataModule):
     module the pairs' flow was trained on (so validation metrics compare with real slices).
 
     A training batch holds the flow's sample as ``image``, its ``mask`` and the ``noise`` it was
-    made from; a rectified flow trains on that coupling (Liu et al. 2023, Sec. 2.3) instead of
+    made from; a rectified flow trains on that coupling (reflow, Liu et al. 2023) instead of
     drawing new noise. Nothing is augmented: a flipped sample is not the map of the same noise.
 
     Args:
