@@ -16,8 +16,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from monai.losses import DiceCELoss
-from monai.networks.nets import BasicUNet
 from torch import Tensor
 
 from medsynth.labels import get_label_set
@@ -73,6 +71,9 @@ class OrganSegmenter(L.LightningModule):
             raise ValueError(f"lr must be positive, got {lr!r}")
         self.save_hyperparameters()
         c = model_channels
+        from monai.losses import DiceCELoss  # here, not at import: MONAI's import costs ~1 s per process
+        from monai.networks.nets import BasicUNet
+
         self.net = BasicUNet(
             spatial_dims=2,
             in_channels=1,
