@@ -38,7 +38,7 @@ __all__ = [
 PAIRS_FORMAT = "medsynth-reflow-pairs"
 PAIRS_VERSION = 1
 #: How a missing pairs file is made (named in the error).
-MAKE_PAIRS = "medsynth reflow --checkpoint <the flow's checkpoint> --data-config <its config> --output <file>"
+MAKE_PAIRS = "medsynth reflow --checkpoint <the flow's checkpoint> --data_config <its config> --output <file>"
 
 
 def pair_seed(case_id: str, slice_index: int, seed: int, copy: int) -> int:
