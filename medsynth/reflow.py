@@ -4,7 +4,8 @@ Liu et al., "Flow Straight and Fast" (ICLR 2023), reflow: the ODE of a trained r
 carries each noise ``z`` to a sample ``x = Phi(z | mask)``. Trained again on these *coupled* pairs
 (same loss, ``x_t = (1 - t) x + t z``, target ``z - x``), the next flow's paths are straighter
 (the paper's analysis: straightness improves with each reflow, and transport costs do not rise)
-and a few Euler steps, one at best, follow them. InstaFlow (Liu et al., ICLR 2024) makes one-step text-to-image generators this way.
+and a few Euler steps, one at best, follow them. InstaFlow (Liu et al., ICLR 2024) makes
+one-step text-to-image generators this way.
 
 ``medsynth reflow`` makes the pairs (:func:`make_pairs`); the file format and
 :class:`~medsynth.data.ReflowDataModule`, which trains on them, are in :mod:`medsynth.data.reflow`.
@@ -18,8 +19,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from medsynth.data.augment import stored_slices
-from medsynth.data.reflow import ReflowPairs, pair_seed
+from medsynth.data.augment import stored_training_slices
+from medsynth.data.reflow import ReflowPairs, pair_generators, pair_seed
 from medsynth.models.base import check_data_label_set, check_data_window
 
 __all__ = ["check_reflow_teacher", "make_pairs"]
@@ -72,8 +73,7 @@ def make_pairs(
     check_data_window(model, datamodule)
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()  # a slice cache (nnU-Net, AMOS) is built once here
-    datamodule.setup("fit")
-    slices = stored_slices(datamodule.train_dataloader().dataset)
+    slices = stored_training_slices(datamodule)
     items = [slices[i] for i in range(len(slices))]
     if not items:
         raise ValueError(f"{type(datamodule).__name__} has no training slices to make pairs from")
@@ -88,9 +88,10 @@ def make_pairs(
         mask = torch.stack([it["mask"] for it, _ in chunk]).long()  # [B, H, W]
         chunk_keys = [(str(it["case_id"]), int(it["slice_index"])) for it, _ in chunk]
         chunk_seeds = [pair_seed(k[0], k[1], seed, c) for k, (_, c) in zip(chunk_keys, chunk)]
-        generators = [torch.Generator().manual_seed(s) for s in chunk_seeds]  # CPU: redrawable anywhere
         with torch.no_grad():
-            out = model.generate(mask, sampler=sampler, num_steps=num_steps, generator=generators)
+            out = model.generate(
+                mask, sampler=sampler, num_steps=num_steps, generator=pair_generators(chunk_seeds)
+            )
         images.append(out.float().cpu())  # [B, 1, H, W]
         masks.append(mask.cpu())
         seeds += chunk_seeds

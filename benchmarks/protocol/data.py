@@ -13,10 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset
 
 from medsynth.data import PhantomDataModule
-from medsynth.data.augment import stored_slices
+from medsynth.data.augment import stored_training_slices
 
 __all__ = ["eval_slices", "phantom"]
 
@@ -58,13 +57,6 @@ def eval_slices(dm: L.LightningDataModule, num: int | None) -> dict[str, Any]:
         "mask": torch.stack([it["mask"] for it in items]),  # [N, H, W]
         "keys": [(str(it["case_id"]), int(it["slice_index"])) for it in items],
     }
-
-
-def stored_training_slices(dm: L.LightningDataModule) -> Dataset:
-    """``dm``'s training slices as stored: not through the loader's augmentation (random flips and
-    affines, the real-CT recipe), which would make references computed from them random."""
-    dm.setup("fit")
-    return stored_slices(dm.train_dataloader().dataset)
 
 
 def training_images(dm: L.LightningDataModule) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from medsynth.data.context import CONTEXT_MASK, PREVIOUS_IMAGE
 
-__all__ = ["SliceAugmentation", "AugmentedSlices", "stored_slices"]
+__all__ = ["SliceAugmentation", "AugmentedSlices", "stored_slices", "stored_training_slices"]
 
 #: Item entries that move with the slice, and their interpolation: images bilinear, masks nearest.
 _MODES = {
@@ -139,3 +139,11 @@ def stored_slices(dataset: Dataset) -> Dataset:
     while isinstance(dataset, AugmentedSlices):
         dataset = dataset.dataset
     return dataset
+
+
+def stored_training_slices(datamodule: Any) -> Dataset:
+    """A data module's training slices as stored: not through the loader's augmentation (random
+    flips and affines), which would make what is computed from them random (the memorization
+    reference, reflow pairs, class-mean references)."""
+    datamodule.setup("fit")
+    return stored_slices(datamodule.train_dataloader().dataset)

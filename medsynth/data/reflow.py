@@ -29,6 +29,7 @@ __all__ = [
     "ReflowPairDataset",
     "ReflowPairs",
     "load_pairs",
+    "pair_generators",
     "pair_noise",
     "pair_seed",
     "save_pairs",
@@ -46,11 +47,16 @@ def pair_seed(case_id: str, slice_index: int, seed: int, copy: int) -> int:
     return slice_seed(f"{case_id}\x00reflow{int(copy)}", int(slice_index), int(seed))
 
 
+def pair_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per pair seed: what the pairs are generated with (CPU, so the noise can
+    be redrawn on any machine)."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
 def pair_noise(seeds: Sequence[int], shape: Sequence[int]) -> Tensor:
     """The noise ``[B, *shape]`` (float32, CPU) that :func:`medsynth.diffusion.sample` draws first
-    when given one CPU generator per sample seeded with ``seeds``."""
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    return randn((len(generators), *shape), generators, "cpu")
+    when given :func:`pair_generators` of ``seeds``."""
+    return randn((len(seeds), *shape), pair_generators(seeds), "cpu")
 
 
 @dataclass
@@ -152,18 +158,16 @@ def load_pairs(path: str | Path) -> ReflowPairs:
 
 
 class ReflowPairDataset(Dataset):
-    """Training items of pairs ``indices``: the sample as ``image``, its ``mask`` and its ``noise``
+    """Training items of the pairs: the sample as ``image``, its ``mask`` and its ``noise``
     (redrawn from the seed), with the training slice's ``case_id`` and ``slice_index``."""
 
-    def __init__(self, pairs: ReflowPairs, indices: Sequence[int] | None = None) -> None:
+    def __init__(self, pairs: ReflowPairs) -> None:
         self.pairs = pairs
-        self.indices = list(range(len(pairs))) if indices is None else [int(i) for i in indices]
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.pairs)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        j = self.indices[i]
+    def __getitem__(self, j: int) -> dict[str, Any]:
         case_id, slice_index = self.pairs.keys[j]
         return {
             "image": self.pairs.images[j],  # [1, H, W] in [0, 1]
