@@ -229,3 +229,31 @@ def test_comparison_figure_in_a_models_own_label_set(tmp_path):
     path = comparison_figure(masks, outputs, tmp_path / "ts.png", label_set=ts, dpi=50)
     img = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(int)
     assert (np.abs(img - np.array(cls.color)).sum(1) < 6).sum() > 100  # the mask panel in its colour
+
+
+def test_comparison_figure_zoom_rows_crop_each_panel_around_the_organs():
+    """With ``zoom`` every slice gets a second row holding the same crop of each panel: the crop
+    centred on the organ pixels' centroid (body and background left out), here hand-computed."""
+    from medsynth.metrics.report import _comparison_fig, zoom_box
+
+    masks = torch.zeros(2, 40, 40, dtype=torch.long)
+    masks[:, 2:38, 2:38] = 16  # body: not an organ, does not pull the crop
+    masks[0, 4:10, 24:34] = 6  # liver, centroid (6.5, 28.5)
+    masks[1, 30:36, 4:8] = 1  # spleen near the corner: the crop is shifted to stay inside
+    real, synth = torch.rand(2, 1, 40, 40), torch.rand(2, 1, 40, 40)
+    # side round(0.3 * 40) = 12; top-left = centroid - 5.5, rounded, clipped to [0, 28]
+    assert zoom_box(masks[0].numpy(), 0.3, CLASSES) == (1, 23, 12)
+    assert zoom_box(masks[1].numpy(), 0.3, CLASSES) == (27, 0, 12)
+    assert zoom_box(torch.zeros(40, 40, dtype=torch.long).numpy(), 0.5, CLASSES) == (10, 10, 20)
+    fig = _comparison_fig(masks, {"A": synth}, real=real, zoom=0.3)
+    axes = np.array(fig.axes).reshape(4, 3)  # 2 slices x (slice, crop) rows; mask, real, A
+    for r, (top, left) in enumerate([(1, 23), (27, 0)]):
+        shown = axes[2 * r + 1][1].images[0].get_array()
+        assert np.allclose(shown, real[r, 0, top : top + 12, left : left + 12].numpy())
+        shown = axes[2 * r + 1][2].images[0].get_array()
+        assert np.allclose(shown, synth[r, 0, top : top + 12, left : left + 12].numpy())
+        assert axes[2 * r + 1][0].images[0].get_array().shape == (12, 12, 3)  # the mask, coloured
+        (outline,) = axes[2 * r][2].patches  # where the crop comes from, on the full panel
+        assert (outline.get_x(), outline.get_y(), outline.get_width()) == (left - 0.5, top - 0.5, 12)
+    with pytest.raises(ValueError, match="zoom"):
+        _comparison_fig(masks, {"A": synth}, zoom=1.5)

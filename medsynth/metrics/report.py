@@ -40,6 +40,7 @@ __all__ = [
     "section_tables",
     "format_sections",
     "comparison_figure",
+    "zoom_box",
     "volume_views_figure",
 ]
 
@@ -372,10 +373,15 @@ def comparison_figure(
     titles: Sequence[str] | None = None,
     dpi: int = 150,
     label_set: LabelSet | None = None,
+    zoom: float | None = None,
 ) -> Path:
     """A PNG like the paper's Fig. 4: one row per slice; the mask in class colours, optionally
     the real slice, then each method's synthetic slice; column titles wrapped to fit their panel
     and a colour legend of the classes shown.
+
+    With ``zoom``, each slice's row is followed by a row of the same square crop of every panel
+    (side ``zoom`` x the slice's, centred on the slice's organs, outlined on the full panels),
+    where texture, edges and small structures can be told apart.
 
     Args:
         masks: ``[n, H, W]`` class ids of ``label_set``.
@@ -384,10 +390,11 @@ def comparison_figure(
         real: Optional real slices, same shape as the outputs.
         titles: Optional row labels.
         label_set: The masks' classes, for colours and legend (None: AMOS's).
+        zoom: Side of the crop as a fraction of the slice's, in (0, 1); None: no crop rows.
     """
     import matplotlib.pyplot as plt
 
-    fig = _comparison_fig(masks, outputs, real, titles, label_set)
+    fig = _comparison_fig(masks, outputs, real, titles, label_set, zoom)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
@@ -399,12 +406,29 @@ def comparison_figure(
 TITLE_WIDTH = 20
 
 
+def zoom_box(mask: np.ndarray, zoom: float, classes: Sequence) -> tuple[int, int, int]:
+    """The crop ``(top, left, side)`` of :func:`comparison_figure`: a square of side
+    ``round(zoom * min(H, W))`` centred on the centroid of the organ pixels of ``mask`` ``[H, W]``
+    (not background, not ``body``; the slice's centre when it has none), shifted to lie inside."""
+    if not 0.0 < zoom < 1.0:
+        raise ValueError(f"zoom must be in (0, 1), got {zoom}")
+    h, w = mask.shape
+    side = max(1, round(zoom * min(h, w)))
+    skip = [c.index for c in classes if c.index == 0 or c.name == "body"]
+    ys, xs = np.nonzero(~np.isin(mask, skip))
+    cy, cx = (ys.mean(), xs.mean()) if len(ys) else ((h - 1) / 2, (w - 1) / 2)
+    top = int(np.clip(round(cy - (side - 1) / 2), 0, h - side))
+    left = int(np.clip(round(cx - (side - 1) / 2), 0, w - side))
+    return top, left, side
+
+
 def _comparison_fig(
     masks: Tensor | np.ndarray,
     outputs: Mapping[str, Tensor | np.ndarray],
     real: Tensor | np.ndarray | None = None,
     titles: Sequence[str] | None = None,
     label_set: LabelSet | None = None,
+    zoom: float | None = None,
 ):
     """The matplotlib figure of :func:`comparison_figure` (not saved)."""
     import textwrap
@@ -413,7 +437,7 @@ def _comparison_fig(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch, Rectangle
 
     m = np.asarray(torch.as_tensor(masks).cpu())
     if m.ndim != 3:
@@ -443,20 +467,37 @@ def _comparison_fig(
     per_row = max(1, int(2.0 * len(cols) / entry_in))
     legend_lines = -(-len(present) // per_row)
     legend_h = 0.22 * legend_lines + (0.1 if present else 0.0)  # inches
-    height = 2.0 * n + 0.16 * (title_lines - 1) + legend_h
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), height), squeeze=False)
+    boxes = [zoom_box(m[r], zoom, classes) for r in range(n)] if zoom is not None else None
+    per_slice = 1 if boxes is None else 2  # figure rows per slice: the slice, then its crop
+    height = 2.0 * n * per_slice + 0.16 * (title_lines - 1) + legend_h
+    fig, axes = plt.subplots(n * per_slice, len(cols), figsize=(2.0 * len(cols), height), squeeze=False)
     for r in range(n):
         for c, (_, arr) in enumerate(cols):
-            ax = axes[r][c]
-            ax.imshow(
-                arr[r], cmap=None if arr.ndim == 4 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest"
-            )
+            ax = axes[r * per_slice][c]
+            cmap = None if arr.ndim == 4 else "gray"
+            ax.imshow(arr[r], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(wrapped[c], fontsize=9)
             if c == 0 and titles is not None:
                 ax.set_ylabel(titles[r], fontsize=8)
+            if boxes is not None:
+                top, left, side = boxes[r]
+                outline = Rectangle((left - 0.5, top - 0.5), side, side, fill=False, ec="yellow", lw=0.8)
+                ax.add_patch(outline)
+                crop = axes[r * per_slice + 1][c]  # [side, side(, 3)]
+                crop.imshow(
+                    arr[r, top : top + side, left : left + side],
+                    cmap=cmap,
+                    vmin=0.0,
+                    vmax=1.0,
+                    interpolation="nearest",
+                )
+                crop.set_xticks([])
+                crop.set_yticks([])
+                if c == 0:
+                    crop.set_ylabel(f"zoom x{min(m.shape[1:]) / side:.1f}", fontsize=8)
     if present:
         handles = [
             Patch(facecolor=np.array(k.color) / 255.0, edgecolor="0.4", label=k.name.replace("_", " "))
