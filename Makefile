@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytest-xdist workers of `make test` (the machine's threads are split between them)
+TEST_WORKERS ?= 2
 
 .PHONY: install test lint demo clean
 
@@ -21,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check medsynth tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 --timeout=120 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=15 --timeout=120 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/medsynth demo --output outputs/demo $(DEMO_ARGS)

@@ -7,6 +7,7 @@ Test modules import the plain helpers (``from conftest import tiny_trainer, tiny
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+
+# Under pytest-xdist (`make test` runs `-n 2`) the machine's threads are shared by the workers:
+# each worker, and the processes it starts, get an equal part instead of all of them each.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    _share = max(1, _share // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    import torch
+
+    torch.set_num_threads(_share)
 
 # ---- every synthesis method at test size ---------------------------------------------------------
 # One entry per concrete SynthesisModule in medsynth.models (tests/test_contract.py fails for a
