@@ -317,10 +317,8 @@ def unseen(args: argparse.Namespace) -> dict[str, Any]:
         nib.save(nib.Nifti1Image(varied, new_affine), str(path))
         vcase = read_label_case(path, label_set=labels)
         for seed in range(args.seeds):
-            hu = synthesize_volume(
-                model, vcase, seed=seed, progress=False, sampler=args.sampler, num_steps=args.num_steps,
-                batch_size=16,
-            )  # fmt: skip
+            opts = model.generate_kwargs(sampler=args.sampler, num_steps=args.num_steps)  # a GAN takes none
+            hu = synthesize_volume(model, vcase, seed=seed, progress=False, batch_size=16, **opts)
             row = {"variant": k, "seed": seed, "thickness_mm": thickness, "fov_mm": fov}
             for name, ref in reference.items():
                 ids = bone_set if name == "bone" else [labels.by_name(name).index]

@@ -94,3 +94,49 @@ def test_tiny_run_on_the_fixture(tmp_path, monkeypatch):
     text = (tmp_path / "out" / "realct.md").read_text()
     assert "| conditional_ddpm |" in text and "median HU error <= 20" in text
     assert "copy rate" in (tmp_path / "out" / "quality.md").read_text()
+
+
+class _Flat(__import__("medsynth.models", fromlist=["SynthesisModule"]).SynthesisModule):
+    """A TotalSegmentator-labelled stand-in that paints every pixel 0.55 (60 HU on the 40/400 window)."""
+
+    def __init__(self, image_size: int = 32) -> None:
+        super().__init__(image_size, label_set="totalseg")
+        self.save_hyperparameters()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def _generate(self, mask, *, generator=None, **_):
+        return torch.full((mask.shape[0], 1, *mask.shape[-2:]), 0.55) + 0.0 * self.w  # [B, 1, H, W]
+
+
+def test_unseen_reports_errors_against_the_training_case_and_the_slab(tmp_path):
+    """``--unseen`` on the fixture with a model that paints 60 HU everywhere: each structure's error
+    is 60 minus its real median (clipped to the window) over the training slices (slab +- 4 left
+    out) and over the held-out slab, both recomputed here from the dataset's files by name."""
+    import lightning as L
+    import nibabel as nib
+
+    ckpt = tmp_path / "flat.ckpt"
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(_Flat())
+    trainer.save_checkpoint(ckpt, weights_only=True)
+    out = tmp_path / "unseen"
+    args = ["--source", str(REALCT_DIR), "--dataset", str(tmp_path / "ds"), "--unseen", str(ckpt),
+            "--variants", "1", "--seeds", "1", "--num-steps", "1", "--output", str(out)]  # fmt: skip
+    assert realct.main(args) == 0
+    summary = json.loads((out / "unseen.json").read_text())["summary"]
+    ds = tmp_path / "ds"
+    hu = np.asarray(nib.load(ds / "imagesTr" / "realct_0000.nii.gz").dataobj).astype(np.float64)
+    lab = np.asarray(nib.load(ds / "labelsTr" / "realct.nii.gz").dataobj)
+    names = json.loads((ds / "dataset.json").read_text())["labels"]  # nnU-Net v2: name -> id
+    lo, hi = realct.REALCT_TEST_SLAB
+    train_z = [z for z in range(hu.shape[2]) if z < lo - 4 or z >= hi + 4]
+    for organ in ("liver", "spleen", "aorta"):
+        for z, key, err in (
+            (train_z, "reference_hu", "mean"),
+            (list(range(lo, hi)), "slab_reference_hu", None),
+        ):
+            want = float(np.median(hu[:, :, z][lab[:, :, z] == names[organ]]))
+            assert summary[organ][key] == pytest.approx(want), (organ, key)
+            got = summary[organ][err] if err else summary[organ]["slab_error"]["mean"]
+            assert got == pytest.approx(60.0 - min(max(want, -160.0), 240.0), abs=1e-3), (organ, key)
+    assert "held-out slab's real median HU" in (out / "unseen.md").read_text()
