@@ -296,6 +296,7 @@ def unseen(args: argparse.Namespace) -> dict[str, Any]:
             region = np.isin(raw[:, :, z], ids)
             ref[name] = float(np.median(hu_all[:, :, z][region])) if region.any() else float("nan")
     level, width = model.window
+    opts = model.generate_kwargs(sampler=args.sampler, num_steps=args.num_steps)  # a GAN takes none
     rows = []
     t0 = time.perf_counter()
     for k in range(args.variants):
@@ -317,12 +318,10 @@ def unseen(args: argparse.Namespace) -> dict[str, Any]:
         nib.save(nib.Nifti1Image(varied, new_affine), str(path))
         vcase = read_label_case(path, label_set=labels)
         for seed in range(args.seeds):
-            opts = model.generate_kwargs(sampler=args.sampler, num_steps=args.num_steps)  # a GAN takes none
             hu = synthesize_volume(model, vcase, seed=seed, progress=False, batch_size=16, **opts)
             row = {"variant": k, "seed": seed, "thickness_mm": thickness, "fov_mm": fov}
             for name, ref in reference.items():
-                ids = bone_set if name == "bone" else [labels.by_name(name).index]
-                region = np.isin(varied, ids)
+                region = np.isin(varied, structures[name])
                 if region.sum() == 0:
                     continue
                 synth = float(np.median(hu[region]))
