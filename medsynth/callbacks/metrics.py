@@ -249,8 +249,9 @@ class SynthesisMetrics(Callback):
     def check_config(cls, init_args: Mapping[str, Any]) -> None:
         """:meth:`check_inputs` on a config's ``init_args`` (the CLI calls it before building
         anything: :func:`medsynth.configs.check_callback_inputs`)."""
+        metrics = init_args.get("metrics")
         cls.check_inputs(
-            tuple(init_args.get("metrics") or PAPER_METRICS),
+            tuple(PAPER_METRICS if metrics is None else metrics),
             init_args.get("segmenter"),
             init_args.get("fid_weights"),
             init_args.get("feature_extractor"),
