@@ -52,6 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks.protocol, run from anywhere
 from benchmarks.protocol import (  # noqa: E402
+    FRACTIONS,
     CalibrationError,
     ResumeError,
     Settings,
@@ -409,6 +410,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration-steps", type=int, default=20)
     p.add_argument("--calibrate-only", action="store_true")
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--score-fractions",
+        type=float,
+        nargs="+",
+        default=list(FRACTIONS),
+        help="the checkpoints scored, as fractions of the budget (default 0.25 0.5 1.0; 1.0 is needed)",
+    )
     p.add_argument("--no-frd", action="store_true", help="leave FRD out (it needs medsynth[frd])")
     p.add_argument(
         "--reuse-checkpoints",
@@ -427,6 +435,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.calibrate_only and a.calibration is None:
         p.error("--calibrate-only needs --calibration FILE")
+    if not set(a.score_fractions) <= set(FRACTIONS) or 1.0 not in a.score_fractions:
+        p.error(f"--score-fractions must be among {list(FRACTIONS)} and include 1.0, got {a.score_fractions}")
     return a
 
 
@@ -460,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reuse_checkpoints=args.reuse_checkpoints,
         calibration=args.calibration,
         calibration_steps=args.calibration_steps,
+        score_fractions=tuple(args.score_fractions),
     )
     table = realct_methods()
     try:

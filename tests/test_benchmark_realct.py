@@ -76,15 +76,20 @@ def test_targets_count_hu_dice_and_psnr():
 def test_tiny_run_on_the_fixture(tmp_path, monkeypatch):
     """One method, one seed, seconds of training at 32x32: quality.json holds the HU metrics and the
     memorization check of every row, realct.md the tables and the target line, and the scored slices
-    are the held-out slab (FRD left out here: PyRadiomics is slow; its scorer is tested in test_frd)."""
+    are the held-out slab (FRD left out here: PyRadiomics is slow; its scorer is tested in test_frd).
+    ``--score-fractions 1.0`` scores the last checkpoint only; all three are still saved."""
     monkeypatch.chdir(tmp_path)
     args = [
         "--source", str(REALCT_DIR), "--dataset", str(tmp_path / "ds"), "--cache", str(tmp_path / "cache"),
         "--budget", "0.02", "--seeds", "1", "--methods", "conditional_ddpm", "--image-size", "32",
         "--segmenter-steps", "2", "--num-steps", "2", "--output", str(tmp_path / "out"), "--no-frd",
+        "--score-fractions", "1.0",
     ]  # fmt: skip
     assert realct.main(args) == 0
     res = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert list(res["methods"]["conditional_ddpm"]) == ["1.0"]
+    saved = sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("conditional_ddpm_*.ckpt"))
+    assert saved == ["conditional_ddpm_100.ckpt", "conditional_ddpm_25.ckpt", "conditional_ddpm_50.ckpt"]
     assert res["test_slab"] == [20, 34] and res["num_eval"] == 14
     for row in (res["real"], res["painting"], res["methods"]["conditional_ddpm"]["1.0"]["metrics"]):
         assert {"hu/liver", "hu/aorta", "hu/air", "hu/bone", "memorization/copy_rate"} <= set(row)
@@ -95,6 +100,14 @@ def test_tiny_run_on_the_fixture(tmp_path, monkeypatch):
     text = (tmp_path / "out" / "realct.md").read_text()
     assert "| conditional_ddpm |" in text and "median HU error <= 20" in text
     assert "copy rate" in (tmp_path / "out" / "quality.md").read_text()
+
+
+@pytest.mark.parametrize("fractions", [["0.3", "1.0"], ["0.5"]])
+def test_score_fractions_outside_the_saved_checkpoints_are_refused(fractions, capsys):
+    """Only the saved checkpoints (25, 50, 100 %) can be scored, and the last one always is."""
+    with pytest.raises(SystemExit) as e:
+        realct.parse_args(["--score-fractions", *fractions])
+    assert e.value.code == 2 and "--score-fractions" in capsys.readouterr().err
 
 
 class _Flat(SynthesisModule):

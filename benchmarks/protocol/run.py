@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from .budget import (
+    FRACTIONS,
     calibrate,
     calibration_entry,
     check_calibration,
@@ -96,6 +97,8 @@ class Settings:
         calibration: A calibration file: step budgets instead of the wall clock; methods missing
             from it are timed first (take it on an idle machine) and recorded in it.
         calibration_steps, calibration_warmup: Steps timed per method, and untimed before them.
+        score_fractions: The checkpoints scored, as fractions of the budget (a subset of
+            ``FRACTIONS`` that includes 1.0); all three are still saved.
     """
 
     budget_min: float = 30.0
@@ -113,6 +116,14 @@ class Settings:
     calibration: Path | None = None
     calibration_steps: int = 30
     calibration_warmup: int = 5
+    score_fractions: tuple[float, ...] = FRACTIONS
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.score_fractions if f not in FRACTIONS]
+        if bad or 1.0 not in self.score_fractions:
+            raise ValueError(
+                f"score_fractions must be a subset of {FRACTIONS} that includes 1.0, got {self.score_fractions}"
+            )
 
     @property
     def accelerator(self) -> str:
@@ -379,6 +390,8 @@ def run_quality(
             ckpts = train_method(model, name, train_dm, ckpt_dir, s.accelerator, **budget)
         per: dict[str, Any] = {}
         for frac, info in ckpts.items():
+            if frac not in s.score_fractions:
+                continue
             model = load_model(name, info["path"], train_dm, s.device, table)
             t0 = time.perf_counter()
             rows = []
