@@ -195,10 +195,12 @@ def write_evaluation(
     num_steps: int | None = None,
     guidance_scale: float | None = None,
     name: str = "report",
+    zoom: float | None = None,
 ) -> list[Path]:
     """Write the paper-style tables (``<name>.md/.csv/.tex``) and, given models and a batch, ``<name>.png``.
 
-    Slices in the figure are generated with the same per-slice seeds as the metrics.
+    Slices in the figure are generated with the same per-slice seeds as the metrics; ``zoom``
+    adds a crop row under each slice (:func:`medsynth.metrics.report.comparison_figure`).
     """
     from medsynth.data.context import batch_context
     from medsynth.metrics.report import comparison_figure, normalize_row, write_report
@@ -223,7 +225,12 @@ def write_evaluation(
         label_set = next(iter(models.values())).label_set  # the masks' classes (the data's, checked)
         paths.append(
             comparison_figure(
-                batch["mask"], outputs, out / f"{name}.png", real=batch["image"], label_set=label_set
+                batch["mask"],
+                outputs,
+                out / f"{name}.png",
+                real=batch["image"],
+                label_set=label_set,
+                zoom=zoom,
             )
         )
     return paths
@@ -281,6 +288,7 @@ def evaluate_checkpoints(
     guidance_scale: float | None = None,
     seed: int = 0,
     figure_slices: int = 4,
+    figure_zoom: float | None = None,
     reference: int | None = 2,
     accelerator: str = "auto",
     devices: int | str | list[int] = 1,
@@ -310,6 +318,8 @@ def evaluate_checkpoints(
         sampler, num_steps, guidance_scale: ``generate()`` options (dropped where a method takes none).
         seed: Seeds each slice's noise.
         figure_slices: Rows of the figure (0: none).
+        figure_zoom: Under each slice of the figure, a crop of its organs of this side (a
+            fraction of the slice's, in (0, 1); 0.4 is x2.5); None: no crops.
         reference: Paper table whose rows join the report (1, 2; None: none).
         accelerator: Lightning accelerator ("auto": a GPU when there is one).
         devices, num_nodes, strategy: Lightning's, for the metric suite on several processes
@@ -327,6 +337,10 @@ def evaluate_checkpoints(
 
     if names is not None and len(names) != len(checkpoints):
         raise ValueError(f"names={list(names)} gives {len(names)} names for {len(checkpoints)} checkpoints")
+    if figure_zoom is not None and not 0.0 < figure_zoom < 1.0:
+        raise ValueError(
+            f"figure_zoom={figure_zoom}: the crop's side is a fraction of the slice's, in (0, 1)"
+        )
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"metrics={list(metrics)}: unknown {unknown}; choose from {list(METRICS)}")
@@ -417,4 +431,6 @@ def evaluate_checkpoints(
             rows[name].update(totalseg_dice(model, cases, scorer, seed=seed, **model.generate_kwargs(**opts)))
     # the figure's slices with the context a 2.5D model needs (2D models ignore it)
     batch = figure_batch(next(iter(context_dm.values()), dm), figure_slices) if figure_slices > 0 else None
-    return write_evaluation(rows, output, models=models, batch=batch, reference=reference, seed=seed, **opts)
+    return write_evaluation(
+        rows, output, models=models, batch=batch, reference=reference, seed=seed, zoom=figure_zoom, **opts
+    )

@@ -7,6 +7,7 @@ import lightning as L
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 from test_synthesis import LutModel
 
@@ -55,7 +56,8 @@ def test_evaluate_report_matches_direct_psnr(lut_checkpoint, tmp_path):
     cfg, args = _data_config(tmp_path / "data.yaml")
     out = tmp_path / "report"
     rc = main(["--checkpoint", str(lut_checkpoint), "--name", "LUT", "--data_config", str(cfg), "--output", str(out),
-               "--metrics", "psnr", "ssim", "--figure_slices", "2", "--accelerator", "cpu"])  # fmt: skip
+               "--metrics", "psnr", "ssim", "--figure_slices", "2", "--figure_zoom", "0.5",
+               "--accelerator", "cpu"])  # fmt: skip
     assert rc == 0
     rows = {r["Method"]: r for r in csv.DictReader((out / "report.csv").open())}
     assert "LUT" in rows and "Mask-guided DDPM (paper)" in rows
@@ -71,6 +73,10 @@ def test_evaluate_report_matches_direct_psnr(lut_checkpoint, tmp_path):
         and (out / "report.tex").is_file()
         and (out / "report.png").stat().st_size > 0
     )
+    # --figure_zoom adds a crop row under each of the 2 slices: 4 rows of 2-inch panels for 3
+    # columns (mask, real, LUT), so the figure is taller than wide (without crops: 900 x 648 px)
+    width, height = Image.open(out / "report.png").size
+    assert height > width
 
 
 def test_evaluate_bad_input(lut_checkpoint, tmp_path, capsys):
@@ -79,6 +85,9 @@ def test_evaluate_bad_input(lut_checkpoint, tmp_path, capsys):
     assert "--segmenter" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "none.ckpt"), "--output", str(out), "--metrics", "psnr"]) == 2
     assert "none.ckpt" in capsys.readouterr().err
+    argv = ["--checkpoint", str(lut_checkpoint), "--output", str(out), "--metrics", "psnr"]
+    assert main([*argv, "--figure_zoom", "1.5"]) == 2
+    assert "--figure_zoom 1.5" in capsys.readouterr().err and not out.exists()
 
 
 def test_evaluate_refuses_data_of_another_label_set_before_sampling(lut_checkpoint, tmp_path, capsys):

@@ -27,6 +27,7 @@ FLAGS = {
     "totalseg=True": "--totalseg [WEIGHTS_DIR]",
     "names=": "--name ",
     "metrics=": "--metrics ",
+    "figure_zoom=": "--figure_zoom ",
 }
 
 
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--totalseg_fast", action="store_true", help="TotalSegmentator's 3 mm model")
     add_sampling_arguments(p)
     p.add_argument("--figure_slices", type=int, default=4, help="rows of report.png (0: no figure)")
+    p.add_argument(
+        "--figure_zoom",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="under each slice of report.png, a crop of its organs, Z x the slice's side (0 < Z < 1; 0.4: x2.5)",
+    )
     p.add_argument(
         "--reference", type=int, choices=(0, 1, 2), default=2, help="paper table for reference rows (0: none)"
     )
@@ -133,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             guidance_scale=a.guidance_scale,
             seed=a.seed,
             figure_slices=a.figure_slices,
+            figure_zoom=a.figure_zoom,
             reference=a.reference or None,
             accelerator=a.accelerator,
             devices=a.devices,
