@@ -138,8 +138,10 @@ def datamodule(
     cache: Path | None,
     image_size: int = 128,
     batch_size: int = 8,
+    augment: bool = True,
 ) -> NNUNetDataModule:
-    """The case in ``label_set``, split and augmented as experiments/realct/_base.yaml (128x128)."""
+    """The case in ``label_set``, split and augmented as experiments/realct/_base.yaml (128x128);
+    ``augment=False`` trains on the stored slices only."""
     return NNUNetDataModule(
         root,
         label_set=label_set,
@@ -149,7 +151,7 @@ def datamodule(
         num_workers=0,
         cache_dir=cache,
         test_slab=REALCT_TEST_SLAB,
-        augment=True,
+        augment=augment,
         progress=False,
         window_level=window[0],
         window_width=window[1],
@@ -397,6 +399,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", type=float, nargs=2, default=(40.0, 400.0), metavar=("LEVEL", "WIDTH"))
     p.add_argument("--image-size", type=int, default=128, help="slice size (128, experiments/realct's)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="train without the recipe's flips and affines (to measure them)",
+    )
     p.add_argument("--methods", nargs="+", default=list(realct_methods()), choices=list(realct_methods()))
     p.add_argument("--budget", type=float, default=40.0, help="training minutes per method (40)")
     p.add_argument("--seeds", type=int, default=4)
@@ -450,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = ensure_dataset(args.dataset, args.source)
     window = tuple(args.window)
     sizes = {"image_size": args.image_size, "batch_size": args.batch_size}
-    train_dm = datamodule(root, args.label_set, window, args.cache, **sizes)
+    train_dm = datamodule(root, args.label_set, window, args.cache, **sizes, augment=not args.no_augment)
     score_dm = train_dm if args.label_set == "amos" else datamodule(root, "amos", window, args.cache, **sizes)
     ts_dm = (
         train_dm
@@ -491,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "dataset": f"Real CT {args.image_size}x{args.image_size} ({root.name})",
                 "window": list(window),
                 "test_slab": list(REALCT_TEST_SLAB),
+                "augment": not args.no_augment,
             },
             extra=combine(
                 hu_scorer(window),

@@ -102,6 +102,22 @@ def test_tiny_run_on_the_fixture(tmp_path, monkeypatch):
     assert "copy rate" in (tmp_path / "out" / "quality.md").read_text()
 
 
+def test_no_augment_reaches_the_training_data_and_the_header(tmp_path, monkeypatch):
+    """``--no-augment`` trains on the stored slices: the training data module the protocol gets has
+    augmentation off (on by default, as experiments/realct), and the result's header says so."""
+    seen = []
+
+    def fake_run_quality(s, methods, out, score_dm, train_dm, **kw):
+        seen.append((train_dm.augmentation is not None, kw["header"]["augment"]))
+        raise realct.ResumeError("stop here")
+
+    monkeypatch.setattr(realct, "run_quality", fake_run_quality)
+    base = ["--source", str(REALCT_DIR), "--dataset", str(tmp_path / "ds"), "--cache", str(tmp_path / "c"),
+            "--image-size", "32", "--output", str(tmp_path / "out")]  # fmt: skip
+    assert realct.main(base) == 2 and realct.main([*base, "--no-augment"]) == 2
+    assert seen == [(True, True), (False, False)]
+
+
 @pytest.mark.parametrize("fractions", [["0.3", "1.0"], ["0.5"]])
 def test_score_fractions_outside_the_saved_checkpoints_are_refused(fractions, capsys):
     """Only the saved checkpoints (25, 50, 100 %) can be scored, and the last one always is."""
