@@ -18,6 +18,7 @@ import realct  # noqa: E402
 from medsynth.data.nnunet import REALCT_DIR  # noqa: E402
 from medsynth.labels import get_label_set  # noqa: E402
 from medsynth.models import SynthesisModule  # noqa: E402
+from medsynth.synthesis import load_model  # noqa: E402
 
 
 def test_hu_scores_are_medians_in_hounsfield_units():
@@ -77,19 +78,23 @@ def test_tiny_run_on_the_fixture(tmp_path, monkeypatch):
     """One method, one seed, seconds of training at 32x32: quality.json holds the HU metrics and the
     memorization check of every row, realct.md the tables and the target line, and the scored slices
     are the held-out slab (FRD left out here: PyRadiomics is slow; its scorer is tested in test_frd).
-    ``--score-fractions 1.0`` scores the last checkpoint only; all three are still saved."""
+    ``--score-fractions 1.0`` scores the last checkpoint only; all three are still saved. With
+    ``--window 0 2000`` the model is built with the data's window (a model of the paper's would be
+    refused by the data) and its checkpoint records it."""
     monkeypatch.chdir(tmp_path)
     args = [
         "--source", str(REALCT_DIR), "--dataset", str(tmp_path / "ds"), "--cache", str(tmp_path / "cache"),
         "--budget", "0.02", "--seeds", "1", "--methods", "conditional_ddpm", "--image-size", "32",
         "--segmenter-steps", "2", "--num-steps", "2", "--output", str(tmp_path / "out"), "--no-frd",
-        "--score-fractions", "1.0",
+        "--score-fractions", "1.0", "--window", "0", "2000",
     ]  # fmt: skip
     assert realct.main(args) == 0
     res = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert list(res["methods"]["conditional_ddpm"]) == ["1.0"]
     saved = sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("conditional_ddpm_*.ckpt"))
     assert saved == ["conditional_ddpm_100.ckpt", "conditional_ddpm_25.ckpt", "conditional_ddpm_50.ckpt"]
+    assert res["window"] == [0.0, 2000.0]
+    assert load_model(tmp_path / "out" / "checkpoints" / "conditional_ddpm_100.ckpt").window == (0.0, 2000.0)
     assert res["test_slab"] == [20, 34] and res["num_eval"] == 14
     for row in (res["real"], res["painting"], res["methods"]["conditional_ddpm"]["1.0"]["metrics"]):
         assert {"hu/liver", "hu/aorta", "hu/air", "hu/bone", "memorization/copy_rate"} <= set(row)

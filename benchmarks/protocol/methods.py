@@ -97,15 +97,23 @@ def recipes(names: list[str] | tuple[str, ...], table: MethodTable = METHODS) ->
 
 
 def build_model(
-    name: str, image_size: int = 64, label_set: str = "amos", table: MethodTable = METHODS, seed: int = 0
+    name: str,
+    image_size: int = 64,
+    label_set: str = "amos",
+    table: MethodTable = METHODS,
+    seed: int = 0,
+    window: tuple[float, float] = (40.0, 400.0),
 ) -> L.LightningModule:
     """A fresh model of ``name``'s recipe, its weights drawn after ``torch.manual_seed(seed)``.
 
-    ``label_set`` other than ``"amos"`` is passed on (the default is left out of the init args).
+    ``label_set`` other than ``"amos"`` and a CT ``window`` (level, width in HU; the data's) other
+    than the paper's are passed on (the defaults are left out of the init args).
     """
     cls = method_class(name, table)
     torch.manual_seed(seed)
-    extra = {} if label_set == "amos" else {"label_set": label_set}
+    extra: dict[str, Any] = {} if label_set == "amos" else {"label_set": label_set}
+    if tuple(map(float, window)) != (40.0, 400.0):
+        extra.update(window_level=float(window[0]), window_width=float(window[1]))
     return cls(image_size=image_size, **_entry(name, table)[1], **extra)
 
 

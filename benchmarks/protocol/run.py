@@ -139,6 +139,11 @@ class Settings:
         return {"sampler": self.sampler, "num_steps": self.num_steps}
 
 
+def data_window(dm: L.LightningDataModule) -> tuple[float, float]:
+    """The CT window (level, width in HU) of a data module's images; the paper's without one."""
+    return tuple(float(v) for v in getattr(dm, "window", (40.0, 400.0)))  # type: ignore[return-value]
+
+
 def _prepare(*dms: L.LightningDataModule) -> None:
     """``prepare_data`` of each distinct data module (a cached dataset validates its cases and
     builds its slice cache there; the phantom has nothing to do)."""
@@ -207,7 +212,7 @@ def calibrate_methods(
         log(
             f"=== {name}: timing {s.calibration_steps} training steps (after {s.calibration_warmup}) for {path}"
         )
-        model = build_model(name, train_dm.image_size, s.label_set, table)
+        model = build_model(name, train_dm.image_size, s.label_set, table, window=data_window(train_dm))
         sps = calibrate(model, train_dm, s.accelerator, s.calibration_steps, s.calibration_warmup)
         entries = read_calibration(path)
         entries[name] = known[name] = calibration_entry(
@@ -385,7 +390,7 @@ def run_quality(
             )
             results["runs"][name]["reused_checkpoints"] = True
         else:
-            model = build_model(name, train_dm.image_size, s.label_set, table)
+            model = build_model(name, train_dm.image_size, s.label_set, table, window=data_window(train_dm))
             budget = {"steps": steps} if steps else {"minutes": s.budget_min}
             ckpts = train_method(model, name, train_dm, ckpt_dir, s.accelerator, **budget)
         per: dict[str, Any] = {}
