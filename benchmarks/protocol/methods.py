@@ -17,6 +17,8 @@ import lightning as L
 import torch
 import yaml
 
+from medsynth.data.transforms import WINDOW_LEVEL, WINDOW_WIDTH
+
 __all__ = [
     "DIFFUSION",
     "DIFFUSION_RECIPE",
@@ -102,7 +104,7 @@ def build_model(
     label_set: str = "amos",
     table: MethodTable = METHODS,
     seed: int = 0,
-    window: tuple[float, float] = (40.0, 400.0),
+    window: tuple[float, float] = (WINDOW_LEVEL, WINDOW_WIDTH),
 ) -> L.LightningModule:
     """A fresh model of ``name``'s recipe, its weights drawn after ``torch.manual_seed(seed)``.
 
@@ -112,7 +114,7 @@ def build_model(
     cls = method_class(name, table)
     torch.manual_seed(seed)
     extra: dict[str, Any] = {} if label_set == "amos" else {"label_set": label_set}
-    if tuple(map(float, window)) != (40.0, 400.0):
+    if tuple(map(float, window)) != (WINDOW_LEVEL, WINDOW_WIDTH):
         extra.update(window_level=float(window[0]), window_width=float(window[1]))
     return cls(image_size=image_size, **_entry(name, table)[1], **extra)
 

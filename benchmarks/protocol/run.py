@@ -21,6 +21,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from medsynth.data.transforms import WINDOW_LEVEL, WINDOW_WIDTH
+
 from .budget import (
     FRACTIONS,
     calibrate,
@@ -141,7 +143,7 @@ class Settings:
 
 def data_window(dm: L.LightningDataModule) -> tuple[float, float]:
     """The CT window (level, width in HU) of a data module's images; the paper's without one."""
-    return tuple(float(v) for v in getattr(dm, "window", (40.0, 400.0)))  # type: ignore[return-value]
+    return tuple(float(v) for v in getattr(dm, "window", (WINDOW_LEVEL, WINDOW_WIDTH)))  # type: ignore[return-value]
 
 
 def _prepare(*dms: L.LightningDataModule) -> None:
