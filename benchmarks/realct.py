@@ -58,6 +58,7 @@ from benchmarks.protocol import (  # noqa: E402
     Settings,
     aggregate,
     calibrate_methods,
+    check_score_fractions,
     combine,
     fmt,
     frd_scorer,
@@ -442,8 +443,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.calibrate_only and a.calibration is None:
         p.error("--calibrate-only needs --calibration FILE")
-    if not set(a.score_fractions) <= set(FRACTIONS) or 1.0 not in a.score_fractions:
-        p.error(f"--score-fractions must be among {list(FRACTIONS)} and include 1.0, got {a.score_fractions}")
+    try:
+        check_score_fractions(a.score_fractions)
+    except ValueError as e:
+        p.error(f"--score-fractions: {e}")
     return a
 
 

@@ -125,10 +125,14 @@ def test_no_augment_reaches_the_training_data_and_the_header(tmp_path, monkeypat
 
 @pytest.mark.parametrize("fractions", [["0.3", "1.0"], ["0.5"]])
 def test_score_fractions_outside_the_saved_checkpoints_are_refused(fractions, capsys):
-    """Only the saved checkpoints (25, 50, 100 %) can be scored, and the last one always is."""
+    """Only the saved checkpoints (25, 50, 100 %) can be scored, and the last one always is: a CLI
+    error naming the flag, and the protocol's Settings refuse them too."""
     with pytest.raises(SystemExit) as e:
         realct.parse_args(["--score-fractions", *fractions])
     assert e.value.code == 2 and "--score-fractions" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="include 1.0"):
+        realct.Settings(score_fractions=tuple(map(float, fractions)))
+    assert realct.Settings(score_fractions=(0.5, 1.0)).score_fractions == (0.5, 1.0)
 
 
 class _Flat(SynthesisModule):

@@ -59,7 +59,7 @@ from .resume import (
     previous_results,
     sha256,
 )
-from .run import Settings, calibrate_methods, figure_slices, run_quality, run_samplers
+from .run import Settings, calibrate_methods, check_score_fractions, figure_slices, run_quality, run_samplers
 from .scoring import (
     TARGET_ORGANS,
     SegmenterFeatures,
@@ -98,6 +98,7 @@ __all__ = [
     "build_model",
     "calibrate",
     "calibrate_methods",
+    "check_score_fractions",
     "calibration_entry",
     "check_calibration",
     "check_compatible",

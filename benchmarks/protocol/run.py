@@ -76,6 +76,15 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
+def check_score_fractions(fractions: Sequence[float]) -> None:
+    """Raise a ValueError unless ``fractions`` are among the saved checkpoints' (``FRACTIONS``)
+    and include 1.0 (the table's and the figure's row)."""
+    if not set(fractions) <= set(FRACTIONS) or 1.0 not in fractions:
+        raise ValueError(
+            f"score fractions must be among {list(FRACTIONS)} and include 1.0, got {list(fractions)}"
+        )
+
+
 @dataclasses.dataclass
 class Settings:
     """The options of a protocol run (the command-line flags of benchmarks/quality.py).
@@ -121,11 +130,7 @@ class Settings:
     score_fractions: tuple[float, ...] = FRACTIONS
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.score_fractions if f not in FRACTIONS]
-        if bad or 1.0 not in self.score_fractions:
-            raise ValueError(
-                f"score_fractions must be a subset of {FRACTIONS} that includes 1.0, got {self.score_fractions}"
-            )
+        check_score_fractions(self.score_fractions)
 
     @property
     def accelerator(self) -> str:
