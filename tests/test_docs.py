@@ -319,6 +319,102 @@ def dpm_miss_problems(texts: dict[str, str], samplers: dict) -> list[str]:
     return problems
 
 
+# The real-CT tables: each row names its result file, method and checkpoint (fraction of the budget).
+REALCT = "docs/benchmarks.md real-CT"
+REALCT_TARGETS = ("liver", "spleen", "right_kidney", "left_kidney", "aorta")
+REALCT_SETTINGS_ROWS = {
+    "the recipe: TotalSegmentator labels, augmented, window 40/400": ("realct_40", "mask_guided_ddpm", "0.5"),
+    "AMOS labels (15 organs + body, as the paper)": ("realct_40/settings/amos_20", "mask_guided_ddpm", "1.0"),
+    "conditional DDPM, the recipe (its 40-minute run's 50 % checkpoint)": (
+        "realct_40",
+        "conditional_ddpm",
+        "0.5",
+    ),
+    "conditional DDPM, AMOS labels": ("realct_40/settings/amos_20_conditional", "conditional_ddpm", "1.0"),
+    "edge-guided DDPM, the recipe (its 40-minute run's 50 % checkpoint)": (
+        "realct_40",
+        "edge_guided_ddpm",
+        "0.5",
+    ),
+    "edge-guided DDPM, AMOS labels": (
+        "realct_40/settings/amos_20_edge_guided_ddpm",
+        "edge_guided_ddpm",
+        "1.0",
+    ),
+    "SDM, AMOS labels": ("realct_40/settings/amos_20_sdm", "sdm", "1.0"),
+    "SPADE, the recipe (its 40-minute run's 50 % checkpoint)": ("realct_40", "spade", "0.5"),
+    "SPADE, AMOS labels": ("realct_40/settings/amos_20_spade", "spade", "1.0"),
+    "no augmentation": ("realct_40/settings/noaug_20", "mask_guided_ddpm", "1.0"),
+}
+# Rows checked by hand: another window, so some cells hold the real slices' values in brackets.
+REALCT_SETTINGS_UNCHECKED = ("wide window",)
+
+
+def _largest_hu_error(run: dict) -> dict:
+    """Each seed's largest absolute organ HU error over the five target organs: mean and SD."""
+    v = [max(abs(s[f"hu/{o}"]) for o in REALCT_TARGETS) for s in run["per_seed"]]
+    mean = sum(v) / len(v)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return {"mean": mean, "sd": sd}
+
+
+def realct_table_problems(doc: str, results: dict[str, dict]) -> list[str]:
+    """The real-CT section's two tables (every method row at 100 %, and "one setting at a time"),
+    every number, against the quality.json files (``results``: folder under benchmarks/results
+    -> its quality.json)."""
+    section = _section(doc, "## Real CT: one patient at 128x128 (`benchmarks/realct.py`)")
+    tables = re.findall(r"(?:^\|.*\n)+", section, re.MULTILINE)
+    checked = [tb for tb in tables if tb.startswith(("| row (HU", "| setting"))]
+    rows = [_cells(r) for tb in checked for r in tb.splitlines()[2:]]
+    problems, seen = ([] if len(checked) == 2 else [f"{REALCT}: {len(checked)} of its 2 tables found"]), set()
+    for cells in rows:
+        label = cells[0]
+        main = re.fullmatch(r"(\w+) \((\d+) steps\)", label)
+        if main:
+            run = results["realct_40"]["methods"][main.group(1)]["1.0"]
+            m = run["metrics"]
+            want = _stat(m["psnr"], 2) + _stat(m["ssim"], 3) + _stat(_largest_hu_error(run), 1)
+            for o in REALCT_TARGETS:
+                want += _stat(m[f"hu/{o}"], 1)
+            want += _stat(m["hu/bone"], 0) + _stat(m["dice/mean"], 3) + _stat(m["frechet_seg"], 4)
+            want += _stat(m["frd"], 1) + _stat(m["memorization/copy_rate"], 3)
+            steps = main.group(2)
+            if steps != str(run["step"]):
+                problems.append(f"{REALCT} row '{label}': {steps} steps, quality.json {run['step']}")
+            got = NUMBER.findall(" ".join(cells[1:]))
+        elif label in REALCT_SETTINGS_ROWS:
+            folder, method, fraction = REALCT_SETTINGS_ROWS[label]
+            seen.add(label)
+            run = results[folder]["methods"][method][fraction]
+            m = run["metrics"]
+            want = [str(run["step"])] + _stat(m["psnr"], 2) + _stat(m["ssim"], 3)
+            for o in REALCT_TARGETS:
+                want += _stat(m[f"hu/{o}"], 1)
+            want += [f"{_largest_hu_error(run)['mean']:.1f}"] + _stat(m["hu/bone"], 0)
+            want += (
+                _stat(m["dice/mean"], 3) + _stat(m["frechet_seg"], 4) + _stat(m["memorization/copy_rate"], 3)
+            )
+            got = NUMBER.findall(" ".join(cells[1:]))
+        elif label.startswith(REALCT_SETTINGS_UNCHECKED):
+            continue
+        elif label in ("real slices",) or label.startswith("class-mean painting"):
+            continue  # reference rows: shared by every run of the case, stated once
+        else:
+            problems.append(f"{REALCT} row '{label}': no result file is known for it (REALCT_SETTINGS_ROWS)")
+            continue
+        if got != want:
+            problems.append(f"{REALCT} row '{label}': {got}, quality.json gives {want}")
+    missing = sorted(set(REALCT_SETTINGS_ROWS) - seen)
+    if missing:
+        problems.append(f"{REALCT}: no 'one setting at a time' row {missing}")
+    return problems
+
+
+def _realct_results() -> dict[str, dict]:
+    folders = {"realct_40", *(f for f, _, _ in REALCT_SETTINGS_ROWS.values())}
+    return {f: _load(f"{f}/quality.json") for f in folders}
+
+
 def test_readme_quality_psnr_equals_quality_json():
     quality = _load("quality_30/quality.json")
     assert readme_quality_problems((ROOT / "README.md").read_text(), quality) == []
@@ -331,6 +427,7 @@ def test_benchmark_tables_equal_the_result_files():
     assert sampler_table_problems(doc, samplers) == []
     texts = {"README.md": (ROOT / "README.md").read_text(), "docs/benchmarks.md": doc}
     assert dpm_miss_problems(texts, samplers) == []
+    assert realct_table_problems(doc, _realct_results()) == []
 
 
 def test_the_benchmark_checkers_catch_a_changed_number():
@@ -347,6 +444,17 @@ def test_the_benchmark_checkers_catch_a_changed_number():
     assert sampler_table_problems(doc.replace("0.0131 | no |", "0.0131 | yes |", 1), samplers)
     assert dpm_miss_problems({"README.md": readme.replace("0.0002-0.0006", "0.0002-0.0005")}, samplers)
     assert dpm_miss_problems({"docs/benchmarks.md": doc.replace("0.0202)", "0.0203)")}, samplers)
+    realct = _realct_results()
+    assert realct_table_problems(
+        doc.replace("| SPADE, AMOS labels | 1241 | 18.08 |", "| SPADE, AMOS labels | 1241 | 18.09 |"), realct
+    )
+    assert realct_table_problems(
+        doc.replace("| sdm (1212 steps) | 19.27 ± 0.07 |", "| sdm (1213 steps) | 19.27 ± 0.07 |"), realct
+    )
+    assert realct_table_problems(
+        doc.replace("| 938 | 16.66 ± 0.06 |", "| 938 | 16.66 |"), realct
+    )  # SD left out
+    assert realct_table_problems(doc.replace("| SDM, AMOS labels |", "| SDM with AMOS labels |"), realct)
 
 
 def test_readme_sampling_speed_ranges_equal_the_docs_table():
