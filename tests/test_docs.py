@@ -341,6 +341,7 @@ REALCT_SETTINGS_ROWS = {
         "edge_guided_ddpm",
         "1.0",
     ),
+    "SDM, the recipe (20 minutes)": ("realct_40/settings/ts_20_sdm", "sdm", "1.0"),
     "SDM, AMOS labels": ("realct_40/settings/amos_20_sdm", "sdm", "1.0"),
     "SPADE, the recipe (its 40-minute run's 50 % checkpoint)": ("realct_40", "spade", "0.5"),
     "SPADE, AMOS labels": ("realct_40/settings/amos_20_spade", "spade", "1.0"),
