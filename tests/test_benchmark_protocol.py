@@ -300,7 +300,10 @@ def test_reference_rows_from_the_committed_segmenter_equal_the_committed_numbers
     """The real-slice and class-mean-painting rows of benchmarks/results/quality_30, recomputed
     from its segmenter.pt on its 32 test slices: every metric as committed. Measured: identical to
     the last bit at 1 and 2 torch threads; rel 1e-12 leaves room for another BLAS's summation order
-    only."""
+    only. The segmenter-feature FD is the exception: its features are float32 convolutions whose
+    CPU kernels differ between processor models (another 2-core AMD EPYC gave the FDs with relative
+    differences of 1.6e-8 and 1.7e-9, every other metric to the last bit), so it gets rel 1e-6, a few
+    float32 ulps."""
     committed = json.loads((RESULTS / "quality.json").read_text())
     seg_file = RESULTS / "checkpoints" / "segmenter.pt"
     assert sha256(seg_file) == committed["segmenter_sha256"]
@@ -312,7 +315,8 @@ def test_reference_rows_from_the_committed_segmenter_equal_the_committed_numbers
         assert set(row) == set(committed[name])
         for k, v in row.items():
             want = committed[name][k]["mean"]
-            assert (math.isnan(v) and math.isnan(want)) or v == pytest.approx(want, rel=1e-12, abs=0), (
+            rel = 1e-6 if k == "frechet_seg" else 1e-12
+            assert (math.isnan(v) and math.isnan(want)) or v == pytest.approx(want, rel=rel, abs=0), (
                 name,
                 k,
             )
