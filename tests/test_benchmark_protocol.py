@@ -41,6 +41,7 @@ from benchmarks.protocol import (
     organ_table,
     phantom,
     quiet_trainer,
+    rank_agreement,
     read_calibration,
     reference_rows,
     score,
@@ -191,6 +192,35 @@ def test_aggregate_is_the_mean_and_sample_sd_over_seeds() -> None:
         assert got[k]["sd"] == pytest.approx(statistics.stdev(vals), rel=1e-12)  # ddof 1
         assert got[k]["n"] == 5
     assert aggregate([{"psnr": 3.0}]) == {"psnr": {"mean": 3.0, "sd": 0.0, "n": 1}}
+
+
+def test_rank_agreement_matches_scipys_spearman_and_kendall() -> None:
+    """Spearman's rho equals scipy's (ties averaged); without ties the discordant pairs follow from
+    Kendall's tau, D = (1 - tau) / 2 * n(n-1)/2; rows without a finite mean of both are left out."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n = int(rng.integers(3, 9))
+        a = rng.normal(size=n)
+        b = a * rng.uniform(-1, 1) + rng.normal(size=n)
+        if trial % 2:  # ties in both metrics
+            a, b = np.round(a), np.round(b, 1)
+        rows = {f"m{i}": {"fd": {"mean": float(a[i])}, "frd": {"mean": float(b[i])}} for i in range(n)}
+        rows["real"] = {"fd": {"mean": 0.01}, "frd": {"mean": float("nan")}}
+        got = rank_agreement(rows, "fd", "frd")
+        want = stats.spearmanr(a, b).statistic
+        if np.isnan(want):
+            assert math.isnan(got["rho"])
+        else:
+            assert got["rho"] == pytest.approx(want, abs=1e-12)
+        assert got["pairs"] == n * (n - 1) // 2 and "real" not in got["order_a"]
+        if len(set(a)) == n and len(set(b)) == n:
+            tau = stats.kendalltau(a, b).statistic
+            assert got["discordant"] == round((1 - tau) / 2 * got["pairs"])
+        assert [rows[k]["fd"]["mean"] for k in got["order_a"]] == sorted(a.tolist())
+    two = {"x": {"fd": {"mean": 1.0}, "frd": {"mean": 2.0}}, "y": {"fd": {"mean": 2.0}, "frd": {"mean": 1.0}}}
+    assert rank_agreement(two, "fd", "frd") is None
 
 
 class StubFeatures:

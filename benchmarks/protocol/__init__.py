@@ -48,7 +48,16 @@ from .methods import (
     recipes,
 )
 from .references import painting_row, reference_rows, training_class_means
-from .report import claims, fmt, markdown, sampler_markdown, within_2pct, write_figure, write_quality
+from .report import (
+    claims,
+    fmt,
+    markdown,
+    rank_agreement,
+    sampler_markdown,
+    within_2pct,
+    write_figure,
+    write_quality,
+)
 from .resume import (
     RUN_SETTINGS,
     ResumeError,
@@ -113,6 +122,7 @@ __all__ = [
     "load_segmenter",
     "machine",
     "markdown",
+    "rank_agreement",
     "method_class",
     "organ_scores",
     "organ_table",

@@ -24,6 +24,7 @@ __all__ = [
     "fmt",
     "markdown",
     "organ_names",
+    "rank_agreement",
     "sampler_markdown",
     "within_2pct",
     "write_figure",
@@ -183,7 +184,62 @@ def distribution_table(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
         lines.append(
             f"| {label} | " + " | ".join(fmt(m.get(k), d) for _, k, d in DISTRIBUTION_COLUMNS) + " |"
         )
+    agree = rank_agreement(rows, "frechet_seg", "frd")
+    if agree is not None:
+        lines += [
+            "",
+            f"FD and FRD rank the {len(agree['order_a'])} rows with both (lower first): FD "
+            f"{' < '.join(agree['order_a'])}; FRD {' < '.join(agree['order_b'])}. Spearman rho "
+            f"{agree['rho']:.2f}; {agree['discordant']} of {agree['pairs']} pairs ordered differently "
+            "(means; a pair closer than the seed SDs may swap by chance).",
+        ]
     return lines
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Ranks 1..n of ``values``, ties given the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def rank_agreement(rows: Mapping[str, Mapping[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    """Do metrics ``a`` and ``b`` (lower is better) order the rows alike? Over the rows whose means
+    of both are finite: Spearman's rho (Pearson correlation of the ranks, ties averaged), the pairs
+    the two order differently (a tie in either counts as agreement) and each order (row labels,
+    lowest first). ``None`` with fewer than 3 such rows."""
+    both = {
+        label: (float(m[a]["mean"]), float(m[b]["mean"]))
+        for label, m in rows.items()
+        if a in m and b in m and math.isfinite(m[a]["mean"]) and math.isfinite(m[b]["mean"])
+    }
+    if len(both) < 3:
+        return None
+    labels = list(both)
+    va, vb = [both[n][0] for n in labels], [both[n][1] for n in labels]
+    ra, rb = _ranks(va), _ranks(vb)
+    n = len(labels)
+    mean = (n + 1) / 2
+    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb))
+    sa, sb = math.sqrt(sum((x - mean) ** 2 for x in ra)), math.sqrt(sum((y - mean) ** 2 for y in rb))
+    rho = cov / (sa * sb) if sa and sb else float("nan")
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    discordant = sum((va[i] - va[j]) * (vb[i] - vb[j]) < 0 for i, j in pairs)
+    return {
+        "rho": rho,
+        "discordant": int(discordant),
+        "pairs": len(pairs),
+        "order_a": sorted(labels, key=lambda n: both[n][0]),
+        "order_b": sorted(labels, key=lambda n: both[n][1]),
+    }
 
 
 def claims(
