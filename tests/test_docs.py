@@ -19,6 +19,7 @@ import math
 import re
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,6 +410,71 @@ def _realct_results() -> dict[str, dict]:
     return {f: _load(f"{f}/quality.json") for f in folders}
 
 
+# The volumes tables: each follows a paragraph naming its result folder; columns by header.
+VOLUMES = "docs/benchmarks.md volumes"
+VOLUMES_MODES = {"independent (2D)": "independent", "coherent (2D, shared noise)": "coherent", "2.5D": "2.5D"}
+#: header -> (summary key, digits, with SD) per number in the cell
+VOLUMES_COLUMNS = {
+    "adjacent ratio": [("ratio/mean", 2, True)],
+    "texture corr d=2 / d=4": [("syn2/mean", 2, False), ("syn4/mean", 2, False)],
+    "drift held-out (HU)": [("drift/max", 1, True)],
+    "drift whole volume (HU)": [("whole/drift/max", 1, True)],
+    "PSNR": [("psnr", 2, True)],
+    "organ HU error": [("hu_err/mean", 1, True)],
+    "Dice": [("dice/mean", 3, True)],
+}
+
+
+def volumes_table_problems(doc: str, load: Callable[[str], dict]) -> list[str]:
+    """docs/benchmarks.md's 2D-vs-2.5D tables, every synthetic row and the real row's texture and
+    Dice, against the volumes.json each table's paragraph names (``load``: folder -> its JSON)."""
+    section = _section(doc, "### Volumes along z: 2D against 2.5D (`benchmarks/volumes.py`)")
+    problems, found = [], 0
+    for m in re.finditer(r"(?:^\|.*\n)+", section, re.MULTILINE):
+        lines = m.group(0).splitlines()
+        if not lines[0].startswith("| mode |"):
+            continue
+        found += 1
+        named = re.findall(r"benchmarks/results/(volumes_\w+)/", section[: m.start()])
+        if not named:
+            problems.append(f"{VOLUMES}: a table with no result folder named before it")
+            continue
+        res = load(named[-1])
+        header = _cells(lines[0])[1:]
+        unknown = [h for h in header if h not in VOLUMES_COLUMNS]
+        if unknown:
+            problems.append(f"{VOLUMES} {named[-1]}: unknown columns {unknown}")
+            continue
+        for row in lines[2:]:
+            cells = _cells(row)
+            label, values = cells[0], cells[1:]
+            for head, cell in zip(header, values):
+                if label == "real":
+                    if head not in ("texture corr d=2 / d=4", "Dice"):
+                        continue
+                    keys = [("real2/mean", 2), ("real4/mean", 2)] if head != "Dice" else [("dice/mean", 3)]
+                    want = [f"{res['real'][k]:.{d}f}" for k, d in keys]
+                elif label in VOLUMES_MODES:
+                    summary = res["modes"][VOLUMES_MODES[label]]["summary"]
+                    want = []
+                    for key, d, sd in VOLUMES_COLUMNS[head]:
+                        want.append(f"{summary[key]['mean']:.{d}f}")
+                        want += [f"{summary[key]['sd']:.{d}f}"] if sd else []
+                else:
+                    problems.append(f"{VOLUMES} {named[-1]}: unknown row '{label}'")
+                    break
+                got = NUMBER.findall(cell)
+                if got != want:
+                    problems.append(
+                        f"{VOLUMES} {named[-1]} row '{label}', {head}: {got}, volumes.json {want}"
+                    )
+    return problems + ([] if found else [f"{VOLUMES}: no table found"])
+
+
+def _volumes_json(folder: str) -> dict:
+    return _load(f"{folder}/volumes.json")
+
+
 def test_readme_quality_psnr_equals_quality_json():
     quality = _load("quality_30/quality.json")
     assert readme_quality_problems((ROOT / "README.md").read_text(), quality) == []
@@ -422,6 +488,7 @@ def test_benchmark_tables_equal_the_result_files():
     texts = {"README.md": (ROOT / "README.md").read_text(), "docs/benchmarks.md": doc}
     assert dpm_miss_problems(texts, samplers) == []
     assert realct_table_problems(doc, _realct_results()) == []
+    assert volumes_table_problems(doc, _volumes_json) == []
 
 
 def test_the_benchmark_checkers_catch_a_changed_number():
@@ -449,6 +516,10 @@ def test_the_benchmark_checkers_catch_a_changed_number():
         doc.replace("| 938 | 16.66 ± 0.06 |", "| 938 | 16.66 |"), realct
     )  # SD left out
     assert realct_table_problems(doc.replace("| SDM, AMOS labels |", "| SDM with AMOS labels |"), realct)
+    assert volumes_table_problems(
+        doc.replace("| 1.26 ± 0.03 | 0.03 / 0.05 |", "| 1.26 ± 0.03 | 0.03 / 0.06 |"), _volumes_json
+    )
+    assert volumes_table_problems(doc.replace("0.508 ± 0.066 |", "0.508 ± 0.067 |"), _volumes_json)
 
 
 def test_readme_sampling_speed_ranges_equal_the_docs_table():
