@@ -37,9 +37,10 @@ warm-up) and recorded (method, settings, s/step, date, CPU, threads). Time it on
 machine (``--calibrate-only`` times and records without training); every later run with that file
 trains the same number of steps, however loaded the machine.
 
-``--frd`` adds FRD v1 (radiomics; needs ``medsynth[frd]``) beside the segmenter's Fréchet
-distance, ``--memorization`` the copy rate against the training slices (pixel space); both are
-off by default so that a run started without them can be resumed.
+``--hu`` adds each organ's median HU error and IQR (the real and synthetic slices through the
+data's window), ``--frd`` FRD v1 (radiomics; needs ``medsynth[frd]``) beside the segmenter's
+Fréchet distance, ``--memorization`` the copy rate against the training slices (pixel space); all
+three are off by default so that a run started without them can be resumed.
 
 ``--samplers`` instead compares DDIM, DPM-Solver++ and respaced ancestral sampling at 10 / 25 /
 50 / 100 network evaluations against the 1000-step chain on the trained diffusion models (or
@@ -76,6 +77,7 @@ from benchmarks.protocol import (  # noqa: E402
     combine,
     frd_scorer,
     memorization_scorer,
+    organ_hu_scorer,
     phantom,
     run_quality,
     run_samplers,
@@ -139,6 +141,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--reference", default="ddpm:1000", help="--samplers: the reference setting, or 'none' (ddpm:1000)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--hu",
+        action="store_true",
+        help="also score each organ's median HU error and IQR (organ table in HU)",
+    )
     p.add_argument("--frd", action="store_true", help="also score FRD v1 (needs medsynth[frd]; ~0.1 s/slice)")
     p.add_argument(
         "--memorization", action="store_true", help="also score the copy rate against the training slices"
@@ -233,6 +240,7 @@ def run(args: argparse.Namespace) -> None:
         run_samplers(s, out, targets, dm, args.settings, args.reference)
     else:
         extra = combine(
+            organ_hu_scorer(dm.window) if args.hu else None,
             frd_scorer(dm.window) if args.frd else None,
             memorization_scorer(training_images(train_dm)) if args.memorization else None,
         )

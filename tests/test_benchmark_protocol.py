@@ -38,6 +38,7 @@ from benchmarks.protocol import (
     diffusion_steps,
     eval_slices,
     load_segmenter,
+    organ_hu_scorer,
     organ_table,
     phantom,
     quiet_trainer,
@@ -221,6 +222,41 @@ def test_rank_agreement_matches_scipys_spearman_and_kendall() -> None:
         assert [rows[k]["fd"]["mean"] for k in got["order_a"]] == sorted(a.tolist())
     two = {"x": {"fd": {"mean": 1.0}, "frd": {"mean": 2.0}}, "y": {"fd": {"mean": 2.0}, "frd": {"mean": 1.0}}}
     assert rank_agreement(two, "fd", "frd") is None
+
+
+def test_organ_hu_scorer_matches_numpy_on_whole_hu_values() -> None:
+    """Per organ: the median error equals numpy's medians of the HU values (whole HU, inside the
+    window), the IQRs numpy's linear quartiles; an organ absent from the masks is NaN and left out
+    of the largest error."""
+    level, width = 50.0, 350.0
+    rng = np.random.default_rng(5)
+    mask = torch.from_numpy(rng.choice([0, 1, 6, 7], size=(3, 12, 12), p=[0.4, 0.2, 0.3, 0.1]))
+    real_hu = rng.integers(-100, 200, size=(3, 12, 12)).astype(np.float64)
+    fake_hu = real_hu + rng.integers(-20, 30, size=(3, 12, 12))
+    fake_hu = np.clip(fake_hu, level - width / 2, level + width / 2)
+
+    def window_units(hu: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((hu - (level - width / 2)) / width)[:, None].float()
+
+    organs = {"liver": 6, "spleen": 1, "stomach": 7, "aorta": 8}
+    got = organ_hu_scorer((level, width), organs)(
+        window_units(fake_hu), {"image": window_units(real_hu), "mask": mask}
+    )
+    m = mask.numpy()
+    errors = []
+    for name, c in organs.items():
+        if not (m == c).any():
+            assert math.isnan(got[f"hu/{name}"]) and math.isnan(got[f"hu_iqr/{name}"])
+            continue
+        want = float(np.median(fake_hu[m == c]) - np.median(real_hu[m == c]))
+        assert got[f"hu/{name}"] == pytest.approx(want, abs=1e-9)
+        for key, hu in (("hu_iqr", fake_hu), ("hu_iqr_real", real_hu)):
+            q1, q3 = np.percentile(hu[m == c], [25, 75])
+            assert got[f"{key}/{name}"] == pytest.approx(q3 - q1, abs=1e-9)
+        errors.append(abs(want))
+    assert got["hu/abs_max"] == pytest.approx(max(errors), abs=1e-9)
+    with pytest.raises(ValueError, match="width"):
+        organ_hu_scorer((40.0, 0.0))
 
 
 class StubFeatures:

@@ -182,17 +182,28 @@ def test_a_resumed_run_keeps_the_earlier_rows_and_adds_the_new_method(
     assert (out / "quality.json").read_bytes() == before
 
 
-def test_memorization_flag_adds_the_copy_rate_to_every_row(tmp_path: Path, keep_threads) -> None:
+def test_memorization_and_hu_flags_add_their_metrics_to_every_row(tmp_path: Path, keep_threads) -> None:
     """``--memorization``: every row (references and the method) holds the copy rate, the real
     held-out slices score 1/N by construction (only their nearest one lies below their own 5th
-    percentile), and quality.md gains the distribution table."""
+    percentile), and quality.md gains the distribution table. ``--hu``: the organ medians in HU,
+    0 for the real slices against themselves, and quality.md's HU table."""
     out = tmp_path / "q"
     tiny = ["--budget", "0.03", "--seeds", "1", "--num-eval", "4", "--segmenter-steps", "2"]
     assert (
-        main([*tiny, "--threads", "1", "--methods", "pix2pix", "--memorization", "--output", str(out)]) == 0
+        main(
+            [*tiny, "--threads", "1", "--methods", "pix2pix", "--memorization", "--hu", "--output", str(out)]
+        )
+        == 0
     )
     res = json.loads((out / "quality.json").read_text())
     for row in (res["real"], res["painting"], res["methods"]["pix2pix"]["1.0"]["metrics"]):
         assert 0.0 <= row["memorization/copy_rate"]["mean"] <= 1.0
     assert res["real"]["memorization/copy_rate"]["mean"] == 0.25
     assert "| copy rate |" in (out / "quality.md").read_text()
+    assert res["real"]["hu/liver"]["mean"] == 0.0 and res["real"]["hu/abs_max"]["mean"] == 0.0
+    pix = res["methods"]["pix2pix"]["1.0"]["metrics"]
+    assert (
+        math.isfinite(pix["hu/liver"]["mean"])
+        and pix["hu_iqr_real/liver"] == res["real"]["hu_iqr_real/liver"]
+    )
+    assert "Organ statistics in HU" in (out / "quality.md").read_text()

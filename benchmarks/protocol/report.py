@@ -22,6 +22,7 @@ from .resume import atomic_write
 __all__ = [
     "claims",
     "fmt",
+    "hu_table",
     "markdown",
     "organ_names",
     "rank_agreement",
@@ -147,11 +148,39 @@ def markdown(results: Mapping[str, Any]) -> str:
             + " | ".join(fmt(m.get(f"dice/{o}"), 3) for o in organs)
             + " |"
         )
+    lines += hu_table(rows, organs)
     lines += distribution_table(rows)
     found = claims(results)
     if found:
         lines += ["", "Claims of Zhuang et al. on this run:", ""] + [f"- {c}" for c in found]
     return "\n".join(lines) + "\n"
+
+
+def hu_table(rows: Mapping[str, Mapping[str, Any]], organs: Sequence[str]) -> list[str]:
+    """Markdown lines of the organ statistics in HU at 100 % (``--hu``): per organ the synthetic
+    minus real median and the synthetic IQR (the real row: its own IQR); else no lines."""
+    if not any("hu/abs_max" in m for m in rows.values()):
+        return []
+    lines = [
+        "",
+        "Organ statistics in HU at 100% of the budget: per organ, median HU of the synthetic pixels minus the "
+        "real ones, pooled over the test slices, and the IQR of the synthetic pixels (real row: the real IQR); "
+        "largest |error| over the organs first.",
+        "",
+        "| method | largest error | " + " | ".join(organs) + " |",
+        "|---|---|" + "---|" * len(organs),
+    ]
+    for label, m in rows.items():
+        if "hu/abs_max" not in m:
+            continue
+        if label == "real slices":
+            cells = [fmt(m["hu/abs_max"], 1)] + [f"IQR {fmt(m.get(f'hu_iqr_real/{o}'), 0)}" for o in organs]
+        else:
+            cells = [fmt(m["hu/abs_max"], 1)] + [
+                f"{fmt(m.get(f'hu/{o}'), 1)}, IQR {fmt(m.get(f'hu_iqr/{o}'), 0)}" for o in organs
+            ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 #: The columns of :func:`distribution_table`: header, metric key, digits.

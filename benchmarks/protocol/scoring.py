@@ -13,6 +13,7 @@
   dimensions), comparable only within one benchmark.
 
 Optional scorers of more metrics (:data:`Extra`, joined with :func:`combine`):
+:func:`organ_hu_scorer` (each organ's median HU error and IQR, the scale a radiologist reads),
 :func:`frd_scorer` (FRD v1, needs ``medsynth[frd]``) and :func:`memorization_scorer` (copy rate
 against the training slices, pixel space).
 
@@ -36,6 +37,7 @@ from medsynth.metrics import (
     background_mean,
     dice_per_class,
     frechet_distance,
+    organ_hu_statistics,
     organ_intensity_error,
     psnr,
     ssim,
@@ -51,6 +53,7 @@ __all__ = [
     "combine",
     "frd_scorer",
     "memorization_scorer",
+    "organ_hu_scorer",
     "Features",
     "SegmenterFeatures",
     "aggregate",
@@ -188,6 +191,39 @@ def combine(*extras: Extra | None) -> Extra:
         out: dict[str, float] = {}
         for e in parts:
             out.update(e(synth, batch))
+        return out
+
+    return scores
+
+
+def organ_hu_scorer(window: tuple[float, float], organs: Mapping[str, int] = TARGET_ORGANS) -> Extra:
+    """Organ statistics in HU (:func:`medsynth.metrics.organ_hu_statistics`: histograms at 1 HU,
+    numpy's linear quantiles of whole HU), each organ's pixels pooled over the slices, both sets
+    mapped to HU through ``window`` (level, width):
+
+    - ``hu/<organ>``: synthetic minus real median; ``hu/abs_max``: the largest |error|;
+    - ``hu_iqr/<organ>`` and ``hu_iqr_real/<organ>``: the interquartile range of each set.
+
+    An organ absent from the masks is NaN. ``organs``: metric name -> id in the masks' label set.
+    """
+    level, width = window
+    if not width > 0:
+        raise ValueError(f"window width must be positive, got {window!r}")
+    ids = dict(organs)
+
+    def scores(synth: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, float]:
+        mask = batch["mask"]  # [N, H, W]
+        n = max(int(mask.max()), *ids.values()) + 1
+        fake = organ_hu_statistics(synth, mask, list(ids.values()), (level, width), n)
+        real = organ_hu_statistics(batch["image"], mask, list(ids.values()), (level, width), n)
+        out: dict[str, float] = {}
+        for name, c in ids.items():
+            f, r = fake.get(c), real.get(c)
+            out[f"hu/{name}"] = f["median"] - r["median"] if f and r else float("nan")
+            out[f"hu_iqr/{name}"] = f["iqr"] if f else float("nan")
+            out[f"hu_iqr_real/{name}"] = r["iqr"] if r else float("nan")
+        errors = [abs(out[f"hu/{name}"]) for name in ids if np.isfinite(out[f"hu/{name}"])]
+        out["hu/abs_max"] = max(errors) if errors else float("nan")
         return out
 
     return scores
