@@ -2,7 +2,8 @@
 
 Given a 2D and a 2.5D checkpoint of one method trained for the same budget, every held-out volume
 of ``--data-config``'s test split (the phantom's test cases; the real CT's held-out slab) is
-synthesized from its masks with ``--seeds`` noise seeds in three modes:
+synthesized from its masks with ``--seeds`` noise seeds in three modes (``--modes`` may leave out
+``coherent``, e.g. to save the time of a long ``--whole-volume`` run):
 
 - ``independent``: the 2D model, every slice with its own noise;
 - ``coherent``: the 2D model, one noise for every slice of a volume (``medsynth synthesize --coherent``);
@@ -245,6 +246,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     if segmenter is not None and segmenter.label_set.names() != labels.names():
         seg_lut = torch.from_numpy(labels.lookup_to(segmenter.label_set)).long()
     models = {"independent": (m2, False), "coherent": (m2, True), "2.5D": (m25, False)}
+    models = {mode: models[mode] for mode in MODES if mode in a.modes}
     results: dict[str, Any] = {"organs": organs, "modes": {}, "held_out": [v.name for v in held]}
     real = slice_metrics([v.image for v in held], held, organs, to_hu, segmenter, seg_lut)
     results["real"] = {k: v for k, v in real.items() if k.startswith("dice")}  # the segmenter on real slices
@@ -387,6 +389,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--segmenter", type=Path, default=None, help="OrganSegmenter checkpoint (Dice); none: no Dice"
     )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="the modes to run (all three); independent and 2.5D are always needed (the targets compare them)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--sampler", default=None, help="generate() sampler (default: the models')")
     p.add_argument("--num-steps", type=int, default=None, help="generate() steps (default: the models')")
@@ -400,6 +409,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if len(set(a.seeds)) != len(a.seeds):
         p.error(f"--seeds must be distinct, got {a.seeds}")
+    missing = [m for m in ("independent", "2.5D") if m not in a.modes]
+    if missing:
+        p.error(
+            f"--modes must include {' and '.join(missing)} (the targets compare 2.5D with independent), got {a.modes}"
+        )
     return a
 
 

@@ -111,7 +111,8 @@ def test_refuses_swapped_or_mismatched_checkpoints(tmp_path: Path) -> None:
 
 def test_real_ct_slab_and_whole_volume(tmp_path: Path) -> None:
     """The real-CT fixture as an nnU-Net dataset split along z: the held-out slab (slices 20-33) is
-    scored, and the whole 80-slice volume is made for drift (--whole-volume)."""
+    scored, and the whole 80-slice volume is made for drift (--whole-volume), in the two modes
+    --modes names."""
     from medsynth.data.nnunet import realct_files
     from medsynth.io import DatasetPair, write_nnunet_dataset
 
@@ -140,8 +141,12 @@ def test_real_ct_slab_and_whole_volume(tmp_path: Path) -> None:
         str(tmp_path / "segmenter.pt"),
     ]
     args += ["--seeds", "0", "1", "--num-steps", "1", "--threads", "1", "--output", str(out)]
-    assert main(args) == 0
+    with pytest.raises(SystemExit):  # the targets compare 2.5D with independent
+        main([*args, "--modes", "coherent", "2.5D"])
+    assert not out.exists()
+    assert main([*args, "--modes", "2.5D", "independent"]) == 0
     res = json.loads((out / "volumes.json").read_text())
+    assert list(res["modes"]) == ["independent", "2.5D"]  # the table's order, coherent left out
     assert res["held_out"] == ["realct"] and set(res["organs"]) == set(ORGANS)
     row = res["modes"]["2.5D"]["seeds"][0]
     assert np.isfinite(row["whole/drift/max"]) and np.isfinite(row["drift/max"])
