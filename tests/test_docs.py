@@ -475,6 +475,47 @@ def _volumes_json(folder: str) -> dict:
     return _load(f"{folder}/volumes.json")
 
 
+# The phantom protocol with --hu --frd --memorization: one table, rows named by the JSON's keys.
+METRICS = "docs/benchmarks.md FRD-beside-FD"
+METRICS_FOLDER = "quality_8_metrics"
+METRICS_KEYS = (("psnr", 2), ("dice/mean", 3), ("frechet_seg", 4), ("frd", 2))
+METRICS_KEYS += (("memorization/copy_rate", 3), ("hu/abs_max", 1))
+
+
+def metrics_table_problems(doc: str, quality: dict) -> list[str]:
+    """The FRD-beside-FD table of "Metrics without downloads", every number, against its quality.json
+    (the methods at 100 %; the reference rows without steps; a non-finite value is printed "—")."""
+    section = _section(doc, "## Metrics without downloads: FRD stability and the memorization check")
+    table = next(
+        (t for t in re.findall(r"(?:^\|.*\n)+", section, re.MULTILINE) if t.startswith("| row |")), None
+    )
+    if table is None:
+        return [f"{METRICS}: no table starting '| row |'"]
+    problems, seen = [], set()
+    refs = {"real slices": quality["real"], "class-mean painting": quality["painting"]}
+    for row in table.splitlines()[2:]:
+        cells = _cells(row)
+        label = cells[0]
+        if label in refs:
+            m, want = refs[label], []
+        elif label in quality["methods"]:
+            run = quality["methods"][label]["1.0"]
+            m, want = run["metrics"], [str(run["step"])]
+        else:
+            problems.append(f"{METRICS}: unknown row '{label}'")
+            continue
+        seen.add(label)
+        for key, digits in METRICS_KEYS:
+            want += _stat(m[key], digits) if math.isfinite(m[key]["mean"]) else []
+        got = NUMBER.findall(" ".join(cells[1:]))
+        if got != want:
+            problems.append(f"{METRICS} row '{label}': {got}, quality.json gives {want}")
+    missing = (
+        sorted(set(quality["methods"]) | set(refs)) if not seen else sorted(set(quality["methods"]) - seen)
+    )
+    return problems + ([f"{METRICS}: rows missing {missing}"] if missing else [])
+
+
 def test_readme_quality_psnr_equals_quality_json():
     quality = _load("quality_30/quality.json")
     assert readme_quality_problems((ROOT / "README.md").read_text(), quality) == []
@@ -489,6 +530,7 @@ def test_benchmark_tables_equal_the_result_files():
     assert dpm_miss_problems(texts, samplers) == []
     assert realct_table_problems(doc, _realct_results()) == []
     assert volumes_table_problems(doc, _volumes_json) == []
+    assert metrics_table_problems(doc, _load(f"{METRICS_FOLDER}/quality.json")) == []
 
 
 def test_the_benchmark_checkers_catch_a_changed_number():
@@ -520,6 +562,9 @@ def test_the_benchmark_checkers_catch_a_changed_number():
         doc.replace("| 1.26 ± 0.03 | 0.03 / 0.05 |", "| 1.26 ± 0.03 | 0.03 / 0.06 |"), _volumes_json
     )
     assert volumes_table_problems(doc.replace("0.508 ± 0.066 |", "0.508 ± 0.067 |"), _volumes_json)
+    metrics = _load(f"{METRICS_FOLDER}/quality.json")
+    assert metrics_table_problems(doc.replace("| 21.09 ± 0.11 |", "| 21.08 ± 0.11 |"), metrics)
+    assert metrics_table_problems(doc.replace("| pix2pix | 4931 |", "| pix2pix | 4932 |"), metrics)
 
 
 def test_readme_sampling_speed_ranges_equal_the_docs_table():
