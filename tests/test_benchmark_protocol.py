@@ -460,7 +460,7 @@ def test_quality_with_a_calibration_trains_the_steps_it_implies(tmp_path: Path, 
     """Pix2Pix at 0.5 s/step in the calibration file and --budget 0.05 (3 s): 6 steps whatever the
     machine's load, checkpoints at 2 (1.5 rounded up), 3 and 6, recorded with the file's entry;
     a resumed part without --calibration, or a file timed with other settings, is refused before
-    any training, leaving what was written as it was."""
+    any training, leaving what was written as it was. An entry's note reaches quality.md."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from quality import main
 
@@ -468,7 +468,12 @@ def test_quality_with_a_calibration_trains_the_steps_it_implies(tmp_path: Path, 
     s = Settings(label_set="amos", gpu=False)
     write_calibration(
         cal,
-        {"pix2pix": calibration_entry("pix2pix", calibration_settings("pix2pix", s, phantom()), 0.5, 30, 5)},
+        {
+            "pix2pix": {
+                **calibration_entry("pix2pix", calibration_settings("pix2pix", s, phantom()), 0.5, 30, 5),
+                "note": "s/step set by hand",
+            }
+        },
     )
     out = tmp_path / "q"
     tiny = ["--budget", "0.05", "--seeds", "1", "--num-eval", "4", "--segmenter-steps", "2", "--threads", "1"]
@@ -478,6 +483,7 @@ def test_quality_with_a_calibration_trains_the_steps_it_implies(tmp_path: Path, 
     assert result["calibration"]["pix2pix"]["steps"] == 6
     assert result["calibration"]["pix2pix"]["seconds_per_step"] == 0.5
     assert "pix2pix: 6 steps at 0.5 s/step" in (out / "quality.md").read_text()
+    assert "threads; s/step set by hand)" in (out / "quality.md").read_text()  # the entry's note
     before = (out / "quality.json").read_bytes()
     assert main([*tiny, "--output", str(out), "--resume", "--methods", "pix2pix", "spade"]) == 2
     assert "--calibration" in capsys.readouterr().err

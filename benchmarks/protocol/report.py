@@ -81,13 +81,14 @@ def _where(results: Mapping[str, Any]) -> list[str]:
 
 
 def _step_budget(results: Mapping[str, Any]) -> list[str]:
-    """The line that says how a step budget was set (a run with --calibration)."""
+    """The line that says how a step budget was set (a run with --calibration); an entry's ``note``
+    (e.g. an s/step set by hand rather than timed) is printed with it."""
     cal = results.get("calibration")
     if not cal:
         return []
     parts = [
         f"{n}: {c['steps']} steps at {c['seconds_per_step']:.4g} s/step ({c['date']}, {c.get('gpu') or c['cpu']}, "
-        f"{c['threads']} threads)"
+        f"{c['threads']} threads{'; ' + c['note'] if c.get('note') else ''})"
         for n, c in cal.items()
     ]
     return [
