@@ -510,9 +510,7 @@ def metrics_table_problems(doc: str, quality: dict) -> list[str]:
         got = NUMBER.findall(" ".join(cells[1:]))
         if got != want:
             problems.append(f"{METRICS} row '{label}': {got}, quality.json gives {want}")
-    missing = (
-        sorted(set(quality["methods"]) | set(refs)) if not seen else sorted(set(quality["methods"]) - seen)
-    )
+    missing = sorted((set(quality["methods"]) | set(refs)) - seen)
     return problems + ([f"{METRICS}: rows missing {missing}"] if missing else [])
 
 
