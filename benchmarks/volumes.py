@@ -64,7 +64,7 @@ from medsynth.metrics import (  # noqa: E402
     texture_sticking,
 )
 from medsynth.metrics.report import volume_views_figure  # noqa: E402
-from medsynth.synthesis import generate_volumes, load_model  # noqa: E402
+from medsynth.synthesis import generate_volumes, load_model, set_context_sample_noise  # noqa: E402
 
 ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "stomach", "aorta", "pancreas")
 MODES = ("independent", "coherent", "2.5D")
@@ -224,6 +224,8 @@ def synthesize(
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Every mode and seed on the held-out (and whole) volumes; returns the results dict."""
     m2, m25 = load_pair(a.checkpoint_2d, a.checkpoint_25d, a.device)
+    if a.context_sample_noise is not None:
+        set_context_sample_noise(m25, a.context_sample_noise, f"--context-sample-noise ({a.checkpoint_25d})")
     labels = m2.label_set
     organs = {n: labels.by_name(n).index for n in ORGANS if n in {c.name for c in labels.classes}}
 
@@ -248,6 +250,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     models = {"independent": (m2, False), "coherent": (m2, True), "2.5D": (m25, False)}
     models = {mode: models[mode] for mode in MODES if mode in a.modes}
     results: dict[str, Any] = {"organs": organs, "modes": {}, "held_out": [v.name for v in held]}
+    if m25.context_spec.previous:
+        results["context_sample_noise"] = m25.context_sample_noise
     real = slice_metrics([v.image for v in held], held, organs, to_hu, segmenter, seg_lut)
     results["real"] = {k: v for k, v in real.items() if k.startswith("dice")}  # the segmenter on real slices
     figure: dict[str, np.ndarray] = {}
@@ -365,6 +369,12 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
         "Mean ± SD over seeds; organ statistics averaged over the organs (texture correlation: over those "
         "with texture; drift: the largest |synthetic - real| organ median in the first or last quarter).",
+    ]
+    if "context_sample_noise" in results:
+        extra.append(
+            f"2.5D: the slice below given at noise level {results['context_sample_noise']:g} x T when generating."
+        )
+    extra += [
         "",
         "2.5D against the targets:",
         "",
@@ -395,6 +405,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=MODES,
         default=list(MODES),
         help="the modes to run (all three); independent and 2.5D are always needed (the targets compare them)",
+    )
+    p.add_argument(
+        "--context-sample-noise",
+        type=float,
+        default=None,
+        help="the level (fraction of T) the 2.5D model's slice below gets when generating "
+        "(default: the checkpoint's context_sample_noise)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--sampler", default=None, help="generate() sampler (default: the models')")

@@ -56,6 +56,7 @@ from medsynth.random import slice_generators
 
 __all__ = [
     "load_model",
+    "set_context_sample_noise",
     # re-exported from medsynth.io, where they live
     "find_image",
     "nifti_inputs",
@@ -134,6 +135,30 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     # data module's hyperparameters, Path objects among them, which torch's weights-only loader refuses.
     model = cls.load_from_checkpoint(path, map_location=map_location, weights_only=False, **extra)
     return model.eval()
+
+
+def set_context_sample_noise(
+    model: SynthesisModule, level: float, where: str = "context_sample_noise"
+) -> None:
+    """Set the noise level (fraction of T) a 2.5D model's slice below gets when generating.
+
+    Args:
+        model: A 2.5D diffusion model that sees the previous slice (``context_previous >= 1``).
+        level: In ``[0, 1]``; 0 gives the generated slice below as it is (docs/synthesis.md,
+            "Guarding against drift").
+        where: Names the option in errors (a CLI flag and the checkpoint).
+
+    Raises:
+        ValueError: naming ``where``, for a model without previous slices or a level outside [0, 1].
+    """
+    spec = model.context_spec
+    if spec is None or not spec.previous:
+        what = "a 2D model" if spec is None else f"a 2.5D model without previous slices ({spec.describe()})"
+        raise ValueError(f"{where}: {type(model).__name__} is {what}; there is no slice below to noise")
+    try:
+        model.context_sample_noise = level
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
 
 
 def _generation_waves(indices: np.ndarray, previous: int) -> np.ndarray:

@@ -427,6 +427,67 @@ def test_synthesize_command_with_a_25d_checkpoint_and_a_gap(tmp_path, capsys):
     assert last.masks_valid.tolist() == [[True, False], [True, False]]  # slices 2 and 6: nothing above
 
 
+def test_context_sample_noise_set_on_a_model():
+    """The generation level set after building: at 0 the network gets the clean slice (2x - 1,
+    level 0), at 0.3 x T = 30 the q_sample of step 29 (the float64 reference of the test above);
+    set_context_sample_noise names the option for a level outside [0, 1], a 2D model and a 2.5D
+    one without previous slices, and `medsynth synthesize --context_sample_noise` refuses such a
+    checkpoint before writing anything."""
+    from medsynth.synthesis import set_context_sample_noise
+
+    model = _tiny(timesteps=100, context_drop=0.0)
+    assert model.context_sample_noise == 0.1  # the built default
+    prev = torch.rand(2, 1, 32, 32)
+    ctx = SliceContext(
+        previous=prev,
+        previous_valid=torch.tensor([[True], [True]]),
+        masks=torch.zeros(2, 2, 32, 32, dtype=torch.long),
+        masks_valid=torch.zeros(2, 2, dtype=torch.bool),
+    )
+    set_context_sample_noise(model, 0.0)
+    out = model.context_model_kwargs(ctx, training=False, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out["previous_image"], 2 * prev - 1, rtol=0, atol=0)
+    assert out["context_level"].tolist() == [0.0, 0.0]
+    set_context_sample_noise(model, 0.3)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    out = model.context_model_kwargs(ctx, training=False, generator=gens)
+    abar = np.cumprod(1.0 - np.linspace(1e-3, 0.2, 100))[29]
+    eps = randn((2, 1, 32, 32), [torch.Generator().manual_seed(s) for s in (1, 2)], "cpu")
+    want = math.sqrt(abar) * (2 * prev - 1) + math.sqrt(1 - abar) * eps
+    torch.testing.assert_close(out["previous_image"], want, rtol=0, atol=1e-5)
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match=r"--flag: context_sample_noise must lie in \[0, 1\]"):
+            set_context_sample_noise(model, bad, "--flag")
+    assert model.context_sample_noise == 0.3  # a refused level leaves the model as it was
+    with pytest.raises(ValueError, match="x: ConditionalDDPM is a 2D model; there is no slice below"):
+        set_context_sample_noise(tiny_model(ConditionalDDPM), 0.0, "x")
+    with pytest.raises(ValueError, match=r"without previous slices \(the masks of slices ±1\)"):
+        set_context_sample_noise(ContextStub(previous=0), 0.0)
+
+
+def test_synthesize_refuses_context_sample_noise_for_a_model_without_previous_slices(tmp_path, capsys):
+    """`medsynth synthesize --context_sample_noise` with a checkpoint that sees no slice below: exit 2
+    naming the flag and the checkpoint, before any volume is written."""
+    import lightning as L
+    import nibabel as nib
+
+    from medsynth.commands.synthesize import main
+
+    stub = ContextStub(image_size=16, previous=0)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(stub)
+    trainer.save_checkpoint(tmp_path / "stub.ckpt", weights_only=True)
+    labels = np.zeros((16, 16, 3), dtype=np.uint8)
+    labels[4:9, 4:9, :] = 6
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "case.nii.gz")
+    argv = ["--checkpoint", str(tmp_path / "stub.ckpt"), "--input", str(tmp_path / "case.nii.gz")]
+    argv += ["--output", str(tmp_path / "out"), "--context_sample_noise", "0.05", "--no_progress"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert f"--context_sample_noise ({tmp_path / 'stub.ckpt'})" in err and "no slice below" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_docs_and_pieces_state_the_settings_of_the_code():
     """The context defaults in docs/api.md and docs/synthesis.md are the signature's; each
     experiments/*/_context.yaml sets the model's and the data's context alike (checked at fit time

@@ -17,7 +17,7 @@ from medsynth.commands.common import (
 )
 from medsynth.io import nifti_inputs
 from medsynth.precision import PRECISIONS
-from medsynth.synthesis import load_model, synthesize_files
+from medsynth.synthesis import load_model, set_context_sample_noise, synthesize_files
 
 __all__ = ["build_parser", "main"]
 
@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same noise for every slice of a volume: consistent texture along z (see docs/synthesis.md)",
     )
     p.add_argument(
+        "--context_sample_noise",
+        type=float,
+        default=None,
+        metavar="LEVEL",
+        help="a 2.5D checkpoint with previous slices: the noise level, as a fraction of the chain's T steps, "
+        "of the slice below when generating (default: the checkpoint's, 0.1 unless trained otherwise; see "
+        "docs/synthesis.md)",
+    )
+    p.add_argument(
         "--nnunet", default=None, metavar="DatasetNNN_Name", help="also write an nnU-Net v2 raw dataset"
     )
     p.add_argument(
@@ -76,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         # Lightning moves each copy to its own device.
         single = a.devices == 1 and a.num_nodes == 1 and a.accelerator is None
         model = load_model(a.checkpoint, map_location=a.device if single else "cpu")
+        if a.context_sample_noise is not None:
+            set_context_sample_noise(
+                model, a.context_sample_noise, f"--context_sample_noise ({a.checkpoint})"
+            )
         if model.context_spec is not None and rank_zero_only.rank == 0:
             print(
                 f"{a.checkpoint} is a 2.5D model ({model.context_spec.describe()}): each volume is made "

@@ -159,11 +159,10 @@ class DiffusionModel(SynthesisModule):
             )
         if not isinstance(context_embed, int) or context_embed < 1:
             raise ValueError(f"context_embed must be a positive int, got {context_embed!r}")
-        for name, value in (("context_noise", context_noise), ("context_sample_noise", context_sample_noise)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"{name} must lie in [0, 1] (a fraction of the {timesteps} steps), got {value!r}"
-                )
+        if not 0.0 <= context_noise <= 1.0:
+            raise ValueError(
+                f"context_noise must lie in [0, 1] (a fraction of the {timesteps} steps), got {context_noise!r}"
+            )
         if not 0.0 <= context_drop < 1.0:
             raise ValueError(f"context_drop must lie in [0, 1), got {context_drop!r}")
         self.context_spec = spec if spec.enabled else None
@@ -192,6 +191,7 @@ class DiffusionModel(SynthesisModule):
         if not 0.0 <= organ_dropout < 1.0:
             raise ValueError(f"organ_dropout must lie in [0, 1), got {organ_dropout!r}")
         self.save_hyperparameters()
+        self.context_sample_noise = context_sample_noise  # validated by the property's setter
         #: The process (GaussianDiffusion or RectifiedFlow): loss, training times and samplers.
         self.diffusion = diffusion
         net = self.build_network()
@@ -248,6 +248,25 @@ class DiffusionModel(SynthesisModule):
             kwargs = encode(**kwargs)
         return kwargs
 
+    @property
+    def context_sample_noise(self) -> float:
+        """The level (fraction of T) a 2.5D model's previous slices get when generating.
+
+        The ``context_sample_noise`` it was built with (0.1) until set; settable on a loaded model
+        (``medsynth synthesize --context_sample_noise``), in ``[0, 1]`` (0: the clean slice; training
+        showed the network the levels ``0..context_noise``).
+        """
+        return self._context_sample_noise
+
+    @context_sample_noise.setter
+    def context_sample_noise(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"context_sample_noise must lie in [0, 1] (a fraction of the {self.hparams.timesteps} "
+                f"steps), got {value!r}"
+            )
+        self._context_sample_noise = float(value)
+
     def context_model_kwargs(
         self, context: SliceContext, training: bool, generator: GeneratorLike = None
     ) -> dict[str, Tensor]:
@@ -255,7 +274,7 @@ class DiffusionModel(SynthesisModule):
 
         The previous slices are noise-augmented (Ho et al. 2022): in training at a level ``s``
         drawn per slice from ``0..context_noise * T`` (and hidden with probability
-        ``context_drop``), when generating at ``context_sample_noise * T``; level 0 is the clean
+        ``context_drop``), when generating at :attr:`context_sample_noise` ``* T``; level 0 is the clean
         slice, level ``s`` its ``q(x_{s-1} | x_0)`` under this model's noise schedule.
         """
         spec, hp = self.context_spec, self.hparams
@@ -275,7 +294,9 @@ class DiffusionModel(SynthesisModule):
                     keep = torch.rand(valid.shape, generator=g, device=where).to(device)  # [B, p]
                     valid = valid & (keep >= hp.context_drop)
             else:
-                level = torch.full((b,), round(hp.context_sample_noise * T), dtype=torch.long, device=device)
+                level = torch.full(
+                    (b,), round(self.context_sample_noise * T), dtype=torch.long, device=device
+                )
             noise = randn(prev.shape, generator, device)  # per-slice generators: per-slice noise
             noised = self.diffusion.q_sample(prev, (level - 1).clamp(min=0), noise)
             prev = torch.where((level > 0)[:, None, None, None], noised, prev)
