@@ -22,6 +22,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -514,6 +516,52 @@ def metrics_table_problems(doc: str, quality: dict) -> list[str]:
     return problems + ([f"{METRICS}: rows missing {missing}"] if missing else [])
 
 
+# The downstream study, 2D against 2.5D volumes: row label -> (run folder, augmentation.json key).
+AUGMENT = "docs/benchmarks.md downstream 2D-vs-2.5D"
+AUGMENT_ROWS = {
+    "N=2 real": ("2d", "N=2 real"),
+    "+ synthetic, 2D coherent": ("2d", "N=2 real+synthetic"),
+    "+ synthetic, 2.5D": ("25d", "N=2 real+synthetic"),
+}
+
+
+def augmentation_table_problems(doc: str, load: Callable[[str], dict]) -> list[str]:
+    """The 2D-vs-2.5D downstream table, every mean and SD, against the two augmentation.json files
+    (``load``: run folder -> its JSON); the real-only row must also be the same in both runs."""
+    section = _section(doc, "### The downstream study (`benchmarks/augmentation.py`)")
+    table = re.search(r"^\| volumes \|.*\n(?:^\|.*\n)+", section, re.MULTILINE)
+    if table is None:
+        return [f"{AUGMENT}: no table found"]
+    lines = table.group(0).splitlines()
+    organs = _cells(lines[0])[2:]
+    problems, seen = [], set()
+    for row in lines[2:]:
+        cells = _cells(row)
+        if cells[0] not in AUGMENT_ROWS:
+            problems.append(f"{AUGMENT}: unknown row '{cells[0]}'")
+            continue
+        seen.add(cells[0])
+        folder, key = AUGMENT_ROWS[cells[0]]
+        res = load(folder)["results"][key]
+        want = [f"{np.mean(res['mean_dice']):.3f}", f"{np.std(res['mean_dice']):.3f}"]
+        for organ in organs:
+            want += [
+                f"{np.nanmean(res['per_organ'][organ]):.3f}",
+                f"{np.nanstd(res['per_organ'][organ]):.3f}",
+            ]
+        got = NUMBER.findall(" ".join(cells[1:]))
+        if got != want:
+            problems.append(f"{AUGMENT} row '{cells[0]}': {got}, augmentation.json gives {want}")
+    if load("2d")["results"]["N=2 real"] != load("25d")["results"]["N=2 real"]:
+        problems.append(f"{AUGMENT}: the real-only arm differs between the 2D and the 2.5D run")
+    missing = sorted(set(AUGMENT_ROWS) - seen)
+    return problems + ([f"{AUGMENT}: rows missing {missing}"] if missing else [])
+
+
+def _augmentation_json(folder: str) -> dict:
+    return _load(f"augmentation_volumes/{folder}/augmentation.json")
+
+
 def test_readme_quality_psnr_equals_quality_json():
     quality = _load("quality_30/quality.json")
     assert readme_quality_problems((ROOT / "README.md").read_text(), quality) == []
@@ -529,6 +577,7 @@ def test_benchmark_tables_equal_the_result_files():
     assert realct_table_problems(doc, _realct_results()) == []
     assert volumes_table_problems(doc, _volumes_json) == []
     assert metrics_table_problems(doc, _load(f"{METRICS_FOLDER}/quality.json")) == []
+    assert augmentation_table_problems(doc, _augmentation_json) == []
 
 
 def test_the_benchmark_checkers_catch_a_changed_number():
@@ -563,6 +612,13 @@ def test_the_benchmark_checkers_catch_a_changed_number():
     metrics = _load(f"{METRICS_FOLDER}/quality.json")
     assert metrics_table_problems(doc.replace("| 21.09 ± 0.11 |", "| 21.08 ± 0.11 |"), metrics)
     assert metrics_table_problems(doc.replace("| pix2pix | 4931 |", "| pix2pix | 4932 |"), metrics)
+    assert augmentation_table_problems(
+        doc.replace("| 0.762 ± 0.034 |", "| 0.762 ± 0.035 |"), _augmentation_json
+    )
+    assert augmentation_table_problems(doc.replace("| 0.549 ± 0.118 |", "| 0.549 |"), _augmentation_json)
+    assert volumes_table_problems(
+        doc.replace("| 1.24 ± 0.03 | 0.06 / 0.05 |", "| 1.24 ± 0.03 | 0.07 / 0.05 |"), _volumes_json
+    )
 
 
 def test_readme_sampling_speed_ranges_equal_the_docs_table():
