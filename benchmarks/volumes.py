@@ -25,6 +25,9 @@ Against the real volume of the same masks (:mod:`medsynth.metrics.volume`), per 
   organs). Target: the 2.5D model no worse than the 2D model (independent) by more than twice the
   larger seed SD of the two rows.
 
+``--context-sample-noise`` sets the level of the 2.5D model's slice below when generating
+(:func:`medsynth.synthesis.set_context_sample_noise`; default: the checkpoint's).
+
 Organs: liver, spleen, both kidneys, stomach, aorta, pancreas (those the label set has). Prints
 and writes ``volumes.md`` / ``volumes.json``, ``volumes.png`` (sagittal and coronal cuts: real
 | each mode, first seed) and ``figure.pt`` (those volumes, float16, to redraw the figure with

@@ -431,8 +431,7 @@ def test_context_sample_noise_set_on_a_model():
     """The generation level set after building: at 0 the network gets the clean slice (2x - 1,
     level 0), at 0.3 x T = 30 the q_sample of step 29 (the float64 reference of the test above);
     set_context_sample_noise names the option for a level outside [0, 1], a 2D model and a 2.5D
-    one without previous slices, and `medsynth synthesize --context_sample_noise` refuses such a
-    checkpoint before writing anything."""
+    one without previous slices."""
     from medsynth.synthesis import set_context_sample_noise
 
     model = _tiny(timesteps=100, context_drop=0.0)

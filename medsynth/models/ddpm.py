@@ -96,7 +96,8 @@ class DiffusionModel(SynthesisModule):
         context_noise: The previous slices are noise-augmented in training (Ho et al. 2022,
             Cascaded Diffusion Models) at a level drawn uniformly from 0 to this fraction of the
             chain's T steps (0.2): x_prev -> q(x_s | x_prev); the level enters the network.
-        context_sample_noise: The level (fraction of T) the previous slices get when generating (0.1).
+        context_sample_noise: The level (fraction of T) the previous slices get when generating (0.1);
+            settable on a trained model (:attr:`context_sample_noise`).
         context_drop: Probability that training hides a slice's previous slices (flagged missing)
             (0.1), so that the model also makes a slice after a gap in z, not only at a volume's start.
 
