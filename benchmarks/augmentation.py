@@ -12,14 +12,17 @@ controlled organ sizes. Here, on the built-in phantom at 64x64:
    (``--checkpoint``; coherent volumes unless ``--independent``). A 2.5D checkpoint makes its
    volumes in order with their context (pass ``--independent`` for its own mode: each slice its
    own noise; without it the slices also share one noise).
-3. The in-domain 2-D segmenter (:class:`medsynth.models.OrganSegmenter`) is trained for the same
-   number of steps on the real slices alone and on real + synthetic slices, and scored on the
-   test volumes (Dice per organ over all test pixels).
+3. A segmenter is trained for the same number of steps on the real volumes alone and on real +
+   synthetic ones, and scored on the test volumes (Dice per organ over all test voxels): the
+   in-domain 2-D segmenter (:class:`medsynth.models.OrganSegmenter`) on slices, or with
+   ``--segmenter 3d`` a 3-D MONAI BasicUNet on stacks of ``--seg-crop-depth`` adjacent slices,
+   which sees how the slices of a volume fit together (:func:`train_3d_and_score`).
 
 Prints a Markdown table (mean +- SD over seeds), writes it with a JSON file and a bar plot.
 
     python benchmarks/augmentation.py --checkpoint runs/phantom/mask_guided_ddpm/checkpoints/last.ckpt
     python benchmarks/augmentation.py --checkpoint M.ckpt --num-real 2 --seeds 0 1 --seg-steps 100  # quick
+    python benchmarks/augmentation.py --checkpoint M.ckpt --segmenter 3d --seg-width 8 --seg-steps 600
 
 The same study through nnU-Net v2 (not needed here, not run by CI): write the real cases with
 ``medsynth phantom``, the varied masks with ``medsynth masks``, their CT with ``medsynth
@@ -33,6 +36,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -54,6 +58,7 @@ from medsynth.synthesis import generate_volumes, load_model, volume_group_size  
 
 VARIED_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach")
 REPORT_ORGANS = (6, 1, 2, 3, 7, 8, 14)  # liver, spleen, kidneys, stomach, aorta, bladder
+MIN_3D_DEPTH = 16  # the 3-D U-Net's four 2x poolings need 16 slices
 
 
 def phantom_volumes(split: str, count: int, seed: int, depth: int, size: int) -> list[SliceVolume]:
@@ -122,6 +127,63 @@ def train_and_score(
     return {i: float(dice[i]) for i in ORGAN_IDS if not torch.isnan(dice[i])}
 
 
+def train_3d_and_score(
+    train: list[SliceVolume], test: list[SliceVolume], seed: int, steps: int, width: int, crop_depth: int
+) -> dict[int, float]:
+    """The 3-D arm: a MONAI BasicUNet (``spatial_dims=3``, features ``(c, c, 2c, 4c, 8c, c)``, Dice +
+    cross-entropy as :class:`medsynth.models.OrganSegmenter`, Adam 1e-3) trained on batches of two
+    stacks of ``crop_depth`` adjacent slices ``[2, 1, crop_depth, S, S]`` drawn from random volumes
+    at random depths (seeded), then run on each whole test volume; Dice per organ over all test
+    voxels (:func:`score_volumes`)."""
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import BasicUNet
+
+    depth = min(v.mask.shape[0] for v in train + test)
+    if not MIN_3D_DEPTH <= crop_depth <= depth:
+        raise ValueError(
+            f"--seg-crop-depth must lie in {MIN_3D_DEPTH}..{depth} (the volumes' depth), got {crop_depth}"
+        )
+    torch.manual_seed(seed)
+    c = width
+    net = BasicUNet(
+        spatial_dims=3, in_channels=1, out_channels=len(CLASSES), features=(c, c, 2 * c, 4 * c, 8 * c, c)
+    )
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    images = [torch.from_numpy(v.image) for v in train]  # each [D, S, S] float32
+    masks = [torch.from_numpy(v.mask.astype(np.int64)) for v in train]  # each [D, S, S]
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        xs, ys = [], []
+        for i in torch.randint(len(train), (2,), generator=gen).tolist():
+            z = int(torch.randint(images[i].shape[0] - crop_depth + 1, (1,), generator=gen))
+            xs.append(images[i][z : z + crop_depth])
+            ys.append(masks[i][z : z + crop_depth])
+        x, y = torch.stack(xs)[:, None], torch.stack(ys)[:, None]  # [2, 1, d, S, S]
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        return score_volumes(lambda image: net(image[None, None]).argmax(dim=1)[0], test)
+
+
+def score_volumes(
+    segment: Callable[[torch.Tensor], torch.Tensor], test: list[SliceVolume]
+) -> dict[int, float]:
+    """Dice per reported organ over all voxels of ``test``: ``segment`` maps a volume's image
+    ``[D, S, S]`` to its label map ``[D, S, S]``; organs absent from both are left out."""
+    counts = None
+    for vol in test:
+        pred = segment(torch.from_numpy(vol.image))  # [D, S, S]
+        c = dice_counts(pred, torch.from_numpy(vol.mask.astype(np.int64)), len(CLASSES))
+        counts = c if counts is None else counts + c
+    dice = dice_from_counts(counts)
+    return {i: float(dice[i]) for i in ORGAN_IDS if not torch.isnan(dice[i])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path, help="trained synthesis model (64x64 phantom)")
@@ -131,6 +193,8 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=32)
     p.add_argument("--seg-steps", type=int, default=600, help="segmenter optimiser steps (both arms)")
     p.add_argument("--seg-width", type=int, default=16)
+    p.add_argument("--segmenter", choices=("2d", "3d"), default="2d", help="the segmenter the arms train")
+    p.add_argument("--seg-crop-depth", type=int, default=16, help="3d: adjacent slices per training stack")
     p.add_argument("--deform-mm", type=float, default=8.0)
     p.add_argument("--independent", action="store_true", help="slices drawn independently (not coherent)")
     p.add_argument("--sampler", default=None, help="generate() sampler (default: the model's)")
@@ -139,6 +203,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--output", type=Path, default=Path("outputs/augmentation"))
     a = p.parse_args()
+    if a.segmenter == "3d" and not MIN_3D_DEPTH <= a.seg_crop_depth <= a.depth:
+        p.error(f"--seg-crop-depth must lie in {MIN_3D_DEPTH}..--depth ({a.depth}), got {a.seg_crop_depth}")
     torch.set_num_threads(a.threads)
     model = load_model(a.checkpoint)
     size = model.image_size
@@ -160,7 +226,12 @@ def main() -> None:
             synth = [SliceVolume(nm, im, m.astype(np.uint8)) for nm, im, m in zip(names, images, masks)]
             print(f"N={n} seed={seed}: {len(synth)} synthetic volumes ({time.perf_counter() - t0:.0f} s)")
             for arm, vols in (("real", real), ("real+synthetic", real + synth)):
-                dice = train_and_score(vols, test, seed, a.seg_steps, a.seg_width, size)
+                if a.segmenter == "3d":
+                    dice = train_3d_and_score(
+                        vols, test_vols, seed, a.seg_steps, a.seg_width, a.seg_crop_depth
+                    )
+                else:
+                    dice = train_and_score(vols, test, seed, a.seg_steps, a.seg_width, size)
                 rows.setdefault(f"N={n} {arm}", []).append(dice)
                 mean = np.nanmean([dice.get(i, np.nan) for i in REPORT_ORGANS])
                 print(f"  {arm:15s} mean Dice {mean:.3f} ({time.perf_counter() - t0:.0f} s)")
