@@ -58,6 +58,7 @@ from medsynth.synthesis import generate_volumes, load_model, volume_group_size  
 
 VARIED_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach")
 REPORT_ORGANS = (6, 1, 2, 3, 7, 8, 14)  # liver, spleen, kidneys, stomach, aorta, bladder
+ARMS = ("real", "synthetic")  # the arms' rows: "N=n real", "N=n real+synthetic"
 MIN_3D_DEPTH = 16  # the 3-D U-Net's four 2x poolings need 16 slices
 
 
@@ -195,6 +196,14 @@ def main() -> None:
     p.add_argument("--seg-width", type=int, default=16)
     p.add_argument("--segmenter", choices=("2d", "3d"), default="2d", help="the segmenter the arms train")
     p.add_argument("--seg-crop-depth", type=int, default=16, help="3d: adjacent slices per training stack")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=list(ARMS),
+        help="arms to train: 'real' (real volumes alone) is the same for every synthesis model, so a "
+        "second model's run can leave it out",
+    )
     p.add_argument("--deform-mm", type=float, default=8.0)
     p.add_argument("--independent", action="store_true", help="slices drawn independently (not coherent)")
     p.add_argument("--sampler", default=None, help="generate() sampler (default: the model's)")
@@ -222,10 +231,15 @@ def main() -> None:
                 src = real[k % n]
                 masks.append(varied_mask(src, rng, a.deform_mm))
                 names.append(f"{src.case_id}_var{k:03d}")
-            images = synthesize_many(model, masks, names, seed, not a.independent, a.batch, opts)
+            images = (
+                synthesize_many(model, masks, names, seed, not a.independent, a.batch, opts)
+                if "synthetic" in a.arms
+                else []
+            )
             synth = [SliceVolume(nm, im, m.astype(np.uint8)) for nm, im, m in zip(names, images, masks)]
             print(f"N={n} seed={seed}: {len(synth)} synthetic volumes ({time.perf_counter() - t0:.0f} s)")
-            for arm, vols in (("real", real), ("real+synthetic", real + synth)):
+            arms = {"real": ("real", real), "synthetic": ("real+synthetic", real + synth)}
+            for arm, vols in (arms[k] for k in ARMS if k in a.arms):
                 if a.segmenter == "3d":
                     dice = train_3d_and_score(
                         vols, test_vols, seed, a.seg_steps, a.seg_width, a.seg_crop_depth
@@ -267,7 +281,13 @@ def write_report(rows: dict[str, list[dict[int, float]]], a: argparse.Namespace)
     keys = list(summary)
     means = [np.mean(summary[k]["mean_dice"]) for k in keys]
     sds = [np.std(summary[k]["mean_dice"]) for k in keys]
-    ax.bar(range(len(keys)), means, yerr=sds, capsize=4, color=["#999", "#38c"] * (len(keys) // 2 + 1))
+    ax.bar(
+        range(len(keys)),
+        means,
+        yerr=sds,
+        capsize=4,
+        color=["#38c" if "synthetic" in k else "#999" for k in keys],
+    )
     ax.set_xticks(range(len(keys)), keys, rotation=20, ha="right")
     ax.set_ylabel("mean organ Dice (test)")
     fig.tight_layout()
