@@ -516,46 +516,55 @@ def metrics_table_problems(doc: str, quality: dict) -> list[str]:
     return problems + ([f"{METRICS}: rows missing {missing}"] if missing else [])
 
 
-# The downstream study, 2D against 2.5D volumes: row label -> (run folder, augmentation.json key).
+# The downstream study, 2D against 2.5D volumes: one table per segmenter, named by its first header
+# cell -> (2D run folder, 2.5D run folder); row label -> (which run, augmentation.json key).
 AUGMENT = "docs/benchmarks.md downstream 2D-vs-2.5D"
+AUGMENT_TABLES = {"volumes": ("2d", "25d"), "volumes, 3-D segmenter": ("2d_seg3d", "25d_seg3d")}
 AUGMENT_ROWS = {
-    "N=2 real": ("2d", "N=2 real"),
-    "+ synthetic, 2D coherent": ("2d", "N=2 real+synthetic"),
-    "+ synthetic, 2.5D": ("25d", "N=2 real+synthetic"),
+    "N=2 real": (0, "N=2 real"),
+    "+ synthetic, 2D coherent": (0, "N=2 real+synthetic"),
+    "+ synthetic, 2.5D": (1, "N=2 real+synthetic"),
 }
 
 
 def augmentation_table_problems(doc: str, load: Callable[[str], dict]) -> list[str]:
-    """The 2D-vs-2.5D downstream table, every mean and SD, against the two augmentation.json files
-    (``load``: run folder -> its JSON); the real-only row must also be the same in both runs."""
+    """The 2D-vs-2.5D downstream tables (2-D and 3-D segmenter), every mean and SD, against their
+    two augmentation.json files each (``load``: run folder -> its JSON); where both runs of a table
+    trained the real-only arm, it must be the same in both."""
     section = _section(doc, "### The downstream study (`benchmarks/augmentation.py`)")
-    table = re.search(r"^\| volumes \|.*\n(?:^\|.*\n)+", section, re.MULTILINE)
-    if table is None:
-        return [f"{AUGMENT}: no table found"]
-    lines = table.group(0).splitlines()
-    organs = _cells(lines[0])[2:]
-    problems, seen = [], set()
-    for row in lines[2:]:
-        cells = _cells(row)
-        if cells[0] not in AUGMENT_ROWS:
-            problems.append(f"{AUGMENT}: unknown row '{cells[0]}'")
+    problems = []
+    for head, folders in AUGMENT_TABLES.items():
+        where = f"{AUGMENT} ({head})"
+        table = re.search(rf"^\| {re.escape(head)} \|.*\n(?:^\|.*\n)+", section, re.MULTILINE)
+        if table is None:
+            problems.append(f"{where}: no table found")
             continue
-        seen.add(cells[0])
-        folder, key = AUGMENT_ROWS[cells[0]]
-        res = load(folder)["results"][key]
-        want = [f"{np.mean(res['mean_dice']):.3f}", f"{np.std(res['mean_dice']):.3f}"]
-        for organ in organs:
-            want += [
-                f"{np.nanmean(res['per_organ'][organ]):.3f}",
-                f"{np.nanstd(res['per_organ'][organ]):.3f}",
-            ]
-        got = NUMBER.findall(" ".join(cells[1:]))
-        if got != want:
-            problems.append(f"{AUGMENT} row '{cells[0]}': {got}, augmentation.json gives {want}")
-    if load("2d")["results"]["N=2 real"] != load("25d")["results"]["N=2 real"]:
-        problems.append(f"{AUGMENT}: the real-only arm differs between the 2D and the 2.5D run")
-    missing = sorted(set(AUGMENT_ROWS) - seen)
-    return problems + ([f"{AUGMENT}: rows missing {missing}"] if missing else [])
+        lines = table.group(0).splitlines()
+        organs = _cells(lines[0])[2:]
+        seen = set()
+        for row in lines[2:]:
+            cells = _cells(row)
+            if cells[0] not in AUGMENT_ROWS:
+                problems.append(f"{where}: unknown row '{cells[0]}'")
+                continue
+            seen.add(cells[0])
+            run, key = AUGMENT_ROWS[cells[0]]
+            res = load(folders[run])["results"][key]
+            want = [f"{np.mean(res['mean_dice']):.3f}", f"{np.std(res['mean_dice']):.3f}"]
+            for organ in organs:
+                want += [
+                    f"{np.nanmean(res['per_organ'][organ]):.3f}",
+                    f"{np.nanstd(res['per_organ'][organ]):.3f}",
+                ]
+            got = NUMBER.findall(" ".join(cells[1:]))
+            if got != want:
+                problems.append(f"{where} row '{cells[0]}': {got}, augmentation.json gives {want}")
+        reals = [load(f)["results"].get("N=2 real") for f in folders]  # a run may leave it out (--arms)
+        if reals[1] is not None and reals[0] != reals[1]:
+            problems.append(f"{where}: the real-only arm differs between the 2D and the 2.5D run")
+        missing = sorted(set(AUGMENT_ROWS) - seen)
+        problems += [f"{where}: rows missing {missing}"] if missing else []
+    return problems
 
 
 def _augmentation_json(folder: str) -> dict:
@@ -616,6 +625,9 @@ def test_the_benchmark_checkers_catch_a_changed_number():
         doc.replace("| 0.762 ± 0.034 |", "| 0.762 ± 0.035 |"), _augmentation_json
     )
     assert augmentation_table_problems(doc.replace("| 0.549 ± 0.118 |", "| 0.549 |"), _augmentation_json)
+    assert augmentation_table_problems(
+        doc.replace("| 0.719 ± 0.025 |", "| 0.720 ± 0.025 |"), _augmentation_json
+    )  # the 3-D segmenter's table
     assert volumes_table_problems(
         doc.replace("| 1.24 ± 0.03 | 0.06 / 0.05 |", "| 1.24 ± 0.03 | 0.07 / 0.05 |"), _volumes_json
     )
