@@ -22,7 +22,7 @@ Prints a Markdown table (mean +- SD over seeds), writes it with a JSON file and 
 
     python benchmarks/augmentation.py --checkpoint runs/phantom/mask_guided_ddpm/checkpoints/last.ckpt
     python benchmarks/augmentation.py --checkpoint M.ckpt --num-real 2 --seeds 0 1 --seg-steps 100  # quick
-    python benchmarks/augmentation.py --checkpoint M.ckpt --segmenter 3d --seg-width 8 --seg-steps 600
+    python benchmarks/augmentation.py --checkpoint M.ckpt --segmenter 3d --seg-width 8 --seg-steps 2000
 
 The same study through nnU-Net v2 (not needed here, not run by CI): write the real cases with
 ``medsynth phantom``, the varied masks with ``medsynth masks``, their CT with ``medsynth
@@ -174,8 +174,8 @@ def train_3d_and_score(
 def score_volumes(
     segment: Callable[[torch.Tensor], torch.Tensor], test: list[SliceVolume]
 ) -> dict[int, float]:
-    """Dice per reported organ over all voxels of ``test``: ``segment`` maps a volume's image
-    ``[D, S, S]`` to its label map ``[D, S, S]``; organs absent from both are left out."""
+    """Dice per organ over all voxels of ``test``: ``segment`` maps a volume's image ``[D, S, S]``
+    to its label map ``[D, S, S]``; organs neither predicted nor present are left out."""
     counts = None
     for vol in test:
         pred = segment(torch.from_numpy(vol.image))  # [D, S, S]
@@ -193,7 +193,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--depth", type=int, default=32)
     p.add_argument("--seg-steps", type=int, default=600, help="segmenter optimiser steps (both arms)")
-    p.add_argument("--seg-width", type=int, default=16)
+    p.add_argument("--seg-width", type=int, default=16, help="segmenter base width (8 for --segmenter 3d)")
     p.add_argument("--segmenter", choices=("2d", "3d"), default="2d", help="the segmenter the arms train")
     p.add_argument("--seg-crop-depth", type=int, default=16, help="3d: adjacent slices per training stack")
     p.add_argument(
