@@ -124,6 +124,12 @@ def train_and_score(
     for b in DataLoader(test, batch_size=32):
         c = dice_counts(seg.segment(b["image"]), b["mask"], seg.num_classes)
         counts = c if counts is None else counts + c
+    return organ_dice(counts)
+
+
+def organ_dice(counts: torch.Tensor) -> dict[int, float]:
+    """Summed :func:`medsynth.metrics.dice_counts` ``[3, C]`` -> Dice per organ id; organs neither
+    predicted nor present (NaN) are left out."""
     dice = dice_from_counts(counts)
     return {i: float(dice[i]) for i in ORGAN_IDS if not torch.isnan(dice[i])}
 
@@ -175,14 +181,13 @@ def score_volumes(
     segment: Callable[[torch.Tensor], torch.Tensor], test: list[SliceVolume]
 ) -> dict[int, float]:
     """Dice per organ over all voxels of ``test``: ``segment`` maps a volume's image ``[D, S, S]``
-    to its label map ``[D, S, S]``; organs neither predicted nor present are left out."""
+    to its label map ``[D, S, S]`` (:func:`organ_dice`)."""
     counts = None
     for vol in test:
         pred = segment(torch.from_numpy(vol.image))  # [D, S, S]
         c = dice_counts(pred, torch.from_numpy(vol.mask.astype(np.int64)), len(CLASSES))
         counts = c if counts is None else counts + c
-    dice = dice_from_counts(counts)
-    return {i: float(dice[i]) for i in ORGAN_IDS if not torch.isnan(dice[i])}
+    return organ_dice(counts)
 
 
 def main() -> None:
